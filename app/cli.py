@@ -1,0 +1,127 @@
+"""`python -m app …`: serve the API and administer users and keys.
+
+The commands that create keys print the new key as the last line of their output, alone, so
+scripts can take it with `tail -n 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from pydantic import ValidationError
+
+from app.auth import service
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.database import SessionFactory, create_engine, create_session_factory
+from app.errors import AppError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="serve the API (HOST, PORT, WORKERS from the settings)")
+
+    create_user = commands.add_parser("create-user", help="create a user and an API key")
+    create_user.add_argument("email")
+    create_user.add_argument("--name")
+    create_user.add_argument("--admin", action="store_true", help="make the user an admin")
+
+    create_key = commands.add_parser("create-key", help="create another API key for a user")
+    create_key.add_argument("email")
+    create_key.add_argument("--name", default="default", help="a label for the key")
+    create_key.add_argument(
+        "--expires-in-days", type=float, help="the key stops working after this many days"
+    )
+
+    revoke = commands.add_parser("revoke-key", help="revoke an API key by its prefix")
+    revoke.add_argument("prefix", help="the first 11 characters of the key (pm_…)")
+    return parser
+
+
+async def _with_session(
+    settings: Settings, work: Callable[[SessionFactory], Awaitable[None]]
+) -> None:
+    engine = create_engine(settings)
+    try:
+        await work(create_session_factory(engine))
+    finally:
+        await engine.dispose()
+
+
+async def _create_user(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    async with sessions() as session:
+        user = await service.create_user(
+            session, email=args.email, name=args.name, is_admin=args.admin
+        )
+        key, plaintext = await service.create_api_key(session, user=user)
+        await session.commit()
+    role = "admin" if user.is_admin else "user"
+    print(f"Created {role} {user.email} (id {user.id}) with API key {key.prefix}…")
+    print("The key is shown only now; keep it somewhere safe:")
+    print(plaintext)
+
+
+async def _create_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    expires_at = None
+    if args.expires_in_days is not None:
+        if args.expires_in_days <= 0:
+            raise AppError("--expires-in-days must be positive", code="invalid_input")
+        expires_at = utcnow() + timedelta(days=args.expires_in_days)
+    async with sessions() as session:
+        user = await service.get_user_by_email(session, email=args.email)
+        key, plaintext = await service.create_api_key(
+            session, user=user, name=args.name, expires_at=expires_at
+        )
+        await session.commit()
+    until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
+    print(f"Created API key {key.prefix}… for {user.email}{until}.")
+    print("The key is shown only now; keep it somewhere safe:")
+    print(plaintext)
+
+
+async def _revoke_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    async with sessions() as session:
+        key = await service.revoke_api_key(session, prefix=args.prefix)
+        await session.commit()
+    print(f"Revoked API key {key.prefix}….")
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        proxy_headers=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]).upper() or "settings"
+            print(f"Configuration error: {field}: {error['msg']}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        _serve(settings)
+        return 0
+    commands = {"create-user": _create_user, "create-key": _create_key, "revoke-key": _revoke_key}
+    command = commands[args.command]
+    try:
+        asyncio.run(_with_session(settings, lambda sessions: command(sessions, args)))
+    except AppError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    return 0

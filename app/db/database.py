@@ -1,0 +1,83 @@
+"""The engine, the session factory and the request-scoped session dependency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.config import Settings
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """Build the engine for `DATABASE_URL`.
+
+    SQLite gets WAL (readers never wait for the writer), a busy timeout instead of instant
+    "database is locked" errors, and enforced foreign keys, which SQLite leaves off by default.
+    Every SQLite transaction starts with BEGIN IMMEDIATE: a deferred transaction that reads and
+    then writes can fail at once with SQLITE_BUSY when another writer got there first, whatever
+    the busy timeout; taking the write lock up front makes concurrent writers queue instead.
+    """
+    if settings.is_sqlite:
+        engine = create_async_engine(
+            settings.database_url, connect_args={"timeout": 30}, pool_pre_ping=False
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+            # Stop the driver from emitting its own deferred BEGIN; see _sqlite_begin.
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> SessionFactory:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request: committed when the handler returns, rolled back if it raises.
+
+    Services only flush; this is the one place that commits request-scoped work. It is declared
+    with `scope="function"` (see `Session`) so the commit happens before the response is sent,
+    and a client never reads back something that is not yet committed.
+    """
+    factory: SessionFactory = request.app.state.sessions
+    async with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,206 @@
+"""One error shape for the whole API: RFC 9457 problem details with a stable `code`.
+
+Services raise `AppError` subclasses (never FastAPI's HTTPException); the handlers installed by
+`install_error_handlers` turn those, validation errors, routing errors and unexpected failures
+into `application/problem+json`. No stack trace and no secret ever reaches a response.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details. `code` is stable and meant for programs; `detail` for people."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:prompt-manager:problem:not_found"])
+    title: str = Field(examples=["Not found"])
+    status: int = Field(examples=[404])
+    code: str = Field(examples=["not_found"])
+    detail: str = Field(examples=["No prompt with this id."])
+
+
+class AppError(Exception):
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.extra = extra or {}
+        self.headers = headers
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "invalid_api_key"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InvalidInput(AppError):
+    status_code = 422
+    code = "invalid_input"
+    title = "Invalid input"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    code = "service_unavailable"
+    title = "Service unavailable"
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Payload too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:prompt-manager:problem:{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if extra:
+        body.update(jsonable_encoder(extra))
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Summarise pydantic errors without echoing the input back (it may be large or secret)."""
+    cleaned = [
+        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type")}
+        for err in errors
+    ]
+    if not cleaned:
+        return "The request is not valid.", cleaned
+    loc = errors[0].get("loc", ())
+    where = ".".join(str(part) for part in loc if part != "body") or "request"
+    more = f" (and {len(cleaned) - 1} more)" if len(cleaned) > 1 else ""
+    return f"{where}: {cleaned[0]['msg']}{more}", cleaned
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def app_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AppError)
+        return problem_response(
+            exc.status_code, exc.code, exc.title, exc.detail, extra=exc.extra, headers=exc.headers
+        )
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail, errors = _validation_detail(list(exc.errors()))
+        return problem_response(
+            422, "validation_error", "Invalid request", detail, extra={"errors": errors}
+        )
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code, title = _HTTP_CODES.get(exc.status_code, (f"http_{exc.status_code}", "Error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(exc.status_code, code, title, detail, headers=headers)
+
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return problem_response(
+            503,
+            "database_unavailable",
+            "Service unavailable",
+            "The database cannot be reached right now; retry shortly.",
+            headers={"Retry-After": "2"},
+        )
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("unexpected error (incident %s)", incident, exc_info=exc)
+        return problem_response(
+            500,
+            "internal_error",
+            "Internal error",
+            f"An unexpected error occurred; it was logged as incident {incident}.",
+        )
+
+    app.add_exception_handler(AppError, app_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    for db_error in (OperationalError, InterfaceError, ConnectionError):
+        app.add_exception_handler(db_error, database_unavailable)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting the problem shape for these statuses."""
+    descriptions = {
+        401: "Missing, unknown, expired or revoked API key (`missing_api_key`, `invalid_api_key`, "
+        "`expired_api_key`, `revoked_api_key`).",
+        404: "No such resource for this user (`not_found`).",
+        413: "Request body over `MAX_BODY_BYTES` (`payload_too_large`).",
+        422: "Invalid input (`validation_error`, `unknown_model`, `provider_not_configured`, "
+        "`prompt_too_large`).",
+        503: "The database is unreachable (`database_unavailable`).",
+    }
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(status, "Error"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

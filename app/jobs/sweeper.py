@@ -1,0 +1,83 @@
+"""The sweeper: the safety net that makes a dropped dispatch or a dead runner harmless.
+
+Each pass (at start-up, then every SWEEP_INTERVAL_SECONDS) it
+1. returns `running` prompts whose lease expired to `pending`, or fails them with
+   `attempts_exhausted` after MAX_ATTEMPTS executions, so a poison prompt cannot loop forever;
+2. dispatches again `pending` prompts older than REDISPATCH_AFTER_SECONDS (all of them at
+   start-up: a pending row left by a previous process has nobody running it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from app.db.base import utcnow
+from app.jobs.dispatcher import Dispatcher
+from app.prompts.recorder import Recorder
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    requeued: int
+    failed: int
+    redispatched: int
+
+
+class Sweeper:
+    def __init__(
+        self,
+        recorder: Recorder,
+        dispatcher: Dispatcher,
+        *,
+        interval_seconds: float,
+        redispatch_after_seconds: float,
+        max_attempts: int,
+    ) -> None:
+        self._recorder = recorder
+        self._dispatcher = dispatcher
+        self._interval = interval_seconds
+        self._redispatch_after = redispatch_after_seconds
+        self._max_attempts = max_attempts
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep_once(self, *, redispatch_after_seconds: float | None = None) -> SweepReport:
+        requeued, failed = await self._recorder.recover_expired(max_attempts=self._max_attempts)
+        age = (
+            self._redispatch_after if redispatch_after_seconds is None else redispatch_after_seconds
+        )
+        due = await self._recorder.due_pending(
+            created_before=utcnow() - timedelta(seconds=age), limit=BATCH
+        )
+        ids = list(dict.fromkeys([*requeued, *due]))
+        for prompt_id in ids:
+            await self._dispatcher.dispatch(prompt_id)
+        report = SweepReport(requeued=len(requeued), failed=failed, redispatched=len(ids))
+        if requeued or failed or ids:
+            logger.info("sweep: %s", report)
+        return report
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="prompt-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        first = True
+        while True:
+            try:
+                await self.sweep_once(redispatch_after_seconds=0 if first else None)
+                first = False
+            except Exception:
+                logger.warning("sweep failed (database unreachable?); will retry", exc_info=True)
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db.base import Base, JSONType, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from app.models.prompt_attempt import PromptAttempt
+    from app.models.prompt_response import PromptResponse
+
+
+class PromptStatus(enum.StrEnum):
+    """`pending → running → completed | failed | cancelled`; every move is a conditional update."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = (PromptStatus.COMPLETED, PromptStatus.FAILED, PromptStatus.CANCELLED)
+
+
+class PromptRequest(Base):
+    """A prompt and its execution state: the row is the job."""
+
+    __tablename__ = "prompt_requests"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
+            name="status",
+        ),
+        # A user's prompts, newest first (the list endpoint and its cursor).
+        Index("ix_prompt_requests_user_created", "user_id", "created_at", "id"),
+        # The sweeper (pending and expired running rows) and status filters.
+        Index("ix_prompt_requests_status_created", "status", "created_at"),
+        Index("ix_prompt_requests_created_at", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_type: Mapped[str] = mapped_column(String(64))
+    prompt_text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=PromptStatus.PENDING)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    provider: Mapped[str] = mapped_column(String(64))
+    upstream_model: Mapped[str] = mapped_column(String(200))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    response: Mapped[PromptResponse | None] = relationship(
+        back_populates="prompt", lazy="raise", uselist=False
+    )
+    attempt_log: Mapped[list[PromptAttempt]] = relationship(
+        back_populates="prompt", lazy="raise", order_by="PromptAttempt.started_at"
+    )

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from app.jobs.dispatcher import Dispatcher
+from app.models import PromptStatus
+from app.prompts.recorder import Recorder
+from app.prompts.service import PromptFilters
+from app.providers.registry import ModelRouter
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Timestamps without an offset are taken as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def prompt_filters(
+    status: Annotated[
+        PromptStatus | None, Query(description="Only prompts in this status.")
+    ] = None,
+    model: Annotated[str | None, Query(max_length=200, description="Exact model name.")] = None,
+    prompt_type: Annotated[str | None, Query(max_length=64)] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="ISO 8601; without an offset, UTC.")
+    ] = None,
+    created_before: Annotated[datetime | None, Query(description="ISO 8601; exclusive.")] = None,
+) -> PromptFilters:
+    return PromptFilters(
+        status=status,
+        model=model,
+        prompt_type=prompt_type,
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+    )
+
+
+def get_recorder(request: Request) -> Recorder:
+    recorder: Recorder = request.app.state.recorder
+    return recorder
+
+
+def get_model_router(request: Request) -> ModelRouter:
+    router: ModelRouter = request.app.state.model_router
+    return router
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+def get_max_prompt_chars(request: Request) -> int:
+    return int(request.app.state.settings.max_prompt_chars)
+
+
+Filters = Annotated[PromptFilters, Depends(prompt_filters)]
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+RouterDep = Annotated[ModelRouter, Depends(get_model_router)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+MaxPromptChars = Annotated[int, Depends(get_max_prompt_chars)]

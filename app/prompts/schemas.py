@@ -1,0 +1,172 @@
+"""The /ai/prompts schemas: `PromptCreate` in; `PromptOut`, `PromptDetail` and pages out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from app.models import PromptRequest, PromptStatus
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text, and no model needs one: reject it with a clear 422.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain some non-whitespace text")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+]
+MetadataKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)
+]
+MetadataValue = Annotated[str, StringConstraints(max_length=512), AfterValidator(_no_nul)]
+
+
+class PromptCreate(BaseModel):
+    """A prompt to run. Server fields (id, status, user, timestamps) cannot be set."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "local",
+                    "prompt_type": "text",
+                    "prompt_text": "Write a haiku about databases.",
+                    "max_tokens": 64,
+                    "metadata": {"team": "docs"},
+                }
+            ]
+        },
+    )
+
+    model: Name = Field(
+        description="A catalogue name (`local`, `gpt-4o-mini`, …) or `provider/model`.",
+        examples=["local", "openai/gpt-4.1-nano"],
+    )
+    prompt_type: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+        AfterValidator(_no_nul),
+    ] = Field(description="What kind of prompt this is: text, code, report, …", examples=["text"])
+    prompt_text: Annotated[Text, AfterValidator(_not_blank)] = Field(
+        min_length=1,
+        description="The prompt. At most MAX_PROMPT_CHARS characters (100,000 by default).",
+    )
+    system_prompt: Text | None = Field(
+        None, max_length=100_000, description="Instructions sent as the system message."
+    )
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=65_536, description="Most tokens to generate.")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Up to 16 string pairs of your own (keys ≤ 64, values ≤ 512 characters).",
+    )
+
+
+class PromptOut(BaseModel):
+    """A prompt as stored, without its outcome."""
+
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+
+    id: uuid.UUID
+    model: str
+    provider: str
+    prompt_type: str
+    prompt_text: str
+    status: PromptStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    metadata: dict[str, str] = Field(validation_alias="meta")
+
+
+class ResponseOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    response_text: str
+    duration_ms: int = Field(description="Wall time of the provider call that answered.")
+    provider: str
+    upstream_model: str
+    input_tokens: int
+    output_tokens: int
+    usage_estimated: bool = Field(
+        description="True when the provider reported no usage and the counts are estimates."
+    )
+    cost_usd: Decimal = Field(description="At the catalogue price in force when it ran.")
+    finish_reason: str | None
+    created_at: datetime
+
+
+class ErrorOut(BaseModel):
+    code: str = Field(examples=["rate_limited"])
+    message: str
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    provider: str
+    model: str
+    started_at: datetime
+    ended_at: datetime
+    outcome: str = Field(examples=["success", "error"])
+    http_status: int | None
+    error_code: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: Decimal | None
+
+
+class PromptDetail(PromptOut):
+    """A prompt with its outcome: the response when completed, the error when failed."""
+
+    upstream_model: str
+    parameters: dict[str, Any]
+    executions: int = Field(
+        description="How many times a runner claimed it (retries after a lost runner count)."
+    )
+    response: ResponseOut | None
+    error: ErrorOut | None
+    attempts: list[AttemptOut] = Field(description="Every provider call made for it, in order.")
+
+    @classmethod
+    def from_prompt(cls, prompt: PromptRequest) -> PromptDetail:
+        """Build from a prompt loaded with its `response` and `attempt_log`."""
+        error = (
+            ErrorOut(code=prompt.error_code, message=prompt.error_message or "")
+            if prompt.error_code
+            else None
+        )
+        return cls(
+            **PromptOut.model_validate(prompt).model_dump(),
+            upstream_model=prompt.upstream_model,
+            parameters=prompt.parameters,
+            executions=prompt.attempts,
+            response=ResponseOut.model_validate(prompt.response) if prompt.response else None,
+            error=error,
+            attempts=[AttemptOut.model_validate(a) for a in prompt.attempt_log],
+        )
+
+
+class PromptPage(BaseModel):
+    items: list[PromptOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )

@@ -1,0 +1,141 @@
+"""The /ai/prompts domain: submit, list and read prompts. Plain async functions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.db.base import utcnow
+from app.errors import InvalidInput, NotFound
+from app.jobs.dispatcher import Dispatcher
+from app.models import PromptRequest, PromptStatus
+from app.prompts.recorder import Recorder
+from app.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
+from app.providers.registry import ModelRouter
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFilters:
+    status: PromptStatus | None = None
+    model: str | None = None
+    prompt_type: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+async def submit_prompt(
+    recorder: Recorder,
+    *,
+    user_id: uuid.UUID,
+    data: PromptCreate,
+    router: ModelRouter,
+    dispatcher: Dispatcher,
+    max_prompt_chars: int,
+) -> PromptRequest:
+    """Store the prompt as `pending`, commit, then dispatch it (never before the commit)."""
+    if len(data.prompt_text) > max_prompt_chars:
+        raise InvalidInput(
+            f"prompt_text has {len(data.prompt_text):,} characters; the limit here is "
+            f"{max_prompt_chars:,} (MAX_PROMPT_CHARS).",
+            code="prompt_too_large",
+            extra={"limit": max_prompt_chars},
+        )
+    route = router.resolve(data.model)
+    parameters = data.model_dump(
+        include={"system_prompt", "temperature", "max_tokens"}, exclude_none=True
+    )
+    prompt = PromptRequest(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        model=data.model,
+        prompt_type=data.prompt_type,
+        prompt_text=data.prompt_text,
+        status=PromptStatus.PENDING,
+        created_at=utcnow(),
+        provider=route.provider,
+        upstream_model=route.upstream_model,
+        parameters=parameters,
+        meta=data.metadata,
+        attempts=0,
+    )
+    await recorder.create_prompt(prompt)
+    await dispatcher.dispatch(prompt.id)
+    return prompt
+
+
+def encode_cursor(prompt: PromptRequest) -> str:
+    raw = f"{prompt.created_at.isoformat()}|{prompt.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, prompt_id = raw.partition("|")
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise ValueError("naive")
+        return created_at, uuid.UUID(prompt_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput(
+            "cursor is not one this API returned; pass next_cursor unchanged.",
+            code="invalid_cursor",
+        ) from None
+
+
+async def list_prompts(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    filters: PromptFilters,
+    limit: int,
+    cursor: str | None,
+) -> PromptPage:
+    """The user's prompts, newest first, keyset-paginated on (created_at, id)."""
+    p = PromptRequest
+    query = select(p).where(p.user_id == user_id)
+    if filters.status is not None:
+        query = query.where(p.status == filters.status)
+    if filters.model is not None:
+        query = query.where(p.model == filters.model)
+    if filters.prompt_type is not None:
+        query = query.where(p.prompt_type == filters.prompt_type)
+    if filters.created_after is not None:
+        query = query.where(p.created_at > filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(p.created_at < filters.created_before)
+    if cursor is not None:
+        created_at, last_id = decode_cursor(cursor)
+        query = query.where(
+            or_(p.created_at < created_at, and_(p.created_at == created_at, p.id < last_id))
+        )
+    rows = list(
+        await session.scalars(query.order_by(p.created_at.desc(), p.id.desc()).limit(limit + 1))
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return PromptPage(
+        items=[PromptOut.model_validate(row) for row in rows],
+        next_cursor=encode_cursor(rows[-1]) if more else None,
+    )
+
+
+async def get_prompt(
+    session: AsyncSession, *, user_id: uuid.UUID, prompt_id: uuid.UUID
+) -> PromptDetail:
+    """One of the user's prompts. Someone else's is exactly as missing as a missing one."""
+    prompt = await session.scalar(
+        select(PromptRequest)
+        .where(PromptRequest.id == prompt_id, PromptRequest.user_id == user_id)
+        .options(selectinload(PromptRequest.response), selectinload(PromptRequest.attempt_log))
+    )
+    if prompt is None:
+        raise NotFound("No prompt with this id.")
+    return PromptDetail.from_prompt(prompt)

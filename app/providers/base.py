@@ -1,0 +1,105 @@
+"""The narrow, typed boundary every provider adapter sits behind, and our own error tree.
+
+Adapters translate vendor errors into `ProviderError` subclasses at the boundary, so the rest
+of the system decides retry / fallback / fail on our codes, never on a vendor's exception type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypedDict
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str  # the upstream model name, as the provider knows it
+    messages: list[Message]
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    usage_reported: bool  # False: the provider sent no usage and the counts are estimates
+    finish_reason: str | None
+    upstream_model: str
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, request: CompletionRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ProviderError(Exception):
+    """A provider call that did not produce an answer. `code` is stable and shown to users."""
+
+    code = "provider_error"
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class RateLimited(ProviderError):
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class Unavailable(ProviderError):
+    code = "provider_unavailable"
+    retryable = True
+
+
+class ProviderTimeout(ProviderError):
+    code = "timeout"
+    retryable = True
+
+
+class ConnectionFailed(ProviderError):
+    code = "connection_error"
+    retryable = True
+
+
+class AuthenticationFailed(ProviderError):
+    code = "authentication_failed"
+
+
+class BadRequest(ProviderError):
+    code = "bad_request"
+
+
+class ContextLengthExceeded(BadRequest):
+    code = "context_length_exceeded"
+
+
+class ContentFiltered(ProviderError):
+    code = "content_filtered"
+
+
+class MalformedResponse(ProviderError):
+    code = "malformed_response"
+    retryable = True
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough count (about four characters a token) for providers that report no usage."""
+    return max(1, (len(text) + 3) // 4) if text else 0

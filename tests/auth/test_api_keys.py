@@ -1,0 +1,89 @@
+"""Authentication with API keys: every way a key can be wrong gives a clear 401."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from app.auth import service
+from app.auth.keys import hash_key
+from app.db.base import utcnow
+from app.models import ApiKey, User
+from tests.conftest import Api
+from tests.prompts.test_validation import assert_problem
+
+
+async def _key_row(api: Api, plaintext: str) -> ApiKey:
+    async with api.sessions() as session:
+        key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
+    assert key is not None
+    return key
+
+
+async def test_missing_or_malformed_header(api: Api):
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer"}):
+        response = await api.client.get("/ai/prompts/", headers=headers)
+        assert_problem(response, 401, "missing_api_key")
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_unknown_key(api: Api):
+    for key in ("pm_notarealkey000000000000000000000000000000", "sk-something-else"):
+        response = await api.client.get("/ai/prompts/", headers={"Authorization": f"Bearer {key}"})
+        assert_problem(response, 401, "invalid_api_key")
+
+
+async def test_revoked_key(api: Api):
+    headers = await api.new_user()
+    plaintext = headers["Authorization"].removeprefix("Bearer ")
+    assert (await api.client.get("/ai/prompts/", headers=headers)).status_code == 200
+    async with api.sessions() as session:
+        await service.revoke_api_key(session, prefix=plaintext[:11])
+        await session.commit()
+    body = assert_problem(
+        await api.client.get("/ai/prompts/", headers=headers), 401, "revoked_api_key"
+    )
+    assert plaintext[:11] in body["detail"] and plaintext not in body["detail"]
+
+
+async def test_expired_key(api: Api):
+    headers = await api.new_user()
+    plaintext = headers["Authorization"].removeprefix("Bearer ")
+    key = await _key_row(api, plaintext)
+    async with api.sessions() as session:
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key.id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        await session.commit()
+    assert_problem(await api.client.get("/ai/prompts/", headers=headers), 401, "expired_api_key")
+
+
+async def test_disabled_user(api: Api):
+    headers = await api.new_user()
+    key = await _key_row(api, headers["Authorization"].removeprefix("Bearer "))
+    async with api.sessions() as session:
+        await session.execute(
+            update(User).where(User.id == key.user_id).values(disabled_at=utcnow())
+        )
+        await session.commit()
+    assert_problem(await api.client.get("/ai/prompts/", headers=headers), 401, "user_disabled")
+
+
+async def test_key_is_stored_only_as_a_hash_and_use_is_recorded(api: Api):
+    headers = await api.new_user()
+    plaintext = headers["Authorization"].removeprefix("Bearer ")
+    assert plaintext.startswith("pm_") and len(plaintext) >= 40
+    key = await _key_row(api, plaintext)
+    assert key.prefix == plaintext[:11]
+    assert plaintext not in (key.key_hash, key.prefix, key.name)
+    assert key.last_used_at is None
+    await api.client.get("/ai/prompts/", headers=headers)
+    assert (await _key_row(api, plaintext)).last_used_at is not None
+
+
+async def test_keys_are_unique_and_random(api: Api):
+    keys = {(await api.new_user())["Authorization"] for _ in range(5)}
+    assert len(keys) == 5

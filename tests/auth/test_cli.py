@@ -1,0 +1,95 @@
+"""The admin commands, run as a user would run them: `python -m app …` in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_settings, migrate, running_api
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli_blocking(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "OPENAI_API_KEY": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # In a thread: the app under test keeps running on this event loop meanwhile (blocking it
+    # could leave one of its SQLite transactions open and lock the CLI out).
+    return await asyncio.to_thread(run_cli_blocking, database_url, *args)
+
+
+@pytest.fixture
+async def cli_db(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    await migrate(url)
+    return url
+
+
+async def test_create_user_prints_a_working_key_last(cli_db: str):
+    result = await run_cli(cli_db, "create-user", "Ada@Example.com", "--admin", "--name", "Ada")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    key = lines[-1]
+    assert key.startswith("pm_") and " " not in key
+    assert "admin ada@example.com" in result.stdout
+
+    async with running_api(make_settings(cli_db)) as api:
+        response = await api.client.get("/ai/prompts/", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200
+
+
+async def test_duplicate_email_and_unknown_user_are_clear(cli_db: str):
+    assert (await run_cli(cli_db, "create-user", "bob@example.com")).returncode == 0
+    again = await run_cli(cli_db, "create-user", "BOB@example.com")
+    assert again.returncode == 1
+    assert "already exists" in again.stderr and "Traceback" not in again.stderr
+
+    unknown = await run_cli(cli_db, "create-key", "nobody@example.com")
+    assert unknown.returncode == 1
+    assert "No user with email nobody@example.com" in unknown.stderr
+
+    bad = await run_cli(cli_db, "create-user", "not-an-email")
+    assert bad.returncode == 1 and "not an email address" in bad.stderr
+
+
+async def test_create_key_and_revoke_it(cli_db: str):
+    await run_cli(cli_db, "create-user", "carol@example.com")
+    created = await run_cli(
+        cli_db, "create-key", "carol@example.com", "--name", "ci", "--expires-in-days", "30"
+    )
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert "expires" in created.stdout
+
+    async with running_api(make_settings(cli_db)) as api:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert (await api.client.get("/ai/prompts/", headers=headers)).status_code == 200
+        revoked = await run_cli(cli_db, "revoke-key", key[:11])
+        assert revoked.returncode == 0, revoked.stderr
+        response = await api.client.get("/ai/prompts/", headers=headers)
+        assert response.status_code == 401 and response.json()["code"] == "revoked_api_key"
+
+    missing = await run_cli(cli_db, "revoke-key", "pm_nothere")
+    assert missing.returncode == 1 and "No API key with prefix pm_nothere" in missing.stderr
+
+
+def test_bad_configuration_is_reported_plainly():
+    result = run_cli_blocking("mysql://nope", "create-user", "x@example.com")
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,193 @@
+"""Test fixtures. Nothing is started silently and nothing is skipped: PostgreSQL must be
+reachable (TEST_POSTGRES_URL, default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres);
+the run creates its own database there and drops it at the end.
+
+Every API test runs twice, against SQLite and against PostgreSQL (the `backend` fixture).
+Tests stay independent by ownership rather than by rollback: the prompt records are committed
+by design (a background runner must see them), and each test works as a user of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from alembic import command
+from fastapi import FastAPI
+
+from app.auth import service as auth_service
+from app.config import Settings
+from app.db.database import SessionFactory
+from app.db.migrations import alembic_config
+from app.main import create_app
+from tests.mocks.openai_server import MOCK_API_KEY, MockOpenAI
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def migrate(database_url: str, revision: str = "head") -> None:
+    config = alembic_config(database_url)
+    config.attributes["skip_logging"] = True
+    # env.py runs its own event loop, so it gets a thread of its own.
+    await asyncio.to_thread(command.upgrade, config, revision)
+
+
+async def downgrade(database_url: str, revision: str) -> None:
+    config = alembic_config(database_url)
+    config.attributes["skip_logging"] = True
+    await asyncio.to_thread(command.downgrade, config, revision)
+
+
+@pytest.fixture(scope="session")
+async def postgres_server_url() -> AsyncIterator[str]:
+    """A fresh database on the shared PostgreSQL server, dropped after the run."""
+    name = f"pm_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RuntimeError(
+            f"PostgreSQL is required for the test suite and is not reachable at "
+            f"{POSTGRES_ADMIN_URL} ({exc!r}). Start it, or point TEST_POSTGRES_URL at one."
+        ) from exc
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sqlite")
+
+
+@pytest.fixture(scope="session")
+def mock_openai() -> Iterator[MockOpenAI]:
+    mock = MockOpenAI()
+    mock.start()
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database_url(
+    request: pytest.FixtureRequest, sqlite_dir: Path, postgres_server_url: str
+) -> str:
+    """A migrated database of each kind, shared by the tests of the session."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{sqlite_dir / 'suite.db'}"
+    else:
+        url = postgres_server_url
+    await migrate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty (unmigrated) database of each kind for one test; the PostgreSQL one is dropped."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name = f"pm_fresh_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=10)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def make_settings(database_url: str, mock: MockOpenAI | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "environment": "production",
+        "openai_api_key": MOCK_API_KEY if mock else None,
+        "openai_base_url": mock.base_url if mock else None,
+        "sweep_interval_seconds": 0.5,
+        "lease_seconds": 5,
+        "redispatch_after_seconds": 2,
+        "provider_timeout_seconds": 10,
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Api:
+    """The real app, in-process, behind an async HTTP client; its lifespan is running."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+
+    @property
+    def sessions(self) -> SessionFactory:
+        sessions: SessionFactory = self.app.state.sessions
+        return sessions
+
+    async def new_user(self, *, is_admin: bool = False) -> dict[str, str]:
+        """A user of its own and the headers that authenticate as it."""
+        async with self.sessions() as session:
+            user = await auth_service.create_user(
+                session, email=f"{uuid.uuid4().hex[:10]}@example.com", is_admin=is_admin
+            )
+            _, key = await auth_service.create_api_key(session, user=user)
+            await session.commit()
+        return {"Authorization": f"Bearer {key}"}
+
+    async def submit(self, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+        body.setdefault("prompt_type", "text")
+        body.setdefault("prompt_text", "hello")
+        response = await self.client.post("/ai/prompts/", json=body, headers=headers)
+        assert response.status_code == 202, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def wait_final(
+        self, headers: dict[str, str], prompt_id: str, *, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """Poll like a client until the prompt is completed, failed or cancelled."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            response = await self.client.get(f"/ai/prompts/{prompt_id}", headers=headers)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            if body["status"] in ("completed", "failed", "cancelled"):
+                return body
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"prompt {prompt_id} still {body['status']} after {timeout}s")
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[Api]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Api(app, client)
+
+
+@pytest.fixture(scope="session")
+async def api(database_url: str, mock_openai: MockOpenAI) -> AsyncIterator[Api]:
+    """The app on each backend, with the OpenAI mock and the bundled local model."""
+    async with running_api(make_settings(database_url, mock_openai)) as api:
+        yield api

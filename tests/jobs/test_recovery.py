@@ -1,0 +1,186 @@
+"""Nothing is lost or stuck, and nothing runs twice: start-up pickup, expired leases, the
+attempt limit, fencing of stale claims, duplicate dispatches and hand-back at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+
+from app.auth import service as auth_service
+from app.db.base import utcnow
+from app.db.database import create_engine, create_session_factory
+from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.prompts.recorder import AttemptRecord, Recorder, ResponseRecord
+from tests.conftest import Api, make_settings, migrate, running_api
+from tests.mocks.openai_server import MockOpenAI
+
+
+def _prompt(user_id: uuid.UUID, model: str, **fields: object) -> PromptRequest:
+    values: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "model": f"openai/{model}",
+        "prompt_type": "text",
+        "prompt_text": "recover me",
+        "status": PromptStatus.PENDING,
+        "created_at": utcnow(),
+        "provider": "openai",
+        "upstream_model": model,
+        "parameters": {},
+        "meta": {},
+        "attempts": 0,
+    }
+    values.update(fields)
+    return PromptRequest(**values)
+
+
+async def _seed(url: str, prompts: list[PromptRequest]) -> dict[str, str]:
+    """Write rows as a stopped process would have left them; return a key's headers."""
+    engine = create_engine(make_settings(url))
+    sessions = create_session_factory(engine)
+    async with sessions() as session:
+        user = await auth_service.create_user(session, email=f"{uuid.uuid4().hex[:8]}@example.com")
+        _, key = await auth_service.create_api_key(session, user=user)
+        for prompt in prompts:
+            prompt.user_id = user.id
+            session.add(prompt)
+        await session.commit()
+    await engine.dispose()
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_restart_picks_up_pending_and_orphaned_prompts(
+    fresh_database: str, mock_openai: MockOpenAI
+):
+    await migrate(fresh_database)
+    nobody = uuid.uuid4()
+    left_pending = _prompt(nobody, "restart-pending")
+    orphaned = _prompt(
+        nobody,
+        "restart-orphaned",
+        status=PromptStatus.RUNNING,
+        attempts=1,
+        started_at=utcnow() - timedelta(minutes=5),
+        lease_expires_at=utcnow() - timedelta(seconds=1),
+    )
+    exhausted = _prompt(
+        nobody,
+        "restart-exhausted",
+        status=PromptStatus.RUNNING,
+        attempts=3,
+        lease_expires_at=utcnow() - timedelta(seconds=1),
+    )
+    headers = await _seed(fresh_database, [left_pending, orphaned, exhausted])
+
+    # Re-dispatch of young pending rows is far off: only the start-up sweep can find them.
+    settings = make_settings(
+        fresh_database, mock_openai, redispatch_after_seconds=600, max_attempts=3
+    )
+    async with running_api(settings) as api:
+        pending_done = await api.wait_final(headers, str(left_pending.id), timeout=10)
+        orphan_done = await api.wait_final(headers, str(orphaned.id), timeout=10)
+        exhausted_done = await api.wait_final(headers, str(exhausted.id), timeout=10)
+
+    assert pending_done["status"] == "completed" and pending_done["executions"] == 1
+    assert orphan_done["status"] == "completed" and orphan_done["executions"] == 2
+    assert exhausted_done["status"] == "failed"
+    assert exhausted_done["error"]["code"] == "attempts_exhausted"
+    assert "3 executions" in exhausted_done["error"]["message"]
+    assert mock_openai.calls_for("restart-exhausted") == []
+
+
+async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_database: str):
+    await migrate(fresh_database)
+    prompt = _prompt(uuid.uuid4(), "fenced")
+    await _seed(fresh_database, [prompt])
+    engine = create_engine(make_settings(fresh_database))
+    recorder = Recorder(create_session_factory(engine))
+    try:
+        first = await recorder.claim(prompt.id, lease_seconds=0.05)
+        assert first is not None
+        assert await recorder.claim(prompt.id, lease_seconds=30) is None  # already running
+        await asyncio.sleep(0.1)
+        requeued, failed = await recorder.recover_expired(max_attempts=5)
+        assert requeued == [prompt.id] and failed == 0
+        second = await recorder.claim(prompt.id, lease_seconds=30)
+        assert second is not None and second.fence == first.fence + 1
+
+        now = utcnow()
+        attempt = AttemptRecord(
+            provider="openai", model="fenced", started_at=now, ended_at=now, outcome="success"
+        )
+        response = ResponseRecord(
+            response_text="answer",
+            duration_ms=1,
+            provider="openai",
+            upstream_model="fenced",
+            input_tokens=1,
+            output_tokens=1,
+            usage_estimated=False,
+            cost_usd=Decimal(0),
+            finish_reason="stop",
+        )
+        assert await recorder.finish(first, attempt=attempt, response=response) is False
+        assert await recorder.finish(second, attempt=attempt, response=response) is True
+        assert await recorder.finish(second, attempt=None, response=response) is False
+
+        async with create_session_factory(engine)() as session:
+            row = await session.get(PromptRequest, prompt.id)
+            responses = await session.scalar(
+                select(func.count())
+                .select_from(PromptResponse)
+                .where(PromptResponse.prompt_id == prompt.id)
+            )
+            attempts = await session.scalar(
+                select(func.count())
+                .select_from(PromptAttempt)
+                .where(PromptAttempt.prompt_id == prompt.id)
+            )
+    finally:
+        await engine.dispose()
+    assert row is not None and row.status == PromptStatus.COMPLETED
+    assert responses == 1  # only the current claim answered
+    assert attempts == 2  # both provider calls are on the bill
+
+
+async def test_duplicate_dispatch_across_processes_calls_the_provider_once(
+    api: Api, database_url: str, mock_openai: MockOpenAI
+):
+    headers = await api.new_user()
+    model = f"dup-{uuid.uuid4().hex[:8]}"
+    # A second server on the same database stands in for another process.
+    async with running_api(make_settings(database_url, mock_openai)) as other:
+        created = await api.submit(headers, model=f"openai/slow-200-{model}")
+        prompt_id = uuid.UUID(created["id"])
+        await asyncio.gather(
+            *(app.app.state.dispatcher.dispatch(prompt_id) for app in (api, other, api, other))
+        )
+        done = await api.wait_final(headers, created["id"])
+    assert done["status"] == "completed" and done["executions"] == 1
+    assert len(mock_openai.calls_for(f"slow-200-{model}")) == 1
+
+
+async def test_shutdown_hands_running_prompts_back(tmp_path, mock_openai: MockOpenAI):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shutdown.db'}"
+    await migrate(url)
+    settings = make_settings(url, mock_openai, shutdown_grace_seconds=0.2)
+    async with running_api(settings) as api:
+        headers = await api.new_user()
+        created = await api.submit(headers, model="openai/slow-5000")
+        for _ in range(100):
+            body = (await api.client.get(f"/ai/prompts/{created['id']}", headers=headers)).json()
+            if body["status"] == "running":
+                break
+            await asyncio.sleep(0.02)
+        assert body["status"] == "running"
+    # Stopped mid-call: the prompt is pending again, its interrupted execution not counted.
+    engine = create_engine(settings)
+    async with create_session_factory(engine)() as session:
+        row = await session.get(PromptRequest, uuid.UUID(created["id"]))
+    await engine.dispose()
+    assert row is not None
+    assert row.status == PromptStatus.PENDING and row.attempts == 0 and row.lease_expires_at is None

@@ -1,0 +1,171 @@
+"""A local server that speaks OpenAI's chat-completions wire format, for tests and benchmarks.
+
+The official SDK talks to it over real HTTP on 127.0.0.1, exactly as it would to the vendor.
+What it answers is chosen by the upstream model name, so a test picks a behaviour by naming a
+model (`openai/error-429`, `openai/slow-500`, …):
+
+- any other name: 200, `content` = "echo: <last user message>", with usage;
+- `error-<status>`: that status with OpenAI's error body (`429` carries `Retry-After: 1`);
+- `slow-<ms>[-anything]`: waits that long, then answers normally;
+- `no-usage`: answers without a `usage` object;
+- `context-length`: 400 with code `context_length_exceeded`.
+
+Every request is recorded (path, headers, JSON body) in `calls`. Run standalone for benchmarks:
+`python -m tests.mocks.openai_server --port 9100 [--delay-ms 50]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MOCK_API_KEY = "sk-mock-0123456789abcdef"
+
+
+@dataclass
+class RecordedCall:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class MockOpenAI:
+    api_key: str = MOCK_API_KEY
+    delay_ms: float = 0.0
+    calls: list[RecordedCall] = field(default_factory=list)
+    base_url: str = ""
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    def calls_for(self, model: str) -> list[RecordedCall]:
+        return [c for c in self.calls if c.body.get("model") == model]
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append(RecordedCall(request.path, dict(request.headers), body))
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        model = str(body.get("model", ""))
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000)
+        if model.startswith("slow-"):
+            await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        if model.startswith("error-"):
+            status = int(model.removeprefix("error-"))
+            headers = {"Retry-After": "1"} if status == 429 else None
+            return _error(status, f"mock error {status}", "mock_error", None, headers)
+        if model == "context-length":
+            return _error(
+                400,
+                "This model's maximum context length is 8 tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            )
+        messages = body.get("messages") or [{"content": ""}]
+        text = "echo: " + str(messages[-1].get("content", ""))
+        max_tokens = body.get("max_tokens")
+        words = text.split()
+        finish = "stop"
+        if isinstance(max_tokens, int) and len(words) > max_tokens:
+            words, finish = words[:max_tokens], "length"
+            text = " ".join(words)
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        reply: dict[str, Any] = {
+            "id": f"chatcmpl-mock{len(self.calls)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                }
+            ],
+        }
+        if model != "no-usage":
+            reply["usage"] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(words),
+                "total_tokens": prompt_tokens + len(words),
+            }
+        return web.json_response(reply)
+
+    # -- running it in a background thread (tests) --------------------------------------
+    def start(self) -> str:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="mock-openai", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("mock OpenAI server did not start")
+        return self.base_url
+
+    async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.base_url = f"http://{host}:{sockets[0].getsockname()[1]}/v1"
+
+    def stop(self) -> None:
+        if self._loop is None or self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
+
+
+def _error(
+    status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--api-key", default=MOCK_API_KEY)
+    args = parser.parse_args()
+    mock = MockOpenAI(api_key=args.api_key, delay_ms=args.delay_ms)
+    mock.calls = _Discard()  # a benchmark must not grow a list for every request
+    web.run_app(mock.app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+class _Discard(list[RecordedCall]):
+    def append(self, item: RecordedCall) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()
