@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -93,7 +94,15 @@ async def _revoke_key(sessions: SessionFactory, args: argparse.Namespace) -> Non
 
 def _serve(settings: Settings) -> None:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    # uvicorn's own format and handler for the app's loggers too.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["app"] = {
+        "handlers": ["default"],
+        "level": settings.log_level.upper(),
+        "propagate": False,
+    }
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -101,6 +110,7 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=log_config,
         proxy_headers=True,
     )
 

@@ -116,3 +116,26 @@ async def test_malformed_id_is_422_and_unknown_route_is_problem(api: Api):
     assert_problem(
         await api.client.delete("/ai/prompts/", headers=headers), 405, "method_not_allowed"
     )
+
+
+async def test_streamed_body_is_cut_off_at_the_limit(api: Api):
+    """No Content-Length (chunked): the body is counted as it arrives and refused past the
+    limit, without waiting for the rest."""
+    headers = await api.new_user()
+    limit = api.app.state.settings.max_body_bytes
+    sent = 0
+
+    async def chunks():
+        nonlocal sent
+        yield b'{"model": "local", "prompt_type": "text", "prompt_text": "'
+        for _ in range(limit // 65536 + 50):
+            sent += 65536
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = await api.client.post(
+        "/ai/prompts/", content=chunks(), headers={**headers, "Content-Type": "application/json"}
+    )
+    assert "content-length" not in response.request.headers
+    assert_problem(response, 413, "payload_too_large")
+    assert sent <= limit + 2 * 65536  # it stopped reading soon after the limit
