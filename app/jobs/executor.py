@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 
 from app.db.base import utcnow
 from app.prompts.recorder import AttemptRecord, Claim, Recorder, ResponseRecord
-from app.providers.base import CompletionRequest, Message, ProviderError
-from app.providers.registry import ModelRouter
+from app.providers.base import Completion, CompletionRequest, Message, ProviderError
+from app.providers.registry import ModelRouter, Route
 
 logger = logging.getLogger(__name__)
 
@@ -44,40 +45,35 @@ async def execute_prompt(claim: Claim, *, recorder: Recorder, router: ModelRoute
     try:
         completion = await provider.complete(request)
     except ProviderError as exc:
-        await recorder.finish(
-            claim,
-            attempt=AttemptRecord(
-                provider=claim.provider,
-                model=claim.upstream_model,
-                started_at=started_at,
-                ended_at=utcnow(),
-                outcome="error",
-                http_status=exc.status,
-                error_code=exc.code,
-                error_message=exc.message,
-            ),
-            error_code=exc.code,
-            error_message=exc.message,
-        )
-        return
+        code, message, status = exc.code, exc.message, exc.status
     except Exception as exc:
         logger.exception("provider %s raised unexpectedly", claim.provider)
+        code, status = "internal_error", None
         message = f"The {claim.provider} adapter failed unexpectedly ({type(exc).__name__})."
-        await recorder.finish(
-            claim,
-            attempt=AttemptRecord(
-                provider=claim.provider,
-                model=claim.upstream_model,
-                started_at=started_at,
-                ended_at=utcnow(),
-                outcome="error",
-                error_code="internal_error",
-                error_message=message,
-            ),
-            error_code="internal_error",
-            error_message=message,
-        )
+    else:
+        await _record_success(claim, route, completion, started_at, started, recorder)
         return
+    attempt = AttemptRecord(
+        provider=claim.provider,
+        model=claim.upstream_model,
+        started_at=started_at,
+        ended_at=utcnow(),
+        outcome="error",
+        http_status=status,
+        error_code=code,
+        error_message=message,
+    )
+    await recorder.finish(claim, attempt=attempt, error_code=code, error_message=message)
+
+
+async def _record_success(
+    claim: Claim,
+    route: Route,
+    completion: Completion,
+    started_at: datetime,
+    started: float,
+    recorder: Recorder,
+) -> None:
     duration_ms = round((time.perf_counter() - started) * 1000)
     cost = route.cost(completion.input_tokens, completion.output_tokens)
     estimated = not completion.usage_reported

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, insert, select, update
 
 from app.db.base import utcnow
 from app.db.database import SessionFactory
@@ -68,6 +68,15 @@ class ResponseRecord:
 
 def _values(record: AttemptRecord | ResponseRecord) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
+    """The prompt is still running under this claim (the fence is the execution number)."""
+    return (
+        _P.id == claim.prompt_id,
+        _P.status == PromptStatus.RUNNING,
+        _P.attempts == claim.fence,
+    )
 
 
 class Recorder:
@@ -139,11 +148,7 @@ class Recorder:
                 )
             result = await session.execute(
                 update(_P)
-                .where(
-                    _P.id == claim.prompt_id,
-                    _P.status == PromptStatus.RUNNING,
-                    _P.attempts == claim.fence,
-                )
+                .where(*_held_by(claim))
                 .values(
                     status=status,
                     finished_at=utcnow(),
@@ -173,11 +178,7 @@ class Recorder:
             for claim in claims:
                 await session.execute(
                     update(_P)
-                    .where(
-                        _P.id == claim.prompt_id,
-                        _P.status == PromptStatus.RUNNING,
-                        _P.attempts == claim.fence,
-                    )
+                    .where(*_held_by(claim))
                     .values(
                         status=PromptStatus.PENDING,
                         attempts=claim.fence - 1,

@@ -80,20 +80,38 @@ class PromptCreate(BaseModel):
     )
 
 
+_PROMPT_EXAMPLE: dict[str, Any] = {
+    "id": "2c292282-6542-4384-9450-18a794829bad",
+    "model": "gpt-4o-mini",
+    "provider": "openai",
+    "prompt_type": "text",
+    "prompt_text": "Write a haiku about databases.",
+    "status": "pending",
+    "created_at": "2026-11-25T13:17:14.067333Z",
+    "started_at": None,
+    "finished_at": None,
+    "metadata": {"team": "docs"},
+}
+
+
 class PromptOut(BaseModel):
     """A prompt as stored, without its outcome."""
 
-    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        validate_by_name=True,
+        json_schema_extra={"examples": [_PROMPT_EXAMPLE]},
+    )
 
     id: uuid.UUID
-    model: str
-    provider: str
+    model: str = Field(description="The model as requested.")
+    provider: str = Field(description="The provider it was routed to.")
     prompt_type: str
     prompt_text: str
-    status: PromptStatus
+    status: PromptStatus = Field(description="pending → running → completed | failed | cancelled")
     created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: datetime | None = Field(description="When the last execution started.")
+    finished_at: datetime | None = Field(description="When it reached its final status.")
     metadata: dict[str, str] = Field(validation_alias="meta")
 
 
@@ -136,6 +154,49 @@ class AttemptOut(BaseModel):
 
 class PromptDetail(PromptOut):
     """A prompt with its outcome: the response when completed, the error when failed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_PROMPT_EXAMPLE,
+                    "status": "completed",
+                    "started_at": "2026-11-25T13:17:14.073419Z",
+                    "finished_at": "2026-11-25T13:17:14.913040Z",
+                    "upstream_model": "gpt-4o-mini",
+                    "parameters": {"max_tokens": 64},
+                    "executions": 1,
+                    "response": {
+                        "response_text": "Rows fall like snow / ...",
+                        "duration_ms": 812,
+                        "provider": "openai",
+                        "upstream_model": "gpt-4o-mini-2024-07-18",
+                        "input_tokens": 14,
+                        "output_tokens": 17,
+                        "usage_estimated": False,
+                        "cost_usd": "0.0000123",
+                        "finish_reason": "stop",
+                        "created_at": "2026-11-25T13:17:14.915975Z",
+                    },
+                    "error": None,
+                    "attempts": [
+                        {
+                            "provider": "openai",
+                            "model": "gpt-4o-mini",
+                            "started_at": "2026-11-25T13:17:14.083653Z",
+                            "ended_at": "2026-11-25T13:17:14.906323Z",
+                            "outcome": "success",
+                            "http_status": None,
+                            "error_code": None,
+                            "input_tokens": 14,
+                            "output_tokens": 17,
+                            "cost_usd": "0.0000123",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
     upstream_model: str
     parameters: dict[str, Any]
