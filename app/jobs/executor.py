@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime
@@ -44,6 +45,19 @@ async def execute_prompt(claim: Claim, *, recorder: Recorder, router: ModelRoute
     started = time.perf_counter()
     try:
         completion = await provider.complete(request)
+    except asyncio.CancelledError:
+        # The runner is stopping: the call is abandoned, but it happened and may be billed.
+        abandoned = AttemptRecord(
+            provider=claim.provider,
+            model=claim.upstream_model,
+            started_at=started_at,
+            ended_at=utcnow(),
+            outcome="abandoned",
+            error_code="abandoned",
+            error_message="The call was abandoned when its runner stopped.",
+        )
+        await asyncio.shield(recorder.record_attempt(claim, abandoned))
+        raise
     except ProviderError as exc:
         code, message, status = exc.code, exc.message, exc.status
     except Exception as exc:

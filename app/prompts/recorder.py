@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy import ColumnElement, Insert, insert, select, update
 
 from app.db.base import utcnow
 from app.db.database import SessionFactory
@@ -68,6 +68,12 @@ class ResponseRecord:
 
 def _values(record: AttemptRecord | ResponseRecord) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _insert_attempt(claim: Claim, attempt: AttemptRecord) -> Insert:
+    return insert(PromptAttempt).values(
+        id=uuid.uuid4(), prompt_id=claim.prompt_id, **_values(attempt)
+    )
 
 
 def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
@@ -124,6 +130,11 @@ class Recorder:
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
             )
 
+    async def record_attempt(self, claim: Claim, attempt: AttemptRecord) -> None:
+        """A provider call that leaves the prompt's status alone (e.g. abandoned at shutdown)."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(_insert_attempt(claim, attempt))
+
     async def finish(
         self,
         claim: Claim,
@@ -141,11 +152,7 @@ class Recorder:
         status = PromptStatus.COMPLETED if response is not None else PromptStatus.FAILED
         async with self._sessions() as session, session.begin():
             if attempt is not None:
-                await session.execute(
-                    insert(PromptAttempt).values(
-                        id=uuid.uuid4(), prompt_id=claim.prompt_id, **_values(attempt)
-                    )
-                )
+                await session.execute(_insert_attempt(claim, attempt))
             result = await session.execute(
                 update(_P)
                 .where(*_held_by(claim))

@@ -181,6 +181,13 @@ async def test_shutdown_hands_running_prompts_back(tmp_path, mock_openai: MockOp
     engine = create_engine(settings)
     async with create_session_factory(engine)() as session:
         row = await session.get(PromptRequest, uuid.UUID(created["id"]))
+        attempts = (
+            await session.scalars(
+                select(PromptAttempt).where(PromptAttempt.prompt_id == uuid.UUID(created["id"]))
+            )
+        ).all()
     await engine.dispose()
     assert row is not None
     assert row.status == PromptStatus.PENDING and row.attempts == 0 and row.lease_expires_at is None
+    # The abandoned call is still on the record (it may be billed).
+    assert [(a.outcome, a.error_code) for a in attempts] == [("abandoned", "abandoned")]
