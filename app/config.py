@@ -35,7 +35,12 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///./prompt_manager.db",
         description="SQLAlchemy URL; `postgresql://…` is accepted and means asyncpg.",
     )
-    database_pool_size: int = Field(10, ge=1, le=500)
+    database_pool_size: int = Field(
+        20,
+        ge=1,
+        le=500,
+        description="PostgreSQL connections kept per process (as many again in overflow).",
+    )
 
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
     max_prompt_chars: int = Field(100_000, ge=1, description="Longest prompt_text accepted.")
@@ -83,6 +88,11 @@ class Settings(BaseSettings):
                 "(postgresql:// is accepted too)"
             )
         return value
+
+    @field_validator("openai_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("openai_base_url")
     @classmethod

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from alembic import command
 from fastapi import FastAPI
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from app.auth import service as auth_service
 from app.config import Settings
@@ -115,6 +116,19 @@ async def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
         await admin.close()
 
 
+class IsolatedSettings(Settings):
+    """Settings from the test's arguments only: no environment variable or .env file leaks in."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        **_: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def make_settings(database_url: str, mock: MockOpenAI | None = None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -125,10 +139,9 @@ def make_settings(database_url: str, mock: MockOpenAI | None = None, **overrides
         "lease_seconds": 5,
         "redispatch_after_seconds": 2,
         "provider_timeout_seconds": 10,
-        "_env_file": None,
     }
     values.update(overrides)
-    return Settings(**values)
+    return IsolatedSettings(**values)
 
 
 @dataclass

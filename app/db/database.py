@@ -49,11 +49,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    # No pre-ping: it costs a round trip on every checkout (measured: about a fifth of the CPU
+    # of an authenticated GET). A connection broken by a database restart fails its statement
+    # instead, which answers 503 `database_unavailable`, and SQLAlchemy then discards the whole
+    # pool, so the next request reconnects.
     return create_async_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_recycle=1800,
     )
 
