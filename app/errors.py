@@ -84,12 +84,6 @@ class Conflict(AppError):
     title = "Conflict"
 
 
-class ServiceUnavailable(AppError):
-    status_code = 503
-    code = "service_unavailable"
-    title = "Service unavailable"
-
-
 _HTTP_CODES = {
     400: ("bad_request", "Bad request"),
     401: ("unauthorized", "Unauthorized"),

@@ -57,11 +57,6 @@ class EmbeddedRunner:
         self._drained = asyncio.Event()  # set whenever no claim is held
         self._drained.set()
 
-    @property
-    def backlog(self) -> int:
-        """Prompts queued or running in this process."""
-        return len(self._known)
-
     async def dispatch(self, prompt_id: uuid.UUID) -> None:
         if prompt_id not in self._known:
             self._known.add(prompt_id)

@@ -2,12 +2,11 @@
 
 from app.models.api_key import ApiKey
 from app.models.prompt_attempt import PromptAttempt
-from app.models.prompt_request import FINAL_STATUSES, PromptRequest, PromptStatus
+from app.models.prompt_request import PromptRequest, PromptStatus
 from app.models.prompt_response import PromptResponse
 from app.models.user import User
 
 __all__ = [
-    "FINAL_STATUSES",
     "ApiKey",
     "PromptAttempt",
     "PromptRequest",

@@ -25,9 +25,6 @@ class PromptStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-FINAL_STATUSES = (PromptStatus.COMPLETED, PromptStatus.FAILED, PromptStatus.CANCELLED)
-
-
 class PromptRequest(Base):
     """A prompt and its execution state: the row is the job."""
 
