@@ -21,6 +21,7 @@ class CompletionRequest:
     messages: list[Message]
     temperature: float | None = None
     max_tokens: int | None = None
+    timeout: float | None = None  # total seconds for this call; None: the client's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class Completion:
 
 class Provider(Protocol):
     name: str
+    max_temperature: float  # the highest temperature the vendor accepts
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
@@ -47,24 +49,23 @@ class ProviderError(Exception):
     code = "provider_error"
     retryable = False
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
-        self.message = message
-        self.status = status
+        self.message = message  # for users: never holds a key or a stack trace
+        self.status = status  # the upstream HTTP status, when there was one
+        self.retry_after = retry_after  # seconds, from the vendor's Retry-After header
 
 
 class RateLimited(ProviderError):
     code = "rate_limited"
     retryable = True
 
-    def __init__(
-        self, message: str, *, status: int | None = 429, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
-
 
 class Unavailable(ProviderError):
+    """5xx, and Anthropic's 529 "overloaded"."""
+
     code = "provider_unavailable"
     retryable = True
 
@@ -98,6 +99,14 @@ class ContentFiltered(ProviderError):
 class MalformedResponse(ProviderError):
     code = "malformed_response"
     retryable = True
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the HTTP-date form is rare from these vendors)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def estimate_tokens(text: str) -> int:

@@ -9,6 +9,7 @@ never at import, so an API process that never calls `local` never pays for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -93,6 +94,7 @@ class LocalProvider:
     """`local`: the bundled model, through the OpenAI adapter once its server is up."""
 
     name = "local"
+    max_temperature = 2.0
 
     def __init__(
         self,
@@ -130,12 +132,7 @@ class LocalProvider:
     async def complete(self, request: CompletionRequest) -> Completion:
         if request.max_tokens is None:
             # Left alone, a small model keeps going until its context is full.
-            request = CompletionRequest(
-                model=request.model,
-                messages=request.messages,
-                temperature=request.temperature,
-                max_tokens=self._default_max_tokens,
-            )
+            request = dataclasses.replace(request, max_tokens=self._default_max_tokens)
         return await (await self._provider()).complete(request)
 
     async def aclose(self) -> None:

@@ -19,6 +19,7 @@ from app.providers.base import (
     RateLimited,
     Unavailable,
     estimate_tokens,
+    retry_after_seconds,
 )
 
 
@@ -38,6 +39,8 @@ def build_client(
 
 
 class OpenAIProvider:
+    max_temperature = 2.0
+
     def __init__(self, client: AsyncOpenAI, *, name: str = "openai") -> None:
         self.name = name
         self._client = client
@@ -49,6 +52,7 @@ class OpenAIProvider:
                 messages=list(request.messages),  # type: ignore[arg-type]
                 temperature=request.temperature if request.temperature is not None else openai.omit,
                 max_tokens=request.max_tokens if request.max_tokens is not None else openai.omit,
+                timeout=request.timeout if request.timeout is not None else openai.NOT_GIVEN,
             )
         except openai.APIError as exc:
             raise map_openai_error(exc, provider=self.name) from None
@@ -88,14 +92,6 @@ def _vendor_message(exc: openai.APIStatusError) -> str:
     return f"HTTP {exc.status_code}"
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 def map_openai_error(exc: openai.APIError, *, provider: str) -> ProviderError:
     """Translate an SDK exception into our error tree. Messages never include the API key:
     they come from the vendor's error body or are written here."""
@@ -116,10 +112,11 @@ def map_openai_error(exc: openai.APIError, *, provider: str) -> ProviderError:
             f"{provider} rejected the gateway's credentials ({_vendor_message(exc)})",
             status=status,
         )
+    retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
     if status == 429:
-        return RateLimited(message, status=status, retry_after=_retry_after(exc))
+        return RateLimited(message, status=status, retry_after=retry_after)
     if status >= 500:
-        return Unavailable(message, status=status)
+        return Unavailable(message, status=status, retry_after=retry_after)
     code = ""
     if isinstance(exc.body, dict):
         inner = exc.body.get("error", exc.body)
