@@ -20,6 +20,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.database import SessionFactory, create_engine, create_session_factory
 from app.errors import AppError
+from app.providers.catalogue import CatalogueError, load_catalogue
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Configuration error: {field}: {error['msg']}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        try:
+            load_catalogue(settings.model_catalogue_path)  # fail before uvicorn, readably
+        except CatalogueError as exc:
+            print(f"Configuration error: {exc}", file=sys.stderr)
+            return 2
         _serve(settings)
         return 0
     commands = {"create-user": _create_user, "create-key": _create_key, "revoke-key": _revoke_key}

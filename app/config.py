@@ -8,10 +8,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+BUILT_IN_PROVIDERS = ("openai", "gemini", "anthropic", "local")
+
+
+def _http_url(value: str | None, name: str) -> str | None:
+    if value in (None, ""):
+        return None
+    assert value is not None
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{name} must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class CompatibleEndpoint(BaseModel):
+    """A server speaking OpenAI's chat-completions API, addressed as `name/model`."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$", examples=["ollama"])
+    base_url: str = Field(examples=["http://127.0.0.1:11434/v1"])
+    api_key: SecretStr | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_built_in(cls, value: str) -> str:
+        if value in BUILT_IN_PROVIDERS:
+            raise ValueError(f"'{value}' is a built-in provider name; choose another")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        url = _http_url(value, "base_url")
+        assert url is not None
+        return url
 
 
 class Settings(BaseSettings):
@@ -58,11 +90,55 @@ class Settings(BaseSettings):
         5.0, ge=0, le=600, description="At shutdown, how long running prompts may finish."
     )
 
-    provider_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+    provider_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Total time for one provider call, unless the request "
+        "or the model's catalogue entry says otherwise.",
+    )
     provider_connect_timeout_seconds: float = Field(5.0, gt=0, le=600)
+    retry_max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a retryable failure, per model, before falling back.",
+    )
+    retry_base_delay_seconds: float = Field(0.5, ge=0, le=60)
+    retry_max_delay_seconds: float = Field(8.0, ge=0, le=600)
+    retry_after_cap_seconds: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        description="The longest Retry-After honoured; longer ones are not "
+        "waited for: the prompt moves to its fallback, or fails.",
+    )
+    circuit_failure_threshold: int = Field(
+        5, ge=1, le=1000, description="Consecutive retryable failures that open a circuit."
+    )
+    circuit_cooldown_seconds: float = Field(
+        30.0, ge=0, le=3600, description="How long an open circuit stays open before a probe."
+    )
+    model_catalogue_path: Path | None = Field(
+        None, description="A TOML catalogue whose models replace or add to the bundled ones."
+    )
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str | None = None
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    anthropic_default_max_tokens: int = Field(
+        4096,
+        ge=1,
+        le=128_000,
+        description="max_tokens sent to Anthropic when a request has none (its API requires one).",
+    )
+    openai_compatible_endpoints: list[CompatibleEndpoint] = Field(
+        default_factory=list,
+        description='JSON list, e.g. [{"name": "ollama", "base_url": "http://127.0.0.1:11434/v1"}]',
+    )
 
     local_model_enabled: bool = True
     local_model_path: Path | None = Field(
@@ -89,19 +165,36 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("openai_api_key", mode="before")
+    @field_validator(
+        "openai_api_key",
+        "gemini_api_key",
+        "anthropic_api_key",
+        "model_catalogue_path",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("openai_base_url")
+    @field_validator("openai_base_url", "gemini_base_url", "anthropic_base_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("OPENAI_BASE_URL must be an http:// or https:// URL")
-        return value.rstrip("/")
+    def _base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _http_url(value, str(info.field_name).upper())
+
+    @field_validator("openai_compatible_endpoints")
+    @classmethod
+    def _unique_names(cls, value: list[CompatibleEndpoint]) -> list[CompatibleEndpoint]:
+        names = [endpoint.name for endpoint in value]
+        if len(names) != len(set(names)):
+            raise ValueError("OPENAI_COMPATIBLE_ENDPOINTS names must be unique")
+        return value
+
+    @field_validator("model_catalogue_path")
+    @classmethod
+    def _catalogue_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"MODEL_CATALOGUE_PATH {value} is not a file")
+        return value
 
     @field_validator("local_model_path")
     @classmethod

@@ -19,12 +19,15 @@ from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.health import router as health_router
 from app.jobs.dispatcher import EmbeddedRunner
-from app.jobs.executor import execute_prompt
+from app.jobs.executor import Execution, execute_prompt
 from app.jobs.sweeper import Sweeper
 from app.middleware import BodyLimitMiddleware
 from app.prompts.recorder import Recorder
 from app.prompts.router import router as prompts_router
+from app.providers.catalogue import load_catalogue
 from app.providers.registry import ModelRouter, build_providers
+from app.providers.resilience import CircuitBreaker, RetryPolicy
+from app.providers.router import router as models_router
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +51,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         await ensure_migrated(engine)
         sessions = create_session_factory(engine)
-        providers = build_providers(settings)
-        model_router = ModelRouter(providers)
+        catalogue = load_catalogue(settings.model_catalogue_path)
+        providers = build_providers(settings, catalogue)
+        model_router = ModelRouter(providers, catalogue)
         recorder = Recorder(sessions)
+        execution = Execution(
+            recorder=recorder,
+            router=model_router,
+            policy=RetryPolicy(
+                max_retries=settings.retry_max_retries,
+                base_delay=settings.retry_base_delay_seconds,
+                max_delay=settings.retry_max_delay_seconds,
+                retry_after_cap=settings.retry_after_cap_seconds,
+            ),
+            breaker=CircuitBreaker(
+                threshold=settings.circuit_failure_threshold,
+                cooldown=settings.circuit_cooldown_seconds,
+            ),
+        )
         runner = EmbeddedRunner(
-            partial(execute_prompt, recorder=recorder, router=model_router),
+            partial(execute_prompt, execution=execution),
             recorder=recorder,
             concurrency=settings.runner_concurrency,
             lease_seconds=settings.lease_seconds,
@@ -99,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_tags=[
             {"name": "prompts", "description": "Submit prompts and read their outcome."},
+            {"name": "models", "description": "The models and prices of the catalogue."},
             {"name": "health", "description": "Liveness for load balancers."},
         ],
     )
@@ -107,5 +126,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_docs(app)
     app.include_router(prompts_router)
+    app.include_router(models_router)
     app.include_router(health_router)
     return app

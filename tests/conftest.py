@@ -139,6 +139,11 @@ def make_settings(database_url: str, mock: MockOpenAI | None = None, **overrides
         "lease_seconds": 5,
         "redispatch_after_seconds": 2,
         "provider_timeout_seconds": 10,
+        # Fast retries; and a breaker that the whole session's failures cannot trip (the tests
+        # that are about the breaker build their own app).
+        "retry_base_delay_seconds": 0.01,
+        "retry_max_delay_seconds": 0.05,
+        "circuit_failure_threshold": 1000,
     }
     values.update(overrides)
     return IsolatedSettings(**values)

@@ -33,7 +33,9 @@ class PromptAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     input_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_input_tokens: Mapped[int | None] = mapped_column(Integer)
     usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    catalogue_version: Mapped[str | None] = mapped_column(String(32))
 
     prompt: Mapped[PromptRequest] = relationship(back_populates="attempt_log", lazy="raise")

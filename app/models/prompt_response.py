@@ -33,6 +33,7 @@ class PromptResponse(Base):
     output_tokens: Mapped[int] = mapped_column(Integer)
     usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     cost_usd: Mapped[Decimal] = mapped_column(Money)
+    catalogue_version: Mapped[str | None] = mapped_column(String(32))
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     time_to_first_token_ms: Mapped[int | None] = mapped_column(Integer)
 

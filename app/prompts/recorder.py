@@ -49,8 +49,10 @@ class AttemptRecord:
     error_message: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input_tokens: int | None = None
     usage_estimated: bool = False
     cost_usd: Decimal | None = None
+    catalogue_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class ResponseRecord:
     usage_estimated: bool
     cost_usd: Decimal
     finish_reason: str | None
+    catalogue_version: str | None
 
 
 def _values(record: AttemptRecord | ResponseRecord) -> dict[str, Any]:

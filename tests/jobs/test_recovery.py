@@ -123,6 +123,7 @@ async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_datab
             usage_estimated=False,
             cost_usd=Decimal(0),
             finish_reason="stop",
+            catalogue_version=None,
         )
         assert await recorder.finish(first, attempt=attempt, response=response) is False
         assert await recorder.finish(second, attempt=attempt, response=response) is True

@@ -5,8 +5,14 @@ What it answers is chosen by the upstream model name, so a test picks a behaviou
 model (`openai/error-429`, `openai/slow-500`, …):
 
 - any other name: 200, `content` = "echo: <last user message>", with usage;
-- `error-<status>`: that status with OpenAI's error body (`429` carries `Retry-After: 1`);
+- `error-<status>[-anything]`: that status with OpenAI's error body (`429` and `503` carry
+  `Retry-After: 1`, unless the name contains `no-retry-after`);
+- `retry-after-<seconds>[-anything]`: 429 with that `Retry-After`;
+- `flaky-<n>-<anything>`: the first n calls with this exact name get 503, later ones succeed;
 - `slow-<ms>[-anything]`: waits that long, then answers normally;
+- `hang[-anything]`: never answers (until the server stops);
+- `reset[-anything]`: drops the connection without answering;
+- `malformed[-anything]`: 200 with a body that is not JSON;
 - `no-usage`: answers without a `usage` object;
 - `context-length`: 400 with code `context_length_exceeded`.
 
@@ -42,6 +48,8 @@ class MockOpenAI:
     delay_ms: float = 0.0
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
+    _seen: dict[str, int] = field(default_factory=dict)
+    _stopping: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
@@ -62,13 +70,31 @@ class MockOpenAI:
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
             )
         model = str(body.get("model", ""))
+        self._seen[model] = self._seen.get(model, 0) + 1
         if self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        if model.startswith("hang"):
+            if self._stopping is None:
+                self._stopping = asyncio.Event()
+            await self._stopping.wait()
+        if model.startswith("reset"):
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if model.startswith("malformed"):
+            return web.Response(text="{this is not json", content_type="application/json")
+        if model.startswith("flaky-") and self._seen[model] <= int(model.split("-")[1]):
+            return _error(503, "mock flaky 503", "mock_error", None)
+        if model.startswith("retry-after-"):
+            seconds = model.split("-")[2]
+            return _error(429, "slow down", "rate_limit", None, {"Retry-After": seconds})
         if model.startswith("error-"):
-            status = int(model.removeprefix("error-"))
-            headers = {"Retry-After": "1"} if status == 429 else None
+            status = int(model.split("-")[1])
+            headers = None
+            if status in (429, 503) and "no-retry-after" not in model:
+                headers = {"Retry-After": "1"}
             return _error(status, f"mock error {status}", "mock_error", None, headers)
         if model == "context-length":
             return _error(
@@ -134,6 +160,8 @@ class MockOpenAI:
     def stop(self) -> None:
         if self._loop is None or self._runner is None:
             return
+        if self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)  # release hanging requests
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:

@@ -1,0 +1,328 @@
+"""A local server that speaks Anthropic's Messages API wire format, for tests and benchmarks.
+
+The official SDK talks to it over real HTTP on 127.0.0.1, exactly as it would to the vendor
+(`base_url` is the server root: the SDK itself adds `/v1/messages`). It checks what the real
+API checks first: a key (`x-api-key`, or `Authorization: Bearer` as SDK 2.x sends it), an
+`anthropic-version` header, `max_tokens`, and, under API version 2026-10-21, the absence of the
+removed sampling parameters (`temperature`, `top_p`, `top_k` answer 400 there, even at 1.0).
+What it answers is chosen by the model name, so a test picks a behaviour by naming a model:
+
+- any other name: 200, one text block "echo: <last user text>", with usage; `"stream": true`
+  answers the same as named SSE events (message_start … message_stop);
+- `error-<status>`: that status with Anthropic's error body; 429, 503 and 529 carry
+  `Retry-After: 1` (`error-429-no-retry-after` does not); 529 is `overloaded_error`;
+- `slow-<ms>[-anything]`: waits that long, then answers normally;
+- `trickle-<ms>`: sends the normal reply's headers at once and its body in small pieces spread
+  over that long, so no single read waits long but the whole call does;
+- `hang`: never answers (released when the server stops, so it still shuts down promptly);
+- `reset`: resets the connection (TCP RST) without sending a response;
+- `malformed`: 200, `application/json`, a body that is not JSON; `malformed-html`: 200 with an
+  HTML page; `malformed-shape`: 200 with JSON that is not a message;
+- `no-usage`: a message without `usage`;
+- `refusal`: `stop_reason` "refusal" with `stop_details`;
+- `context-length`: 400 invalid_request_error "prompt is too long: N tokens > M maximum".
+
+Every request is recorded (path, headers, JSON body, which auth header, which API version) in
+`calls`. Run standalone for benchmarks:
+`python -m tests.mocks.anthropic_server --port 9300 [--delay-ms 50]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MOCK_API_KEY = "sk-ant-mock-fedcba9876543210"
+SAMPLING_VERSION = "2023-06-01"  # the last API version that accepts temperature/top_p/top_k
+SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k")
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class RecordedCall:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    auth: str | None  # "x-api-key", "bearer", or None when neither header was sent
+    api_version: str | None
+
+
+@dataclass
+class MockAnthropic:
+    api_key: str = MOCK_API_KEY
+    delay_ms: float = 0.0
+    calls: list[RecordedCall] = field(default_factory=list)
+    base_url: str = ""
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+    _release: asyncio.Event | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        return app
+
+    def calls_for(self, model: str) -> list[RecordedCall]:
+        return [c for c in self.calls if c.body.get("model") == model]
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return _error(400, "There was an error parsing the body of your request.")
+        if not isinstance(body, dict):
+            return _error(400, "The request body must be a JSON object.")
+        auth, key = _credentials(request)
+        version = request.headers.get("anthropic-version")
+        self.calls.append(RecordedCall(request.path, dict(request.headers), body, auth, version))
+        if key != self.api_key:
+            return _error(401, "invalid x-api-key")
+        if not version:
+            return _error(400, "anthropic-version: header is required")
+        rejected = [p for p in SAMPLING_PARAMETERS if p in body and version != SAMPLING_VERSION]
+        if rejected:
+            return _error(400, f"{rejected[0]}: Extra inputs are not permitted")
+        if not isinstance(body.get("max_tokens"), int):
+            return _error(400, "max_tokens: Field required")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400, "messages: at least one message is required")
+        return await self._behave(request, body, str(body.get("model", "")))
+
+    async def _behave(
+        self, request: web.Request, body: dict[str, Any], model: str
+    ) -> web.StreamResponse:
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000)
+        if model.startswith("slow-"):
+            await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        if model == "hang":
+            assert self._release is not None
+            await self._release.wait()
+            return _error(500, "the mock server stopped")
+        if model == "reset":
+            raise _reset(request)
+        if model.startswith("error-"):
+            status = int(model.removeprefix("error-").split("-")[0])
+            retry = status in (429, 503, 529) and not model.endswith("no-retry-after")
+            return _error(status, f"mock error {status}", {"Retry-After": "1"} if retry else None)
+        if model == "context-length":
+            return _error(400, "prompt is too long: 250000 tokens > 200000 maximum")
+        if model == "malformed":
+            return web.Response(
+                text='{"id": "msg_01", "content": [', content_type="application/json"
+            )
+        if model == "malformed-html":
+            return web.Response(text="<html><body>502 Bad Gateway</body></html>")
+        if model == "malformed-shape":
+            return web.json_response({"unexpected": True})
+        message = _reply(body, model, f"msg_mock{len(self.calls):08d}")
+        if body.get("stream"):
+            return await _stream(request, message)
+        if model.startswith("trickle-"):
+            return await _trickle(request, message, int(model.split("-")[1]) / 1000)
+        return web.json_response(message, headers={"request-id": message["id"]})
+
+    # -- running it in a background thread (tests) --------------------------------------
+    def start(self) -> str:
+        """Serve on 127.0.0.1 on a free port; returns the base URL to give the SDK."""
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="mock-anthropic", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("mock Anthropic server did not start")
+        return self.base_url
+
+    async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._release = asyncio.Event()
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.base_url = f"http://{host}:{sockets[0].getsockname()[1]}"
+
+    def stop(self) -> None:
+        if self._loop is None or self._runner is None:
+            return
+        if self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)  # let `hang` handlers finish
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
+
+
+def _credentials(request: web.Request) -> tuple[str | None, str | None]:
+    """Which auth header was sent, and its key. The API prefers x-api-key when both are."""
+    if "x-api-key" in request.headers:
+        return "x-api-key", request.headers["x-api-key"]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return "bearer", token
+    return None, None
+
+
+def _text_of(content: Any) -> str:
+    """A message's or system prompt's text: a string, or a list of text blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(b.get("text", ""))
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+    return ""
+
+
+def _reply(body: dict[str, Any], model: str, message_id: str) -> dict[str, Any]:
+    messages = body["messages"]
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    words = ("echo: " + _text_of(users[-1].get("content") if users else "")).split()
+    stop_reason = "end_turn"
+    if len(words) > body["max_tokens"]:
+        words, stop_reason = words[: body["max_tokens"]], "max_tokens"
+    prompt = [_text_of(body.get("system"))] + [_text_of(m.get("content")) for m in messages]
+    reply: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": " ".join(words)}],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": len(" ".join(prompt).split()), "output_tokens": len(words)},
+    }
+    if model == "refusal":
+        reply["content"] = []
+        reply["stop_reason"] = "refusal"
+        reply["stop_details"] = {
+            "type": "refusal",
+            "category": "cyber",
+            "explanation": "The request could enable cyber harm.",
+        }
+    if model == "no-usage":
+        del reply["usage"]
+    return reply
+
+
+async def _stream(request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
+    """The message as the named SSE events of the 2023-06-01+ streaming format."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    usage = message.get("usage", {"input_tokens": 0, "output_tokens": 0})
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    start["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
+    events.append(("ping", {}))
+    for index, block in enumerate(message["content"]):
+        events.append(
+            ("content_block_start", {"index": index, "content_block": {**block, "text": ""}})
+        )
+        for i, word in enumerate(block["text"].split(" ")):
+            piece = word if i == 0 else " " + word
+            delta = {"type": "text_delta", "text": piece}
+            events.append(("content_block_delta", {"index": index, "delta": delta}))
+        events.append(("content_block_stop", {"index": index}))
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+    events.append(
+        ("message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
+    )
+    events.append(("message_stop", {}))
+    for name, data in events:
+        payload = json.dumps({"type": name, **data})
+        await response.write(f"event: {name}\ndata: {payload}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+async def _trickle(
+    request: web.Request, message: dict[str, Any], seconds: float, pieces: int = 20
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    data = json.dumps(message).encode()
+    size = -(-len(data) // pieces)
+    try:
+        for start in range(0, len(data), size):
+            await asyncio.sleep(seconds / pieces)
+            await response.write(data[start : start + size])
+        await response.write_eof()
+    except ConnectionError:  # the client gave up first, as it should
+        pass
+    return response
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def _reset(request: web.Request) -> web.HTTPException:
+    """Abort the connection with a TCP RST (SO_LINGER 0), as a crashing upstream or a
+    middlebox would; aiohttp then has nothing to write, and the client sees a reset."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if transport is not None:
+        transport.abort()
+    return web.HTTPInternalServerError()  # never sent: the connection is gone
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9300)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--api-key", default=MOCK_API_KEY)
+    args = parser.parse_args()
+    mock = MockAnthropic(api_key=args.api_key, delay_ms=args.delay_ms)
+    mock.calls = _Discard()  # a benchmark must not grow a list for every request
+
+    async def on_startup(_: web.Application) -> None:
+        mock._release = asyncio.Event()
+
+    app = mock.app()
+    app.on_startup.append(on_startup)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+
+
+class _Discard(list[RecordedCall]):
+    def append(self, item: RecordedCall) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()

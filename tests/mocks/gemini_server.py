@@ -1,0 +1,326 @@
+"""A local server that speaks the Gemini API's wire format, for tests and benchmarks.
+
+The official `google-genai` SDK talks to it over real HTTP on 127.0.0.1, exactly as it would to
+`generativelanguage.googleapis.com`: `POST /v1/models/{model}:generateContent` and
+`POST /v1/models/{model}:streamGenerateContent?alt=sse`, the key in `x-goog-api-key`.
+What it answers is chosen by the model name in the URL:
+
+- any other name: 200, text "echo: <last user message>", with usageMetadata and modelVersion
+  `<model>-001`; `maxOutputTokens` (in words here) truncates with finishReason MAX_TOKENS;
+- `error-<status>`: that status with Google's error body (`429` carries `Retry-After: 1` and a
+  RetryInfo of 1s, `503` carries `Retry-After: 2`); `error-429-no-retry-after` has neither,
+  `error-429-retry-info` has only RetryInfo (7s), as the real API usually answers;
+- `slow-<ms>[-anything]`: waits that long, then answers normally;
+- `hang`: never answers; it ends when the client goes away or the server stops;
+- `reset`: drops the connection (TCP RST) without a response;
+- `malformed`: 200 whose body is not JSON;
+- `no-usage`: answers without usageMetadata;
+- `blocked`: the answer was withheld (candidate finishReason SAFETY, no content);
+- `blocked-prompt`: the prompt was refused (promptFeedback.blockReason SAFETY, no candidates);
+- `context-length`: 400 with the message Google gives for an input over the model's limit.
+
+Keys are checked like Google does: no key is 403 PERMISSION_DENIED, a wrong key is **400**
+INVALID_ARGUMENT with reason API_KEY_INVALID (not 401). Every request is recorded in `calls`.
+Run standalone for benchmarks: `python -m tests.mocks.gemini_server --port 9200 [--delay-ms 50]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MOCK_API_KEY = "AIzaMock-0123456789abcdef"
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+REQUEST_FIELDS = {
+    "contents",
+    "systemInstruction",
+    "generationConfig",
+    "safetySettings",
+    "tools",
+    "toolConfig",
+    "cachedContent",
+    "labels",
+}
+CONTEXT_LENGTH_MESSAGE = (
+    "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576)."
+)
+
+
+@dataclass
+class RecordedCall:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: dict[str, Any]
+    model: str
+
+
+@dataclass
+class MockGemini:
+    api_key: str = MOCK_API_KEY
+    delay_ms: float = 0.0
+    calls: list[RecordedCall] = field(default_factory=list)
+    base_url: str = ""
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+    _stopping: asyncio.Event | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/models/{target}", self._models)
+        return app
+
+    def calls_for(self, model: str) -> list[RecordedCall]:
+        return [c for c in self.calls if c.model == model]
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["target"].rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent"):
+            return _error(404, f"Method {method!r} not found.")
+        body = await request.json()
+        self.calls.append(
+            RecordedCall(request.path, dict(request.query), dict(request.headers), body, model)
+        )
+        key = request.headers.get("x-goog-api-key")
+        if key is None:
+            return _error(403, "Method doesn't allow unregistered callers.")
+        if key != self.api_key:
+            return _error(400, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID")
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000)
+        if model.startswith("slow-"):
+            await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        if model == "hang":
+            assert self._stopping is not None
+            await self._stopping.wait()  # or cancelled when the client hangs up
+            return _error(503, "The mock server is shutting down.")
+        if model == "reset":
+            _reset_connection(request)
+            assert self._stopping is not None
+            await self._stopping.wait()  # cancelled at once: the connection is gone
+            raise web.HTTPServiceUnavailable
+        if model.startswith("error-"):
+            return _vendor_error(model)
+        if model == "context-length":
+            return _error(400, CONTEXT_LENGTH_MESSAGE)
+        if model == "malformed":
+            return web.Response(text="<html>upstream proxy error</html>", content_type="text/html")
+        unknown = sorted(set(body) - REQUEST_FIELDS)
+        if unknown:  # Google rejects unknown fields, which catches a wrongly spelled one
+            return _error(400, f'Invalid JSON payload received. Unknown name "{unknown[0]}".')
+        chunks = _answer(model, body)
+        if method == "generateContent":
+            return web.json_response(_joined(chunks))
+        if request.query.get("alt") != "sse":
+            return _error(400, "This mock streams server-sent events only (alt=sse).")
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        for chunk in chunks:
+            await stream.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+        await stream.write_eof()
+        return stream
+
+    # -- running it in a background thread (tests) --------------------------------------
+    def start(self) -> str:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="mock-gemini", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("mock Gemini server did not start")
+        return self.base_url
+
+    async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._stopping = asyncio.Event()
+        # handler_cancellation: a hung handler ends as soon as its client hangs up.
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        # The SDK appends `/v1/models/...` itself: the base URL is the bare origin.
+        self.base_url = f"http://{host}:{sockets[0].getsockname()[1]}"
+
+    async def _shutdown(self) -> None:
+        assert self._stopping is not None and self._runner is not None
+        self._stopping.set()  # releases any `hang` still waiting
+        await self._runner.cleanup()
+
+    def stop(self) -> None:
+        if self._loop is None or self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
+
+
+def _texts(content: dict[str, Any]) -> str:
+    return "".join(str(p.get("text", "")) for p in content.get("parts") or [])
+
+
+def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply as stream chunks, one per word (at least one chunk)."""
+    contents: list[dict[str, Any]] = body.get("contents") or []
+    users = [c for c in contents if c.get("role", "user") == "user"]
+    words = ("echo: " + (_texts(users[-1]) if users else "")).split()
+    limit = (body.get("generationConfig") or {}).get("maxOutputTokens")
+    finish = "STOP"
+    if isinstance(limit, int) and len(words) > limit:
+        words, finish = words[:limit], "MAX_TOKENS"
+    prompt_words = sum(len(_texts(c).split()) for c in contents)
+    prompt_words += len(_texts(body.get("systemInstruction") or {}).split())
+    base: dict[str, Any] = {"modelVersion": f"{model}-001", "responseId": "mock-response"}
+    if model == "blocked-prompt":
+        return [base | {"promptFeedback": {"blockReason": "SAFETY"}}]
+    if model == "blocked":
+        rating = {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
+        candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": [rating]}
+        return [base | {"candidates": [candidate]}]
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)] or [""]
+    chunks = [
+        base | {"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}, "index": 0}]}
+        for p in pieces
+    ]
+    chunks[-1]["candidates"][0]["finishReason"] = finish
+    if model != "no-usage":
+        chunks[-1]["usageMetadata"] = {
+            "promptTokenCount": prompt_words,
+            "candidatesTokenCount": len(words),
+            "totalTokenCount": prompt_words + len(words),
+        }
+    return chunks
+
+
+def _joined(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The unary reply: the last chunk, with the text of all of them."""
+    reply = dict(chunks[-1])
+    if "candidates" in reply and "content" in reply["candidates"][0]:
+        text = "".join(_texts(c["candidates"][0]["content"]) for c in chunks)
+        candidate = reply["candidates"][0] | {
+            "content": {"role": "model", "parts": [{"text": text}]}
+        }
+        reply["candidates"] = [candidate]
+    return reply
+
+
+def _vendor_error(model: str) -> web.Response:
+    status = int(model.split("-")[1])
+    headers: dict[str, str] = {}
+    retry_info: str | None = None
+    if model == "error-429":
+        headers, retry_info = {"Retry-After": "1"}, "1s"
+    elif model == "error-429-retry-info":
+        retry_info = "7s"
+    elif model == "error-503":
+        headers = {"Retry-After": "2"}
+    details = []
+    if retry_info is not None:
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_info}
+        )
+    return _error(status, f"mock error {status}", details=details, headers=headers)
+
+
+def _error(
+    status: int,
+    message: str,
+    reason: str | None = None,
+    *,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """Google's error body: `{"error": {"code", "message", "status", "details"?}}`."""
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": STATUS_NAMES.get(status, "UNKNOWN"),
+    }
+    details = list(details or [])
+    if reason is not None:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        )
+    if details:
+        error["details"] = details
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": error}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _reset_connection(request: web.Request) -> None:
+    """Close with SO_LINGER 0, so the client sees a TCP reset rather than a clean close."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9200)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--api-key", default=MOCK_API_KEY)
+    args = parser.parse_args()
+    mock = MockGemini(api_key=args.api_key, delay_ms=args.delay_ms)
+    mock.calls = _Discard()  # a benchmark must not grow a list for every request
+
+    async def on_startup(_: web.Application) -> None:
+        mock._stopping = asyncio.Event()
+
+    async def on_shutdown(_: web.Application) -> None:
+        if mock._stopping is not None:
+            mock._stopping.set()
+
+    app = mock.app()
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    web.run_app(
+        app, host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True
+    )
+
+
+class _Discard(list[RecordedCall]):
+    def append(self, item: RecordedCall) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()
