@@ -26,11 +26,14 @@ from fastapi import FastAPI
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from app.auth import service as auth_service
-from app.config import Settings
+from app.config import CompatibleEndpoint, Settings
 from app.db.database import SessionFactory
 from app.db.migrations import alembic_config
 from app.main import create_app
-from tests.mocks.openai_server import MOCK_API_KEY, MockOpenAI
+from tests.mocks import anthropic_server, gemini_server
+from tests.mocks.anthropic_server import MockAnthropic
+from tests.mocks.gemini_server import MockGemini
+from tests.mocks.openai_server import MOCK_API_KEY, OTHER_API_KEY, MockOpenAI
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -87,6 +90,22 @@ def mock_openai() -> Iterator[MockOpenAI]:
     mock.stop()
 
 
+@pytest.fixture(scope="session")
+def mock_gemini() -> Iterator[MockGemini]:
+    mock = MockGemini()
+    mock.start()
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_anthropic() -> Iterator[MockAnthropic]:
+    mock = MockAnthropic()
+    mock.start()
+    yield mock
+    mock.stop()
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 async def database_url(
     request: pytest.FixtureRequest, sqlite_dir: Path, postgres_server_url: str
@@ -129,12 +148,29 @@ class IsolatedSettings(Settings):
         return (init_settings,)
 
 
-def make_settings(database_url: str, mock: MockOpenAI | None = None, **overrides: Any) -> Settings:
+def make_settings(
+    database_url: str,
+    mock: MockOpenAI | None = None,
+    *,
+    gemini: MockGemini | None = None,
+    anthropic: MockAnthropic | None = None,
+    **overrides: Any,
+) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "environment": "production",
         "openai_api_key": MOCK_API_KEY if mock else None,
         "openai_base_url": mock.base_url if mock else None,
+        # The same mock again as a named OpenAI-compatible server with a key of its own.
+        "openai_compatible_endpoints": [
+            CompatibleEndpoint(name="backup", base_url=mock.base_url, api_key=OTHER_API_KEY)
+        ]
+        if mock
+        else [],
+        "gemini_api_key": gemini_server.MOCK_API_KEY if gemini else None,
+        "gemini_base_url": gemini.base_url if gemini else None,
+        "anthropic_api_key": anthropic_server.MOCK_API_KEY if anthropic else None,
+        "anthropic_base_url": anthropic.base_url if anthropic else None,
         "sweep_interval_seconds": 0.5,
         "lease_seconds": 5,
         "redispatch_after_seconds": 2,
@@ -205,7 +241,16 @@ async def running_api(settings: Settings) -> AsyncIterator[Api]:
 
 
 @pytest.fixture(scope="session")
-async def api(database_url: str, mock_openai: MockOpenAI) -> AsyncIterator[Api]:
-    """The app on each backend, with the OpenAI mock and the bundled local model."""
-    async with running_api(make_settings(database_url, mock_openai)) as api:
+async def api(
+    database_url: str,
+    mock_openai: MockOpenAI,
+    mock_gemini: MockGemini,
+    mock_anthropic: MockAnthropic,
+) -> AsyncIterator[Api]:
+    """The app on each backend, with every provider: each vendor's SDK against its own mock
+    (and the OpenAI mock again as the compatible server `backup`), and the local model."""
+    settings = make_settings(
+        database_url, mock_openai, gemini=mock_gemini, anthropic=mock_anthropic
+    )
+    async with running_api(settings) as api:
         yield api

@@ -78,11 +78,12 @@ async def submit_prompt(
 
 def check_parameters(route: Route, router: ModelRouter, data: PromptCreate) -> None:
     """Refuse what a provider cannot honour, rather than dropping it silently."""
-    provider = router.providers[route.provider]
-    if data.temperature is not None and data.temperature > provider.max_temperature:
+    highest = router.providers[route.provider].max_temperature
+    if data.temperature is not None and (highest is None or data.temperature > highest):
+        accepted = "no temperature" if highest is None else f"at most {highest:g}"
         raise InvalidInput(
-            f"temperature {data.temperature} is above what {route.provider} accepts "
-            f"(at most {provider.max_temperature:g}) for model {route.model}.",
+            f"temperature {data.temperature} cannot be honoured by {route.provider} "
+            f"({accepted}) for model {route.model}.",
             code="unsupported_parameter",
             extra={"parameter": "temperature", "model": route.model},
         )

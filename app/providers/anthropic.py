@@ -2,8 +2,8 @@
 
 SDK 2.x sends API version 2026-10-21 on every request, and that version removed the sampling
 parameters: `temperature`, `top_p` and `top_k` are answered 400 even at their defaults, and the
-SDK no longer accepts them. So a request's temperature is not sent here (`max_temperature`
-still says what the models accepted, for validation upstream of this adapter).
+SDK no longer accepts them. So `max_temperature` is None: a prompt for Anthropic that sets a
+temperature is refused at submission with 422 `unsupported_parameter`, never silently dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from app.providers.base import (
     estimate_tokens,
     retry_after_seconds,
 )
+from app.providers.transport import is_connection_failure
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 _FINISH_REASONS = {
@@ -77,7 +78,7 @@ def to_anthropic_messages(messages: list[Message]) -> tuple[str | None, list[Mes
 
 
 class AnthropicProvider:
-    max_temperature = 1.0
+    max_temperature = None  # not accepted at all by API version 2026-10-21
 
     def __init__(
         self, client: AsyncAnthropic, *, default_max_tokens: int, name: str = "anthropic"
@@ -87,6 +88,8 @@ class AnthropicProvider:
         self._default_max_tokens = default_max_tokens  # the Messages API requires max_tokens
 
     async def complete(self, request: CompletionRequest) -> Completion:
+        if request.temperature is not None:  # refused at submission; never dropped here
+            raise BadRequest(f"{self.name} does not accept a temperature")
         system, turns = to_anthropic_messages(request.messages)
         max_tokens = request.max_tokens
         # Always given: with no timeout and a client left on the SDK's default one, the SDK
@@ -170,12 +173,12 @@ def map_anthropic_error(
 ) -> ProviderError:
     """Translate an SDK exception into our error tree. Messages come from the vendor's error
     body or are written here, and never carry the API key."""
-    if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderTimeout(f"{provider} did not answer in time")
-    if isinstance(exc, anthropic.APIConnectionError):
-        if _failed_to_connect(exc):
+    if isinstance(exc, anthropic.APIConnectionError):  # APITimeoutError included
+        if isinstance(exc, anthropic.APITimeoutError) and not is_connection_failure(exc):
+            return ProviderTimeout(f"{provider} did not answer in time")
+        if _never_connected(exc):
             return ConnectionFailed(f"could not connect to {provider}")
-        return ConnectionFailed(f"the connection to {provider} broke before it answered")
+        return ConnectionFailed(f"the connection to {provider} failed or was dropped")
     if isinstance(exc, anthropic.APIResponseValidationError):
         return MalformedResponse(
             f"{provider} sent a response that could not be read", status=exc.status_code
@@ -208,7 +211,7 @@ def _vendor_message(exc: anthropic.APIStatusError, api_key: str | None) -> str:
     return text[:500]
 
 
-def _failed_to_connect(exc: BaseException) -> bool:
+def _never_connected(exc: BaseException) -> bool:
     """Whether the connection was never made (refused, unresolvable host), as opposed to one
     that broke after the request went out, which the upstream may have acted on."""
     seen: BaseException | None = exc

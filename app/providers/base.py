@@ -37,7 +37,10 @@ class Completion:
 
 class Provider(Protocol):
     name: str
-    max_temperature: float  # the highest temperature the vendor accepts
+
+    @property
+    def max_temperature(self) -> float | None:
+        """The highest temperature the vendor accepts; None: it accepts none at all."""
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 

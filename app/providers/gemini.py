@@ -63,8 +63,11 @@ class _ConnectTimeoutConnector(aiohttp.TCPConnector):
         super().__init__(limit=0)  # no pool queue: the gateway caps calls in flight itself
         self._connect_timeout = connect_timeout
 
-    async def connect(  # noqa: ASYNC109 (aiohttp's signature)
-        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
     ) -> Connection:
         bounded = aiohttp.ClientTimeout(
             total=timeout.total,

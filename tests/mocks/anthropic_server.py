@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +72,7 @@ class MockAnthropic:
     delay_ms: float = 0.0
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
+    _ids: Iterator[int] = field(default_factory=itertools.count)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
@@ -114,8 +117,8 @@ class MockAnthropic:
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
         if model == "hang":
-            assert self._release is not None
-            await self._release.wait()
+            self._release = self._release or asyncio.Event()
+            await self._release.wait()  # set by stop()
             return _error(500, "the mock server stopped")
         if model == "reset":
             raise _reset(request)
@@ -133,7 +136,7 @@ class MockAnthropic:
             return web.Response(text="<html><body>502 Bad Gateway</body></html>")
         if model == "malformed-shape":
             return web.json_response({"unexpected": True})
-        message = _reply(body, model, f"msg_mock{len(self.calls):08d}")
+        message = _reply(body, model, f"msg_mock{next(self._ids):08d}")
         if body.get("stream"):
             return await _stream(request, message)
         if model.startswith("trickle-"):
@@ -158,7 +161,6 @@ class MockAnthropic:
         return self.base_url
 
     async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._release = asyncio.Event()
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -310,13 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     mock = MockAnthropic(api_key=args.api_key, delay_ms=args.delay_ms)
     mock.calls = _Discard()  # a benchmark must not grow a list for every request
-
-    async def on_startup(_: web.Application) -> None:
-        mock._release = asyncio.Event()
-
-    app = mock.app()
-    app.on_startup.append(on_startup)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(mock.app(), host=args.host, port=args.port, access_log=None, print=None)
 
 
 class _Discard(list[RecordedCall]):

@@ -17,7 +17,9 @@ What it answers is chosen by the model name in the URL:
 - `no-usage`: answers without usageMetadata;
 - `blocked`: the answer was withheld (candidate finishReason SAFETY, no content);
 - `blocked-prompt`: the prompt was refused (promptFeedback.blockReason SAFETY, no candidates);
-- `context-length`: 400 with the message Google gives for an input over the model's limit.
+- `context-length`: 400 with the message Google gives for an input over the model's limit;
+- `continuation`: finishReason CONTINUATION with a continuationToken (which the 3.x SDK follows
+  with another call unless told not to); a request carrying the token gets the normal answer.
 
 Keys are checked like Google does: no key is 403 PERMISSION_DENIED, a wrong key is **400**
 INVALID_ARGUMENT with reason API_KEY_INVALID (not 401). Every request is recorded in `calls`.
@@ -48,6 +50,7 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+# Google rejects unknown fields, which catches a wrongly spelled one.
 REQUEST_FIELDS = {
     "contents",
     "systemInstruction",
@@ -57,6 +60,7 @@ REQUEST_FIELDS = {
     "toolConfig",
     "cachedContent",
     "labels",
+    "continuationToken",
 }
 CONTEXT_LENGTH_MESSAGE = (
     "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576)."
@@ -86,7 +90,16 @@ class MockGemini:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/models/{target}", self._models)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)  # before waiting for handlers to finish
         return app
+
+    async def _on_startup(self, _: web.Application) -> None:
+        self._stopping = asyncio.Event()
+
+    async def _on_shutdown(self, _: web.Application) -> None:
+        if self._stopping is not None:
+            self._stopping.set()  # releases any `hang` still waiting
 
     def calls_for(self, model: str) -> list[RecordedCall]:
         return [c for c in self.calls if c.model == model]
@@ -124,7 +137,7 @@ class MockGemini:
         if model == "malformed":
             return web.Response(text="<html>upstream proxy error</html>", content_type="text/html")
         unknown = sorted(set(body) - REQUEST_FIELDS)
-        if unknown:  # Google rejects unknown fields, which catches a wrongly spelled one
+        if unknown:
             return _error(400, f'Invalid JSON payload received. Unknown name "{unknown[0]}".')
         chunks = _answer(model, body)
         if method == "generateContent":
@@ -155,7 +168,6 @@ class MockGemini:
         return self.base_url
 
     async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._stopping = asyncio.Event()
         # handler_cancellation: a hung handler ends as soon as its client hangs up.
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -165,15 +177,10 @@ class MockGemini:
         # The SDK appends `/v1/models/...` itself: the base URL is the bare origin.
         self.base_url = f"http://{host}:{sockets[0].getsockname()[1]}"
 
-    async def _shutdown(self) -> None:
-        assert self._stopping is not None and self._runner is not None
-        self._stopping.set()  # releases any `hang` still waiting
-        await self._runner.cleanup()
-
     def stop(self) -> None:
         if self._loop is None or self._runner is None:
             return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
@@ -208,6 +215,11 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         for p in pieces
     ]
     chunks[-1]["candidates"][0]["finishReason"] = finish
+    if model == "continuation" and "continuationToken" not in body:
+        chunks[-1]["candidates"][0] |= {
+            "finishReason": "CONTINUATION",
+            "continuationToken": "bW9yZQ==",
+        }
     if model != "no-usage":
         chunks[-1]["usageMetadata"] = {
             "promptTokenCount": prompt_words,
@@ -301,19 +313,13 @@ def main() -> None:
     args = parser.parse_args()
     mock = MockGemini(api_key=args.api_key, delay_ms=args.delay_ms)
     mock.calls = _Discard()  # a benchmark must not grow a list for every request
-
-    async def on_startup(_: web.Application) -> None:
-        mock._stopping = asyncio.Event()
-
-    async def on_shutdown(_: web.Application) -> None:
-        if mock._stopping is not None:
-            mock._stopping.set()
-
-    app = mock.app()
-    app.on_startup.append(on_startup)
-    app.on_shutdown.append(on_shutdown)
     web.run_app(
-        app, host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True
+        mock.app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
     )
 
 

@@ -14,6 +14,7 @@ model (`openai/error-429`, `openai/slow-500`, …):
 - `reset[-anything]`: drops the connection without answering;
 - `malformed[-anything]`: 200 with a body that is not JSON;
 - `no-usage`: answers without a `usage` object;
+- `cached-<n>[-anything]`: usage says n of the prompt tokens came from the prompt cache;
 - `context-length`: 400 with code `context_length_exceeded`.
 
 Every request is recorded (path, headers, JSON body) in `calls`. Run standalone for benchmarks:
@@ -33,6 +34,8 @@ from typing import Any
 from aiohttp import web
 
 MOCK_API_KEY = "sk-mock-0123456789abcdef"
+# A second key the mock accepts, so one mock can stand in for two differently keyed servers.
+OTHER_API_KEY = "sk-other-fedcba9876543210"
 
 
 @dataclass
@@ -65,7 +68,10 @@ class MockOpenAI:
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls.append(RecordedCall(request.path, dict(request.headers), body))
-        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+        if request.headers.get("Authorization") not in (
+            f"Bearer {self.api_key}",
+            f"Bearer {OTHER_API_KEY}",
+        ):
             return _error(
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
             )
@@ -131,6 +137,9 @@ class MockOpenAI:
                 "completion_tokens": len(words),
                 "total_tokens": prompt_tokens + len(words),
             }
+            if model.startswith("cached-"):
+                cached = min(prompt_tokens, int(model.split("-")[1]))
+                reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
         return web.json_response(reply)
 
     # -- running it in a background thread (tests) --------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
 import anthropic
 import httpx2
@@ -28,14 +27,6 @@ from app.providers.base import (
 )
 from tests.mocks import openai_server
 from tests.mocks.anthropic_server import MOCK_API_KEY, MockAnthropic
-
-
-@pytest.fixture(scope="session")
-def mock_anthropic() -> Iterator[MockAnthropic]:
-    mock = MockAnthropic()
-    mock.start()
-    yield mock
-    mock.stop()
 
 
 def _provider(base_url: str, *, key: str = MOCK_API_KEY, timeout: float = 5.0) -> AnthropicProvider:
@@ -72,11 +63,15 @@ async def test_completion_with_usage_and_the_exact_request(mock_anthropic: MockA
     ]
     provider = _provider(mock_anthropic.base_url)
     try:
-        result = await provider.complete(
-            CompletionRequest(model="adapter-ok", messages=messages, temperature=0.7)
-        )
+        result = await provider.complete(CompletionRequest(model="adapter-ok", messages=messages))
+        # API version 2026-10-21 refuses any temperature: never sent, never silently dropped.
+        with pytest.raises(BadRequest, match="does not accept a temperature"):
+            await provider.complete(
+                CompletionRequest(model="adapter-temp", messages=messages, temperature=0.7)
+            )
     finally:
         await provider.aclose()
+    assert mock_anthropic.calls_for("adapter-temp") == []
     assert result.text == "echo: hello there"
     # The mock counts words: system (2 + 3) and turns (1 + 1 + 2) in; three words out.
     assert (result.input_tokens, result.output_tokens, result.usage_reported) == (9, 3, True)
@@ -92,7 +87,7 @@ async def test_completion_with_usage_and_the_exact_request(mock_anthropic: MockA
             {"role": "assistant", "content": "hi"},
             {"role": "user", "content": "hello there"},
         ],
-    }  # no temperature: API version 2026-10-21 answers 400 to it
+    }
     assert (call.auth, call.api_version) == ("bearer", "2026-10-21")
     assert call.headers["Authorization"] == f"Bearer {MOCK_API_KEY}"
     assert "x-api-key" not in {name.lower() for name in call.headers}
@@ -215,7 +210,7 @@ async def test_reset_and_refused_connections(mock_anthropic: MockAnthropic):
     before = len(mock_anthropic.calls_for("reset"))
     reset = await _fails(mock_anthropic, _request("reset"))
     assert type(reset) is ConnectionFailed and reset.status is None
-    assert reset.message == "the connection to anthropic broke before it answered"
+    assert reset.message == "the connection to anthropic failed or was dropped"
     assert len(mock_anthropic.calls_for("reset")) == before + 1
 
     with socket.socket() as sock:
@@ -275,3 +270,45 @@ async def test_the_mock_streams_what_the_sdk_assembles(mock_anthropic: MockAnthr
     assert final.id.startswith("msg_mock")
     [call] = mock_anthropic.calls_for("stream-ok")
     assert call.body["stream"] is True
+
+
+async def test_the_mock_refuses_temperature_under_the_current_api_version(
+    mock_anthropic: MockAnthropic,
+):
+    """Like the API: temperature is a 400 under 2026-10-21 (what SDK 2.x sends, and why the
+    adapter sends none) and accepted under 2023-06-01 from older, x-api-key clients."""
+    messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": "ping"}]
+    current = build_client(
+        api_key=MOCK_API_KEY, base_url=mock_anthropic.base_url, timeout=5, connect_timeout=1
+    )
+    legacy = anthropic.AsyncAnthropic(
+        api_key=MOCK_API_KEY,
+        base_url=mock_anthropic.base_url,
+        max_retries=0,
+        default_headers={"anthropic-version": "2023-06-01", "x-api-key": MOCK_API_KEY},
+    )
+    try:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            await current.messages.create(
+                model="temperature-current",
+                max_tokens=8,
+                messages=messages,
+                extra_body={"temperature": 1.0},
+            )
+        reply = await legacy.messages.create(
+            model="temperature-legacy",
+            max_tokens=8,
+            messages=messages,
+            extra_body={"temperature": 1.0},
+        )
+    finally:
+        await current.close()
+        await legacy.close()
+    assert caught.value.api_message == "temperature: Extra inputs are not permitted"
+    assert reply.content[0].type == "text" and reply.content[0].text == "echo: ping"
+    [call] = mock_anthropic.calls_for("temperature-legacy")
+    assert (call.auth, call.api_version, call.body["temperature"]) == (
+        "x-api-key",
+        "2023-06-01",
+        1.0,
+    )
