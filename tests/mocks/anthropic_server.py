@@ -29,18 +29,18 @@ Every request is recorded (path, headers, JSON body, which auth header, which AP
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.mocks.server import BackgroundServer, Releasable, serve_standalone
 
 MOCK_API_KEY = "sk-ant-mock-fedcba9876543210"
 SAMPLING_VERSION = "2023-06-01"  # the last API version that accepts temperature/top_p/top_k
@@ -73,14 +73,13 @@ class MockAnthropic:
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
     _ids: Iterator[int] = field(default_factory=itertools.count)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
-    _release: asyncio.Event | None = None
+    _hanging: Releasable = field(default_factory=Releasable)
+    _server: BackgroundServer = field(default_factory=lambda: BackgroundServer("mock-anthropic"))
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        self._hanging.install(app)
         return app
 
     def calls_for(self, model: str) -> list[RecordedCall]:
@@ -117,8 +116,7 @@ class MockAnthropic:
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
         if model == "hang":
-            self._release = self._release or asyncio.Event()
-            await self._release.wait()  # set by stop()
+            await self._hanging.wait()  # released when the server stops
             return _error(500, "the mock server stopped")
         if model == "reset":
             raise _reset(request)
@@ -143,41 +141,13 @@ class MockAnthropic:
             return await _trickle(request, message, int(model.split("-")[1]) / 1000)
         return web.json_response(message, headers={"request-id": message["id"]})
 
-    # -- running it in a background thread (tests) --------------------------------------
     def start(self) -> str:
-        """Serve on 127.0.0.1 on a free port; returns the base URL to give the SDK."""
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="mock-anthropic", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("mock Anthropic server did not start")
+        """Serve on a free port of 127.0.0.1; returns the base URL to give the SDK."""
+        self.base_url = self._server.start(self.app())
         return self.base_url
 
-    async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.base_url = f"http://{host}:{sockets[0].getsockname()[1]}"
-
     def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        if self._release is not None:
-            self._loop.call_soon_threadsafe(self._release.set)  # let `hang` handlers finish
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop.close()
+        self._server.stop()
 
 
 def _credentials(request: web.Request) -> tuple[str | None, str | None]:
@@ -304,20 +274,9 @@ def _reset(request: web.Request) -> web.HTTPException:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9300)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
-    parser.add_argument("--api-key", default=MOCK_API_KEY)
-    args = parser.parse_args()
-    mock = MockAnthropic(api_key=args.api_key, delay_ms=args.delay_ms)
-    mock.calls = _Discard()  # a benchmark must not grow a list for every request
-    web.run_app(mock.app(), host=args.host, port=args.port, access_log=None, print=None)
-
-
-class _Discard(list[RecordedCall]):
-    def append(self, item: RecordedCall) -> None:
-        pass
+    serve_standalone(
+        __doc__ or "", 9300, MOCK_API_KEY, lambda key, delay: MockAnthropic(key, delay)
+    )
 
 
 if __name__ == "__main__":

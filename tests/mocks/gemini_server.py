@@ -28,16 +28,16 @@ Run standalone for benchmarks: `python -m tests.mocks.gemini_server --port 9200 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import socket
 import struct
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.mocks.server import BackgroundServer, Releasable, serve_standalone
 
 MOCK_API_KEY = "AIzaMock-0123456789abcdef"
 STATUS_NAMES = {
@@ -82,24 +82,14 @@ class MockGemini:
     delay_ms: float = 0.0
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
-    _stopping: asyncio.Event | None = None
+    _hanging: Releasable = field(default_factory=Releasable)
+    _server: BackgroundServer = field(default_factory=lambda: BackgroundServer("mock-gemini"))
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/models/{target}", self._models)
-        app.on_startup.append(self._on_startup)
-        app.on_shutdown.append(self._on_shutdown)  # before waiting for handlers to finish
+        self._hanging.install(app)
         return app
-
-    async def _on_startup(self, _: web.Application) -> None:
-        self._stopping = asyncio.Event()
-
-    async def _on_shutdown(self, _: web.Application) -> None:
-        if self._stopping is not None:
-            self._stopping.set()  # releases any `hang` still waiting
 
     def calls_for(self, model: str) -> list[RecordedCall]:
         return [c for c in self.calls if c.model == model]
@@ -122,13 +112,11 @@ class MockGemini:
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
         if model == "hang":
-            assert self._stopping is not None
-            await self._stopping.wait()  # or cancelled when the client hangs up
+            await self._hanging.wait()  # or cancelled when the client hangs up
             return _error(503, "The mock server is shutting down.")
         if model == "reset":
             _reset_connection(request)
-            assert self._stopping is not None
-            await self._stopping.wait()  # cancelled at once: the connection is gone
+            await self._hanging.wait()  # cancelled at once: the connection is gone
             raise web.HTTPServiceUnavailable
         if model.startswith("error-"):
             return _vendor_error(model)
@@ -153,38 +141,12 @@ class MockGemini:
 
     # -- running it in a background thread (tests) --------------------------------------
     def start(self) -> str:
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="mock-gemini", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("mock Gemini server did not start")
+        """Serve on a free port of 127.0.0.1; returns the base URL to give the SDK."""
+        self.base_url = self._server.start(self.app())
         return self.base_url
 
-    async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        # handler_cancellation: a hung handler ends as soon as its client hangs up.
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        # The SDK appends `/v1/models/...` itself: the base URL is the bare origin.
-        self.base_url = f"http://{host}:{sockets[0].getsockname()[1]}"
-
     def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop.close()
+        self._server.stop()
 
 
 def _texts(content: dict[str, Any]) -> str:
@@ -305,27 +267,7 @@ def _reset_connection(request: web.Request) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9200)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
-    parser.add_argument("--api-key", default=MOCK_API_KEY)
-    args = parser.parse_args()
-    mock = MockGemini(api_key=args.api_key, delay_ms=args.delay_ms)
-    mock.calls = _Discard()  # a benchmark must not grow a list for every request
-    web.run_app(
-        mock.app(),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        handler_cancellation=True,
-    )
-
-
-class _Discard(list[RecordedCall]):
-    def append(self, item: RecordedCall) -> None:
-        pass
+    serve_standalone(__doc__ or "", 9200, MOCK_API_KEY, lambda key, delay: MockGemini(key, delay))
 
 
 if __name__ == "__main__":

@@ -23,15 +23,15 @@ Every request is recorded (path, headers, JSON body) in `calls`. Run standalone 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.mocks.server import BackgroundServer, Releasable, serve_standalone
 
 MOCK_API_KEY = "sk-mock-0123456789abcdef"
 # A second key the mock accepts, so one mock can stand in for two differently keyed servers.
@@ -52,14 +52,13 @@ class MockOpenAI:
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
     _seen: dict[str, int] = field(default_factory=dict)
-    _stopping: asyncio.Event | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
+    _hanging: Releasable = field(default_factory=Releasable)
+    _server: BackgroundServer = field(default_factory=lambda: BackgroundServer("mock-openai"))
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        self._hanging.install(app)
         return app
 
     def calls_for(self, model: str) -> list[RecordedCall]:
@@ -82,9 +81,7 @@ class MockOpenAI:
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
         if model.startswith("hang"):
-            if self._stopping is None:
-                self._stopping = asyncio.Event()
-            await self._stopping.wait()
+            await self._hanging.wait()
         if model.startswith("reset"):
             assert request.transport is not None
             request.transport.abort()
@@ -142,40 +139,13 @@ class MockOpenAI:
                 reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
         return web.json_response(reply)
 
-    # -- running it in a background thread (tests) --------------------------------------
     def start(self) -> str:
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="mock-openai", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("mock OpenAI server did not start")
+        """Serve on a free port of 127.0.0.1; returns the base URL to give the SDK."""
+        self.base_url = self._server.start(self.app()) + "/v1"
         return self.base_url
 
-    async def _serve(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.base_url = f"http://{host}:{sockets[0].getsockname()[1]}/v1"
-
     def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        if self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)  # release hanging requests
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop.close()
+        self._server.stop()
 
 
 def _error(
@@ -188,20 +158,7 @@ def _error(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
-    parser.add_argument("--api-key", default=MOCK_API_KEY)
-    args = parser.parse_args()
-    mock = MockOpenAI(api_key=args.api_key, delay_ms=args.delay_ms)
-    mock.calls = _Discard()  # a benchmark must not grow a list for every request
-    web.run_app(mock.app(), host=args.host, port=args.port, access_log=None, print=None)
-
-
-class _Discard(list[RecordedCall]):
-    def append(self, item: RecordedCall) -> None:
-        pass
+    serve_standalone(__doc__ or "", 9100, MOCK_API_KEY, lambda key, delay: MockOpenAI(key, delay))
 
 
 if __name__ == "__main__":
