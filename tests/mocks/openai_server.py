@@ -17,6 +17,9 @@ model (`openai/error-429`, `openai/slow-500`, …):
 - `cached-<n>[-anything]`: usage says n of the prompt tokens came from the prompt cache;
 - `context-length`: 400 with code `context_length_exceeded`.
 
+`"stream": true` gets the same answer as server-sent chunks, ending `data: [DONE]`, with a
+usage chunk first when `stream_options.include_usage` is set.
+
 Every request is recorded (path, headers, JSON body) in `calls`. Run standalone for benchmarks:
 `python -m tests.mocks.openai_server --port 9100 [--delay-ms 50]`.
 """
@@ -64,7 +67,7 @@ class MockOpenAI:
     def calls_for(self, model: str) -> list[RecordedCall]:
         return [c for c in self.calls if c.body.get("model") == model]
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.calls.append(RecordedCall(request.path, dict(request.headers), body))
         if request.headers.get("Authorization") not in (
@@ -137,6 +140,8 @@ class MockOpenAI:
             if model.startswith("cached-"):
                 cached = min(prompt_tokens, int(model.split("-")[1]))
                 reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
+        if body.get("stream"):
+            return await _stream(request, reply, words, body)
         return web.json_response(reply)
 
     def start(self) -> str:
@@ -146,6 +151,31 @@ class MockOpenAI:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+async def _stream(
+    request: web.Request, reply: dict[str, Any], words: list[str], body: dict[str, Any]
+) -> web.StreamResponse:
+    """The same answer as server-sent `chat.completion.chunk`s: a role delta, one delta per
+    word, the finish reason, a usage chunk with no choices when `stream_options.include_usage`
+    asks for it, then `[DONE]`."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    base = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    finish = reply["choices"][0]["finish_reason"]
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
+    for delta in deltas:
+        chunk = base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    last = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+    await response.write(f"data: {json.dumps(last)}\n\n".encode())
+    if (body.get("stream_options") or {}).get("include_usage") and "usage" in reply:
+        usage = base | {"choices": [], "usage": reply["usage"]}
+        await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 def _error(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import openai
 import pytest
 
 from app.providers.base import (
@@ -100,3 +101,27 @@ async def test_timeout_and_refused_connection(mock_openai: MockOpenAI):
             await refused.complete(_request("anything"))
     finally:
         await refused.aclose()
+
+
+async def test_the_mock_streams_like_openai(mock_openai: MockOpenAI):
+    """The SDK itself assembles the mock's stream: proof the chunk format is OpenAI's."""
+    client = openai.AsyncOpenAI(api_key=MOCK_API_KEY, base_url=mock_openai.base_url, max_retries=0)
+    try:
+        stream = await client.chat.completions.create(
+            model="stream-check",
+            messages=[{"role": "user", "content": "one two three"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        pieces, usage, finish = [], None, None
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                pieces.append(choice.delta.content or "")
+                finish = choice.finish_reason or finish
+    finally:
+        await client.close()
+    assert "".join(pieces) == "echo: one two three"
+    assert finish == "stop"
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (3, 4)
