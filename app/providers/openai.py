@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TypeVar
+
 import openai
 from openai import AsyncOpenAI
 
@@ -48,13 +51,18 @@ class OpenAIProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         try:
-            reply = await self._client.chat.completions.create(
-                model=request.model,
-                messages=list(request.messages),  # type: ignore[arg-type]
-                temperature=request.temperature if request.temperature is not None else openai.omit,
-                max_tokens=request.max_tokens if request.max_tokens is not None else openai.omit,
-                timeout=request.timeout if request.timeout is not None else openai.NOT_GIVEN,
-            )
+            # The SDK's timeout bounds each phase (connect, each read); this makes the
+            # request's timeout a deadline for the whole call, as CompletionRequest promises.
+            async with asyncio.timeout(request.timeout):
+                reply = await self._client.chat.completions.create(
+                    model=request.model,
+                    messages=list(request.messages),  # type: ignore[arg-type]
+                    temperature=_given(request.temperature),
+                    max_tokens=_given(request.max_tokens),
+                    timeout=request.timeout if request.timeout is not None else openai.NOT_GIVEN,
+                )
+        except TimeoutError:
+            raise ProviderTimeout(f"{self.name} did not answer in time") from None
         except openai.APIError as exc:
             raise map_openai_error(exc, provider=self.name) from None
         except ValueError:  # the SDK lets a body that is not JSON through as JSONDecodeError
@@ -88,6 +96,13 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _given(value: _Number | None) -> _Number | openai.Omit:
+    return value if value is not None else openai.omit
 
 
 def _vendor_message(exc: openai.APIStatusError) -> str:
