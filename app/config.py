@@ -86,6 +86,17 @@ class Settings(BaseSettings):
         30.0, ge=0, description="A pending prompt this old is dispatched again by the sweeper."
     )
     max_attempts: int = Field(3, ge=1, le=100, description="Executions before giving up.")
+    celery_broker_url: str | None = Field(
+        None,
+        description="e.g. redis://127.0.0.1:6379/0: the API hands prompts to Celery workers "
+        "(`make worker`) instead of running them itself.",
+    )
+    worker_concurrency: int = Field(
+        1000, ge=1, le=100_000, description="Prompts one worker process runs at once."
+    )
+    worker_prefetch_multiplier: int = Field(
+        200, ge=1, le=100_000, description="Broker messages a worker reserves ahead."
+    )
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, le=600, description="At shutdown, how long running prompts may finish."
     )
@@ -170,6 +181,7 @@ class Settings(BaseSettings):
         "gemini_api_key",
         "anthropic_api_key",
         "model_catalogue_path",
+        "celery_broker_url",
         mode="before",
     )
     @classmethod

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
 from app.auth.bootstrap import create_first_admin, first_run_message
 from app.config import Settings
-from app.db.database import create_engine, create_session_factory
-from app.db.migrations import ensure_migrated
 from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.health import router as health_router
-from app.jobs.dispatcher import EmbeddedRunner
-from app.jobs.executor import Execution, execute_prompt
-from app.jobs.sweeper import Sweeper
+from app.jobs.celery_app import CeleryDispatcher, create_celery
+from app.jobs.dispatcher import Dispatcher
 from app.middleware import BodyLimitMiddleware
-from app.prompts.recorder import Recorder
 from app.prompts.router import router as prompts_router
-from app.providers.catalogue import load_catalogue
-from app.providers.registry import ModelRouter, build_providers
-from app.providers.resilience import CircuitBreaker, RetryPolicy
 from app.providers.router import router as models_router
+from app.runtime import open_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -47,63 +39,31 @@ printed once on the first run.
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    engine: AsyncEngine = create_engine(settings)
-    try:
-        await ensure_migrated(engine)
-        sessions = create_session_factory(engine)
-        catalogue = load_catalogue(settings.model_catalogue_path)
-        providers = build_providers(settings, catalogue)
-        model_router = ModelRouter(providers, catalogue)
-        recorder = Recorder(sessions)
-        execution = Execution(
-            recorder=recorder,
-            router=model_router,
-            policy=RetryPolicy(
-                max_retries=settings.retry_max_retries,
-                base_delay=settings.retry_base_delay_seconds,
-                max_delay=settings.retry_max_delay_seconds,
-                retry_after_cap=settings.retry_after_cap_seconds,
-            ),
-            breaker=CircuitBreaker(
-                threshold=settings.circuit_failure_threshold,
-                cooldown=settings.circuit_cooldown_seconds,
-            ),
-        )
-        runner = EmbeddedRunner(
-            partial(execute_prompt, execution=execution),
-            recorder=recorder,
-            concurrency=settings.runner_concurrency,
-            lease_seconds=settings.lease_seconds,
-            shutdown_grace_seconds=settings.shutdown_grace_seconds,
-        )
-        sweeper = Sweeper(
-            recorder,
-            runner,
-            interval_seconds=settings.sweep_interval_seconds,
-            redispatch_after_seconds=settings.redispatch_after_seconds,
-            max_attempts=settings.max_attempts,
-        )
-        app.state.sessions = sessions
-        app.state.recorder = recorder
-        app.state.model_router = model_router
-        app.state.dispatcher = runner
-
+    async with open_runtime(settings) as runtime, AsyncExitStack() as stack:
+        app.state.sessions = runtime.sessions
+        app.state.recorder = runtime.recorder
+        app.state.model_router = runtime.router
         if settings.is_embedded:
-            key = await create_first_admin(sessions)
+            key = await create_first_admin(runtime.sessions)
             if key is not None:
                 print(first_run_message(key, settings), flush=True)
 
-        await runner.start()
-        await sweeper.start()
-        try:
-            yield
-        finally:
-            await sweeper.stop()
-            await runner.stop()
-            for provider in providers.values():
-                await provider.aclose()
-    finally:
-        await engine.dispose()
+        dispatcher: Dispatcher
+        if settings.celery_broker_url is not None:
+            # Workers execute and sweep; this process only records and hands over.
+            dispatcher = CeleryDispatcher(create_celery(settings))
+            await dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)
+        else:
+            runner = runtime.runner(concurrency=settings.runner_concurrency)
+            sweeper = runtime.sweeper(runner)
+            await runner.start()
+            stack.push_async_callback(runner.stop)
+            await sweeper.start()
+            stack.push_async_callback(sweeper.stop)
+            dispatcher = runner
+        app.state.dispatcher = dispatcher
+        yield
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -43,6 +43,7 @@ class EmbeddedRunner:
         concurrency: int,
         lease_seconds: float,
         shutdown_grace_seconds: float = 5.0,
+        max_backlog: int | None = None,
     ) -> None:
         self._execute = execute
         self._recorder = recorder
@@ -56,11 +57,23 @@ class EmbeddedRunner:
         self._renewer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()  # set whenever no claim is held
         self._drained.set()
+        self._max_backlog = max_backlog
+        self._room = asyncio.Condition()
 
     async def dispatch(self, prompt_id: uuid.UUID) -> None:
         if prompt_id not in self._known:
             self._known.add(prompt_id)
             self._queue.put_nowait(prompt_id)
+
+    async def wait_for_room(self) -> None:
+        """Wait while `max_backlog` prompts are queued or running here. A Celery worker calls
+        this before taking its next task, so an overloaded worker slows down (the broker keeps
+        the rest) instead of piling up work it cannot start."""
+        limit = self._max_backlog
+        if limit is None:
+            return
+        async with self._room:
+            await self._room.wait_for(lambda: len(self._known) < limit)
 
     async def start(self) -> None:
         self._workers = [
@@ -99,6 +112,9 @@ class EmbeddedRunner:
                 await self._run(prompt_id)
             finally:
                 self._known.discard(prompt_id)
+                if self._max_backlog is not None:
+                    async with self._room:
+                        self._room.notify()
 
     async def _run(self, prompt_id: uuid.UUID) -> None:
         try:

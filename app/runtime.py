@@ -1,0 +1,86 @@
+"""The objects a process needs to record and execute prompts, built once.
+
+The API's lifespan and the Celery worker both open a `Runtime`, so the same code runs in both
+modes; only who executes differs (the API's embedded runner, or a worker's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+from app.config import Settings
+from app.db.database import SessionFactory, create_engine, create_session_factory
+from app.db.migrations import ensure_migrated
+from app.jobs.dispatcher import Dispatcher, EmbeddedRunner
+from app.jobs.executor import Execution, execute_prompt
+from app.jobs.sweeper import Sweeper
+from app.prompts.recorder import Recorder
+from app.providers.catalogue import load_catalogue
+from app.providers.registry import ModelRouter, build_providers
+from app.providers.resilience import CircuitBreaker, RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    sessions: SessionFactory
+    recorder: Recorder
+    router: ModelRouter
+    execution: Execution
+
+    def runner(self, *, concurrency: int, max_backlog: int | None = None) -> EmbeddedRunner:
+        settings = self.settings
+        return EmbeddedRunner(
+            partial(execute_prompt, execution=self.execution),
+            recorder=self.recorder,
+            concurrency=concurrency,
+            lease_seconds=settings.lease_seconds,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            max_backlog=max_backlog,
+        )
+
+    def sweeper(self, dispatcher: Dispatcher) -> Sweeper:
+        settings = self.settings
+        return Sweeper(
+            self.recorder,
+            dispatcher,
+            interval_seconds=settings.sweep_interval_seconds,
+            redispatch_after_seconds=settings.redispatch_after_seconds,
+            max_attempts=settings.max_attempts,
+        )
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    engine = create_engine(settings)
+    try:
+        await ensure_migrated(engine)
+        sessions = create_session_factory(engine)
+        catalogue = load_catalogue(settings.model_catalogue_path)
+        providers = build_providers(settings, catalogue)
+        router = ModelRouter(providers, catalogue)
+        recorder = Recorder(sessions)
+        execution = Execution(
+            recorder=recorder,
+            router=router,
+            policy=RetryPolicy(
+                max_retries=settings.retry_max_retries,
+                base_delay=settings.retry_base_delay_seconds,
+                max_delay=settings.retry_max_delay_seconds,
+                retry_after_cap=settings.retry_after_cap_seconds,
+            ),
+            breaker=CircuitBreaker(
+                threshold=settings.circuit_failure_threshold,
+                cooldown=settings.circuit_cooldown_seconds,
+            ),
+        )
+        try:
+            yield Runtime(settings, sessions, recorder, router, execution)
+        finally:
+            for provider in providers.values():
+                await provider.aclose()
+    finally:
+        await engine.dispose()
