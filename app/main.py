@@ -13,6 +13,7 @@ from app.auth.bootstrap import create_first_admin, first_run_message
 from app.config import Settings
 from app.docs import install_docs
 from app.errors import install_error_handlers
+from app.health import database_check
 from app.health import router as health_router
 from app.jobs.celery_app import CeleryDispatcher, create_celery
 from app.jobs.dispatcher import Dispatcher
@@ -43,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.sessions = runtime.sessions
         app.state.recorder = runtime.recorder
         app.state.model_router = runtime.router
+        app.state.readiness_checks = {"database": database_check(runtime.sessions)}
         if settings.is_embedded:
             key = await create_first_admin(runtime.sessions)
             if key is not None:
@@ -51,9 +53,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher: Dispatcher
         if settings.celery_broker_url is not None:
             # Workers execute and sweep; this process only records and hands over.
-            dispatcher = CeleryDispatcher(create_celery(settings))
-            await dispatcher.start()
-            stack.push_async_callback(dispatcher.stop)
+            celery_dispatcher = CeleryDispatcher(create_celery(settings))
+            await celery_dispatcher.start()
+            stack.push_async_callback(celery_dispatcher.stop)
+            app.state.readiness_checks["broker"] = celery_dispatcher.ping
+            dispatcher = celery_dispatcher
         else:
             runner = runtime.runner(concurrency=settings.runner_concurrency)
             sweeper = runtime.sweeper(runner)
@@ -78,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "prompts", "description": "Submit prompts and read their outcome."},
             {"name": "models", "description": "The models and prices of the catalogue."},
-            {"name": "health", "description": "Liveness for load balancers."},
+            {"name": "health", "description": "Liveness and readiness for load balancers."},
         ],
     )
     app.state.settings = settings

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,8 +25,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import redis
 from alembic import command
 from fastapi import FastAPI
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from app.auth import service as auth_service
@@ -35,6 +41,7 @@ from tests.mocks.anthropic_server import MockAnthropic
 from tests.mocks.gemini_server import MockGemini
 from tests.mocks.openai_server import MOCK_API_KEY, OTHER_API_KEY, MockOpenAI
 
+ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
@@ -106,12 +113,17 @@ def mock_anthropic() -> Iterator[MockAnthropic]:
     mock.stop()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-async def database_url(
-    request: pytest.FixtureRequest, sqlite_dir: Path, postgres_server_url: str
-) -> str:
-    """A migrated database of each kind, shared by the tests of the session."""
-    if request.param == "sqlite":
+@pytest.fixture(scope="session", params=["sqlite", "postgresql", "celery"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """How the suite's app runs: embedded on SQLite, embedded on PostgreSQL, and production
+    mode (PostgreSQL, Redis, a real Celery worker process). The same tests run in all three."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+async def database_url(backend: str, sqlite_dir: Path, postgres_server_url: str) -> str:
+    """A migrated database for the backend, shared by the tests of the session."""
+    if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{sqlite_dir / 'suite.db'}"
     else:
         url = postgres_server_url
@@ -240,17 +252,90 @@ async def running_api(settings: Settings) -> AsyncIterator[Api]:
             yield Api(app, client)
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The same settings as environment variables, for a worker subprocess."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = json.dumps(
+                [
+                    {
+                        k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
+                        for k, v in item.items()
+                    }
+                    for item in value
+                ]
+            )
+        env[name.upper()] = str(value)
+    return env
+
+
+@contextlib.contextmanager
+def celery_worker(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m app worker` with these settings, ready to take tasks; stopped by PID."""
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"],
+            cwd=ROOT,
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text(errors="replace"):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield worker
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+
+
+# A Redis database of the shared server that only the test suite uses (flushed first).
+SUITE_BROKER = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
+
+
 @pytest.fixture(scope="session")
 async def api(
+    backend: str,
     database_url: str,
     mock_openai: MockOpenAI,
     mock_gemini: MockGemini,
     mock_anthropic: MockAnthropic,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Api]:
     """The app on each backend, with every provider: each vendor's SDK against its own mock
     (and the OpenAI mock again as the compatible server `backup`), and the local model."""
+    broker = SUITE_BROKER if backend == "celery" else None
     settings = make_settings(
-        database_url, mock_openai, gemini=mock_gemini, anthropic=mock_anthropic
+        database_url,
+        mock_openai,
+        gemini=mock_gemini,
+        anthropic=mock_anthropic,
+        celery_broker_url=broker,
     )
-    async with running_api(settings) as api:
-        yield api
+    if broker is None:
+        async with running_api(settings) as api:
+            yield api
+        return
+    client = redis.Redis.from_url(broker)
+    try:
+        await asyncio.to_thread(client.flushdb)
+    except redis.RedisError as exc:
+        raise RuntimeError(f"Redis is required for the Celery tests at {broker} ({exc!r})") from exc
+    finally:
+        client.close()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with celery_worker(settings, log):
+        async with running_api(settings) as api:
+            yield api

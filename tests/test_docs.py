@@ -52,6 +52,10 @@ async def test_openapi_documents_every_endpoint_and_error(api: Api):
     assert spec["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
 
 
-async def test_healthz(api: Api):
+async def test_healthz_and_readyz(api: Api, backend: str):
     response = await api.client.get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
+    response = await api.client.get("/readyz")
+    assert response.status_code == 200
+    expected = {"database": "ok"} | ({"broker": "ok"} if backend == "celery" else {})
+    assert response.json() == {"status": "ready", "checks": expected}

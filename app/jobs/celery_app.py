@@ -96,5 +96,13 @@ class CeleryDispatcher:
                 BROKER_RETRY_SECONDS,
             )
 
+    async def ping(self) -> None:
+        """Raise unless the broker accepts a connection (for /readyz)."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._connect)
+
+    def _connect(self) -> None:
+        with self._celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+
     def _publish(self, prompt_id: uuid.UUID) -> None:
         self._celery.send_task(EXECUTE_TASK, args=[str(prompt_id)], retry=False)
