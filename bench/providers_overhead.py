@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import importlib.metadata
 import json
@@ -41,6 +42,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -64,6 +66,9 @@ class Route:
     close: Callable[[], Awaitable[object]]
 
 
+Text = Callable[[Any], str]
+
+
 @dataclass
 class Sample:
     walls: list[float] = field(default_factory=list)  # s, per round
@@ -76,26 +81,24 @@ def rss_mib() -> float:
     return next(int(x.split()[1]) / 1024 for x in lines if x.startswith("VmRSS:"))
 
 
-def raw_request(vendor: str, url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """URL, headers and JSON body of the request the SDK sends (checked against the mocks)."""
+def raw_request(vendor: str, url: str) -> tuple[str, dict[str, str], dict[str, Any], Text]:
+    """URL, headers and JSON body of the request the SDK sends (checked against the mocks),
+    and where the answer's text is in the reply."""
     key, model, user = KEYS[vendor], MODELS[vendor], {"role": "user", "content": PROMPT}
     if vendor == "openai":
         body = {"model": model, "messages": [user], "max_tokens": MAX_TOKENS}
-        return f"{url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, body
+        return f"{url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, body, (
+            lambda r: r["choices"][0]["message"]["content"]
+        )  # fmt: skip
     if vendor == "gemini":
         contents = [{"parts": [{"text": PROMPT}], "role": "user"}]
         body = {"contents": contents, "generationConfig": {"maxOutputTokens": MAX_TOKENS}}
-        return f"{url}/v1/models/{model}:generateContent", {"x-goog-api-key": key}, body
+        return f"{url}/v1/models/{model}:generateContent", {"x-goog-api-key": key}, body, (
+            lambda r: r["candidates"][0]["content"]["parts"][0]["text"]
+        )  # fmt: skip
     body = {"model": model, "max_tokens": MAX_TOKENS, "messages": [user]}
-    return f"{url}/v1/messages", {"x-api-key": key, "anthropic-version": "2026-10-21"}, body
-
-
-def raw_text(reply: Any) -> str:
-    if "choices" in reply:
-        return str(reply["choices"][0]["message"]["content"])
-    if "candidates" in reply:
-        return str(reply["candidates"][0]["content"]["parts"][0]["text"])
-    return str(reply["content"][0]["text"])
+    headers = {"x-api-key": key, "anthropic-version": "2026-10-21"}
+    return f"{url}/v1/messages", headers, body, lambda r: r["content"][0]["text"]
 
 
 def build(vendor: str, path: str, url: str) -> Route:
@@ -108,48 +111,44 @@ def build(vendor: str, path: str, url: str) -> Route:
         mod: Any = importlib.import_module(f"app.providers.{vendor}")
         base_url = f"{url}/v1" if vendor == "openai" else url
         client = mod.build_client(api_key=key, base_url=base_url, timeout=30, connect_timeout=5)
-        cls = {"openai": "OpenAIProvider", "gemini": "GeminiProvider"}.get(vendor, "Anthropic")
         extra = {"default_max_tokens": MAX_TOKENS} if vendor == "anthropic" else {}
-        provider = getattr(mod, cls.removesuffix("Provider") + "Provider")(client, **extra)
+        name = "OpenAI" if vendor == "openai" else vendor.title()
+        provider = getattr(mod, f"{name}Provider")(client, **extra)
         request = CompletionRequest(model=model, messages=messages, max_tokens=MAX_TOKENS)
-        return Route(lambda: provider.complete(request), lambda c: c.text, provider.aclose)
+        return Route(partial(provider.complete, request), lambda c: c.text, provider.aclose)
     if path == "raw":
         import aiohttp
 
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        target, headers, body = raw_request(vendor, url)
+        target, headers, body, text = raw_request(vendor, url)
 
         async def post() -> Any:
             async with session.post(target, json=body, headers=headers) as reply:
                 reply.raise_for_status()
                 return json.loads(await reply.read())
 
-        return Route(post, raw_text, session.close)
+        return Route(post, text, session.close)
     sdk: Any = importlib.import_module(SDKS[vendor])
     if vendor == "openai":
         oa = sdk.AsyncOpenAI(api_key=key, base_url=f"{url}/v1")
-        create = oa.chat.completions.create
-        ask = lambda: create(model=model, messages=messages, max_tokens=MAX_TOKENS)  # noqa: E731
-        return Route(ask, lambda r: r.choices[0].message.content, oa.close)
+        ask = partial(oa.chat.completions.create, model=model, messages=messages)
+        return Route(
+            partial(ask, max_tokens=MAX_TOKENS), lambda r: r.choices[0].message.content, oa.close
+        )
     if vendor == "gemini":
         options = sdk.types.HttpOptions(base_url=url, api_version="v1")
         gc = sdk.Client(api_key=key, http_options=options)
         config = sdk.types.GenerateContentConfig(max_output_tokens=MAX_TOKENS)
-        generate = gc.aio.models.generate_content
 
         async def close() -> None:
             await gc.aio.aclose()
             gc.close()
 
-        return Route(lambda: generate(model=model, contents=PROMPT, config=config), _text, close)
+        ask = partial(gc.aio.models.generate_content, model=model, contents=PROMPT, config=config)
+        return Route(ask, lambda r: r.text, close)
     ac = sdk.AsyncAnthropic(api_key=key, base_url=url)
-    create = ac.messages.create
-    ask = lambda: create(model=model, max_tokens=MAX_TOKENS, messages=messages)  # noqa: E731
+    ask = partial(ac.messages.create, model=model, max_tokens=MAX_TOKENS, messages=messages)
     return Route(ask, lambda r: r.content[0].text, ac.close)
-
-
-def _text(reply: Any) -> str:
-    return str(reply.text)
 
 
 async def check(route: Route, calls: int) -> None:
@@ -271,7 +270,7 @@ print(json.dumps([took * 1000, before, imported, rss_mib()]))
 def measure_imports(urls: dict[str, str], runs: int) -> str:
     modules = {**{m: v for v, m in SDKS.items()}, **{f"app.providers.{v}": v for v in VENDORS}}
     got: dict[str, list[list[float]]] = {m: [] for m in modules}
-    for _ in range(runs):
+    for _ in range(runs):  # interleaved, so that noise hits all modules alike
         for module, vendor in modules.items():
             done = subprocess.run(
                 [PYTHON, "-c", CHILD, module, urls[vendor]],
@@ -284,9 +283,9 @@ def measure_imports(urls: dict[str, str], runs: int) -> str:
         "Module", f"import wall, median of {runs} (min-max)", "RSS before", "+ import",
         "+ client and 1 call", "RSS after the call",
     )  # fmt: skip
-    for module, runs_ in got.items():
-        took, before, imported, called = (statistics.median(r[i] for r in runs_) for i in range(4))
-        low, high = min(r[0] for r in runs_), max(r[0] for r in runs_)
+    for module, rows in got.items():
+        took, before, imported, called = (statistics.median(r[i] for r in rows) for i in range(4))
+        low, high = min(r[0] for r in rows), max(r[0] for r in rows)
         text += md(
             f"`{module}`", f"{took:,.0f} ms ({low:,.0f}-{high:,.0f})", f"{before:.1f} MiB",
             f"+{imported - before:.1f} MiB", f"+{called - imported:.1f} MiB", f"{called:.1f} MiB",
@@ -295,21 +294,22 @@ def measure_imports(urls: dict[str, str], runs: int) -> str:
 
 
 def start_mock(vendor: str, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m tests.mocks.<vendor>_server` in its own session (Ctrl-C reaches only us)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     args = ["-m", f"tests.mocks.{vendor}_server", "--port", str(port), "--api-key", KEYS[vendor]]
     with (logs / f"{vendor}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [PYTHON, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [PYTHON, *args], cwd=ROOT, stdout=log, stderr=log, start_new_session=True
         )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
+    for _ in range(400):  # up to 20 s
+        with contextlib.suppress(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
     stop(proc)
     tail = (logs / f"{vendor}.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"mock {vendor} did not come up (exit {proc.poll()}):\n{tail}")
@@ -325,69 +325,60 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def header(args: argparse.Namespace, load: str, took: dict[str, float]) -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), "?")
-    argv = "".join(f" {a}" for a in sys.argv[1:])
-    return (
-        "# Provider adapters: overhead over the vendor SDKs and raw HTTP\n\n"
-        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; command: "
-        f"`.venv/bin/python -m bench.providers_overhead{argv}`\n"
-        f"- Machine: nproc {len(os.sched_getaffinity(0))}, {cpu}, "
-        f"{platform.system()} {platform.release()}; load average (1 min) {load}\n"
-        f"- Python {platform.python_version()}, event loop {args.loop}; "
-        + ", ".join(f"{p} {importlib.metadata.version(p)}" for p in PACKAGES)
-        + f"\n- Time taken: calls {took['calls']:.0f} s, imports {took['imports']:.0f} s\n"
-    )
-
-
 def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM takes the Ctrl-C path: the finally blocks still run
 
 
+OPTIONS = (  # flag, default, help
+    ("--calls", 1000, "sequential calls per path"),
+    ("--rounds", 5, "rounds the sequential calls are split into"),
+    ("--warmup", 50, "warm-up calls per path"),
+    ("--width", 64, "calls in flight at the concurrency point"),
+    ("--total", 2000, "concurrent calls per path"),
+    ("--conc-rounds", 2, "rounds the concurrent calls are split into"),
+    ("--import-runs", 5, "fresh interpreters per module"),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add = parser.add_argument
-    add("--calls", type=int, default=1000, help="sequential calls per path")
-    add("--rounds", type=int, default=5, help="rounds the sequential calls are split into")
-    add("--warmup", type=int, default=50, help="warm-up calls per path")
-    add("--width", type=int, default=64, help="calls in flight in the concurrency point")
-    add("--total", type=int, default=2000, help="concurrent calls per path, all rounds")
-    add("--conc-rounds", type=int, default=2, help="rounds the concurrent calls are split into")
-    add("--import-runs", type=int, default=5, help="fresh interpreters per module")
-    add("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="uvicorn picks uvloop")
+    for flag, default, help_ in OPTIONS:
+        parser.add_argument(flag, type=int, default=default, help=help_)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, interrupt)
     mocks: list[subprocess.Popen[bytes]] = []
-    load, took = f"{os.getloadavg()[0]:.2f} at start", {}
+    load, t0 = os.getloadavg()[0], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pm_bench_") as logs:
         try:
             urls = {}
             for vendor in VENDORS:
                 proc, urls[vendor] = start_mock(vendor, Path(logs))
                 mocks.append(proc)
-            t0 = time.perf_counter()
-            work = asyncio.wait_for(measure_calls(urls, args), 240)
-            if args.loop == "uvloop":
-                import uvloop
-
-                seq, conc = uvloop.run(work)
-            else:
-                seq, conc = asyncio.run(work)
-            took["calls"], t0 = time.perf_counter() - t0, time.perf_counter()
+            run = importlib.import_module("uvloop").run if args.loop == "uvloop" else asyncio.run
+            seq, conc = run(asyncio.wait_for(measure_calls(urls, args), 240))
+            t1 = time.perf_counter()
             imports = measure_imports(urls, args.import_runs)
-            took["imports"] = time.perf_counter() - t0
         except KeyboardInterrupt:
             sys.exit("interrupted: the mock processes were stopped")
         finally:
             for proc in mocks:
                 stop(proc)
-    load += f", {os.getloadavg()[0]:.2f} at the end"
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), "?")
     text = (
-        f"{header(args, load, took)}\n## Sequential calls: {args.warmup} warm-up, then "
-        f"{args.calls:,} per path in {args.rounds} rotating rounds\n\n{seq}\n"
-        f"## Concurrency: {args.width} in flight, {args.total:,} calls per path in "
-        f"{args.conc_rounds} rotating rounds\n\n{conc}\n"
+        "# Provider adapters: overhead over the vendor SDKs and raw HTTP\n\n"
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; command: `.venv/bin/python -m "
+        f"bench.providers_overhead{''.join(f' {a}' for a in sys.argv[1:])}`\n"
+        f"- Machine: nproc {len(os.sched_getaffinity(0))}, {cpu}, {platform.system()} "
+        f"{platform.release()}; load average (1 min) {load:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at the end\n"
+        f"- Python {platform.python_version()}, event loop {args.loop}; "
+        + ", ".join(f"{p} {importlib.metadata.version(p)}" for p in PACKAGES)
+        + f"\n- Took {t1 - t0:.0f} s for the calls, {time.perf_counter() - t1:.0f} s for imports\n"
+        f"\n## Sequential: {args.warmup} warm-up calls, then {args.calls:,} per path in "
+        f"{args.rounds} rotating rounds\n\n{seq}\n## Concurrency: {args.width} in flight, "
+        f"{args.total:,} calls per path in {args.conc_rounds} rotating rounds\n\n{conc}\n"
         f"## Import and memory: a fresh interpreter per module\n\n{imports}"
     )
     print(text)
