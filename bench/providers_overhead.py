@@ -16,10 +16,10 @@ up; mean/p50/p99 come from all 1,000 per-call latencies (nearest rank). Concurre
 share 2,000 calls per path, in 2 rotating rounds of 1,000 after a burst that opens the
 connections; calls/s is a round's calls over its median wall time.
 
-Import cost: 5 times, interleaved, a fresh interpreter per module (`openai`, `google.genai`,
-`anthropic`, `app.providers.<vendor>`) reads VmRSS from /proc/self/status, imports the module
-(wall time), reads it again, makes a client and one call to the mock, and reads it a third
-time; medians are reported. Its baseline holds the stdlib modules this file imports.
+Import cost: 3 times (`--import-runs`), interleaved, a fresh interpreter per module (`openai`,
+`google.genai`, `anthropic`, `app.providers.<vendor>`) reads VmRSS from /proc/self/status,
+imports the module (wall time), reads it again, makes a client and one call to the mock, and
+reads it a third time; medians are reported. Its baseline holds this file's stdlib imports.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import importlib.metadata
 import json
 import os
@@ -50,13 +49,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 RESULTS = ROOT / "bench" / "results" / "providers_overhead.md"
-PACKAGES = ("openai", "google-genai", "anthropic", "aiohttp", "httpx", "pydantic", "uvloop")
+PACKAGES = ("openai", "google-genai", "anthropic", "aiohttp", "httpx2", "pydantic", "uvloop")
 VENDORS = ("openai", "gemini", "anthropic")
 SDKS = {"openai": "openai", "gemini": "google.genai", "anthropic": "anthropic"}
-MODELS = {"openai": "gpt-4o-mini", "gemini": "gemini-2.5-flash", "anthropic": "claude-sonnet-4-5"}
+MODELS = {"openai": "gpt-4o-mini", "gemini": "gemini-2.5-flash", "anthropic": "claude-haiku-4-5"}
 KEYS = {"openai": "sk-bench-openai", "gemini": "AIza-bench-gemini", "anthropic": "sk-ant-bench"}
 PROMPT, ANSWER, MAX_TOKENS = "hello", "echo: hello", 64
 PATHS = ("adapter", "SDK", "raw")
+RAW_TEXT: dict[str, Callable[[Any], str]] = {
+    "openai": lambda r: r["choices"][0]["message"]["content"],
+    "gemini": lambda r: r["candidates"][0]["content"]["parts"][0]["text"],
+    "anthropic": lambda r: r["content"][0]["text"],
+}
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,6 @@ class Route:
     call: Callable[[], Awaitable[Any]]  # one call: what is timed
     text: Callable[[Any], str]  # the answer's text, from what `call` returned
     close: Callable[[], Awaitable[object]]
-
-
-Text = Callable[[Any], str]
 
 
 @dataclass
@@ -81,30 +82,25 @@ def rss_mib() -> float:
     return next(int(x.split()[1]) / 1024 for x in lines if x.startswith("VmRSS:"))
 
 
-def raw_request(vendor: str, url: str) -> tuple[str, dict[str, str], dict[str, Any], Text]:
-    """URL, headers and JSON body of the request the SDK sends (checked against the mocks),
-    and where the answer's text is in the reply."""
+def raw_request(vendor: str, url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """URL, headers and JSON body of the request the SDK sends (checked against the mocks)."""
     key, model, user = KEYS[vendor], MODELS[vendor], {"role": "user", "content": PROMPT}
     if vendor == "openai":
         body = {"model": model, "messages": [user], "max_tokens": MAX_TOKENS}
-        return f"{url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, body, (
-            lambda r: r["choices"][0]["message"]["content"]
-        )  # fmt: skip
+        return f"{url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, body
     if vendor == "gemini":
         contents = [{"parts": [{"text": PROMPT}], "role": "user"}]
         body = {"contents": contents, "generationConfig": {"maxOutputTokens": MAX_TOKENS}}
-        return f"{url}/v1/models/{model}:generateContent", {"x-goog-api-key": key}, body, (
-            lambda r: r["candidates"][0]["content"]["parts"][0]["text"]
-        )  # fmt: skip
+        return f"{url}/v1/models/{model}:generateContent", {"x-goog-api-key": key}, body
     body = {"model": model, "max_tokens": MAX_TOKENS, "messages": [user]}
-    headers = {"x-api-key": key, "anthropic-version": "2026-10-21"}
-    return f"{url}/v1/messages", headers, body, lambda r: r["content"][0]["text"]
+    return f"{url}/v1/messages", {"x-api-key": key, "anthropic-version": "2026-10-21"}, body
 
 
 def build(vendor: str, path: str, url: str) -> Route:
     """One path to one mock; call it inside the running loop. It imports lazily, so that a
     child measuring one module's import cost loads nothing else."""
-    key, model, messages = KEYS[vendor], MODELS[vendor], [{"role": "user", "content": PROMPT}]
+    key, model = KEYS[vendor], MODELS[vendor]
+    messages: Any = [{"role": "user", "content": PROMPT}]
     if path == "adapter":
         from app.providers.base import CompletionRequest
 
@@ -120,21 +116,20 @@ def build(vendor: str, path: str, url: str) -> Route:
         import aiohttp
 
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        target, headers, body, text = raw_request(vendor, url)
+        target, headers, body = raw_request(vendor, url)
 
         async def post() -> Any:
             async with session.post(target, json=body, headers=headers) as reply:
                 reply.raise_for_status()
                 return json.loads(await reply.read())
 
-        return Route(post, text, session.close)
+        return Route(post, RAW_TEXT[vendor], session.close)
     sdk: Any = importlib.import_module(SDKS[vendor])
     if vendor == "openai":
         oa = sdk.AsyncOpenAI(api_key=key, base_url=f"{url}/v1")
         ask = partial(oa.chat.completions.create, model=model, messages=messages)
-        return Route(
-            partial(ask, max_tokens=MAX_TOKENS), lambda r: r.choices[0].message.content, oa.close
-        )
+        ask = partial(ask, max_tokens=MAX_TOKENS)
+        return Route(ask, lambda r: r.choices[0].message.content, oa.close)
     if vendor == "gemini":
         options = sdk.types.HttpOptions(base_url=url, api_version="v1")
         gc = sdk.Client(api_key=key, http_options=options)
@@ -188,22 +183,19 @@ async def one_round(route: Route, calls: int, width: int, sample: Sample) -> Non
 async def rounds(routes: dict[str, Route], calls: int, n: int, width: int) -> dict[str, Sample]:
     out = {name: Sample() for name in PATHS}
     for r in range(n):
-        for name in PATHS[r % 3 :] + PATHS[: r % 3]:
+        for name in PATHS[r % 3 :] + PATHS[: r % 3]:  # rotate the order every round
             await one_round(routes[name], calls // n, width, out[name])
     return out
 
 
 def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of seconds, in ms."""
     ordered = sorted(values)
     return ordered[max(0, -int(-q * len(ordered) // 1) - 1)] * 1000
 
 
-def md(*cells: object) -> str:
-    return f"| {' | '.join(map(str, cells))} |\n"
-
-
-def table(*titles: str) -> str:
-    return md(*titles) + md(*["---"] * len(titles))
+def md(*cells: object, head: bool = False) -> str:
+    return f"| {' | '.join(map(str, cells))} |\n" + (md(*["---"] * len(cells)) if head else "")
 
 
 def seq_rows(vendor: str, got: dict[str, Sample], scale: float) -> str:
@@ -235,11 +227,16 @@ def conc_rows(vendor: str, got: dict[str, Sample], per_round: int) -> str:
 
 
 async def measure_calls(urls: dict[str, str], args: argparse.Namespace) -> tuple[str, str]:
-    seq = table(
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # closes clients
+    seq = md(
         "Provider", "Path", "wall / 1,000 calls (rounds min-max)", "CPU / 1,000 calls",
-        "mean / p50 / p99 per call", "adapter ÷ this: wall, CPU",
+        "mean / p50 / p99 per call", "adapter ÷ this: wall, CPU", head=True,
     )  # fmt: skip
-    conc = table("Provider", "Path", "calls/s", "CPU per call", "p50 / p99", "adapter ÷ this")
+    conc = md(
+        "Provider", "Path", "calls/s", "CPU per call", "p50 / p99", "adapter ÷ this", head=True
+    )
     for vendor in VENDORS:
         routes = {name: build(vendor, name, urls[vendor]) for name in PATHS}
         try:
@@ -279,9 +276,9 @@ def measure_imports(urls: dict[str, str], runs: int) -> str:
             if done.returncode != 0:
                 raise RuntimeError(f"the child for {module} failed:\n{done.stderr[-2000:]}")
             got[module].append(json.loads(done.stdout.splitlines()[-1]))
-    text = table(
+    text = md(
         "Module", f"import wall, median of {runs} (min-max)", "RSS before", "+ import",
-        "+ client and 1 call", "RSS after the call",
+        "+ client and 1 call", "RSS after the call", head=True,
     )  # fmt: skip
     for module, rows in got.items():
         took, before, imported, called = (statistics.median(r[i] for r in rows) for i in range(4))
@@ -336,7 +333,7 @@ OPTIONS = (  # flag, default, help
     ("--width", 64, "calls in flight at the concurrency point"),
     ("--total", 2000, "concurrent calls per path"),
     ("--conc-rounds", 2, "rounds the concurrent calls are split into"),
-    ("--import-runs", 5, "fresh interpreters per module"),
+    ("--import-runs", 3, "fresh interpreters per module"),
 )
 
 
@@ -358,8 +355,9 @@ def main() -> None:
             run = importlib.import_module("uvloop").run if args.loop == "uvloop" else asyncio.run
             seq, conc = run(asyncio.wait_for(measure_calls(urls, args), 240))
             t1 = time.perf_counter()
+            signal.signal(signal.SIGTERM, interrupt)  # the loop's handler went with the loop
             imports = measure_imports(urls, args.import_runs)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             sys.exit("interrupted: the mock processes were stopped")
         finally:
             for proc in mocks:
