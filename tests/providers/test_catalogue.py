@@ -16,7 +16,7 @@ def test_bundled_catalogue_prices_and_aliases():
     mini = catalogue.get("gpt-4o-mini")
     assert mini is not None and mini.provider == "openai"
     assert mini.input == Decimal("0.15") and mini.output == Decimal("0.60")
-    assert catalogue.get("sonnet") is catalogue.get("claude-sonnet-4-5")
+    assert catalogue.get("sonnet") is catalogue.get("claude-sonnet-4-6")
     assert catalogue.get("smollm2") is catalogue.get("local")
     assert {e.provider for e in catalogue.entries} >= {"openai", "gemini", "anthropic", "local"}
     price = catalogue.price(mini)
