@@ -185,6 +185,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing, unknown, expired or revoked API key (`missing_api_key`, `invalid_api_key`, "
         "`expired_api_key`, `revoked_api_key`).",
         404: "No such resource for this user (`not_found`).",
+        409: "Not possible in the resource's current state (`already_finished`: the prompt is "
+        "already completed, failed or cancelled).",
         413: "Request body over `MAX_BODY_BYTES` (`payload_too_large`).",
         422: "Invalid input (`validation_error`, `unknown_model`, `provider_not_configured`, "
         "`prompt_too_large`).",

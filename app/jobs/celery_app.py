@@ -14,6 +14,9 @@ fast path that wakes a worker within milliseconds. Hence these choices:
 - Ordering: provider call (PROVIDER_TIMEOUT_SECONDS, 60 s by default) < lease (LEASE_SECONDS,
   60 s, renewed every 20 s while running, so only a dead worker's lease expires) <
   visibility timeout (3,600 s); the sweeper looks every SWEEP_INTERVAL_SECONDS (15 s).
+- A worker never gives up on the broker (`broker_connection_max_retries=None`; Celery's default
+  of 100 retries, backing off to 30 s, ends the worker after about 45 minutes of outage, and
+  its sweeper with it, although the database alone is enough to run prompts).
 - No result backend: outcomes are in the database.
 """
 
@@ -43,6 +46,7 @@ def create_celery(settings: Settings) -> Celery:
     celery.conf.update(
         broker_url=settings.celery_broker_url,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # retry forever: the sweeper runs meanwhile
         broker_connection_timeout=2,
         broker_transport_options={
             "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
@@ -57,6 +61,9 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # Only concerns late-acknowledged tasks (there are none); set, it silences the
+        # deprecation warning Celery logs at every lost broker connection.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
     )
     return celery
 
@@ -79,6 +86,10 @@ class CeleryDispatcher:
 
     async def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def cancel(self, prompt_id: uuid.UUID) -> None:
+        """Nothing runs in this process: the worker holding the prompt finds its committed
+        cancellation in the database."""
 
     async def dispatch(self, prompt_id: uuid.UUID) -> None:
         if self._clock() < self._skip_until:

@@ -3,6 +3,11 @@
 The embedded default is `EmbeddedRunner`, an asyncio worker pool inside the API process. A
 dispatch is only a hint: the database row is the job, and the sweeper re-dispatches whatever a
 dispatcher dropped, so `dispatch` never raises into the request that committed the prompt.
+
+Cancellation goes through the database too (`Recorder.cancel`): every runner looks every
+CANCEL_POLL_SECONDS for cancellations requested of the prompts it holds, whichever process
+the request came through; `Dispatcher.cancel` only lets a runner in the requesting process
+stop the prompt at once.
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from app.prompts.recorder import Claim, Recorder
 
 logger = logging.getLogger(__name__)
+
+CANCEL_POLL_SECONDS = 1.0
+CANCEL_WAIT_SECONDS = 2.0
 
 
 class Dispatcher(Protocol):
@@ -26,6 +35,20 @@ class Dispatcher(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def cancel(self, prompt_id: uuid.UUID) -> None:
+        """Its cancellation is committed: stop the prompt now if it runs in this process.
+        (Runners elsewhere find the request in the database.) Never raises."""
+        ...
+
+
+@dataclass(slots=True)
+class _Held:
+    """A claim this process holds, and the task executing it."""
+
+    claim: Claim
+    task: asyncio.Task[None]
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
 
 class EmbeddedRunner:
     """Claims and runs prompts on this process's event loop, at most `concurrency` at once.
@@ -33,17 +56,23 @@ class EmbeddedRunner:
     While it holds claims it renews their leases every third of the lease, so a claim expires
     (and the sweeper recovers the prompt) only when this process has stopped or lost the
     database. At shutdown, claims still running after a short grace are handed back.
+
+    Each held prompt executes in a task of its own, so that a cancellation stops that prompt
+    alone: its in-flight provider call is abandoned (and recorded by the executor), then the
+    prompt ends `cancelled`. A cancelled prompt task is told apart from a shutdown by whether
+    the worker awaiting it is itself being cancelled.
     """
 
     def __init__(
         self,
-        execute: Callable[[Claim], Awaitable[None]],
+        execute: Callable[[Claim], Coroutine[Any, Any, None]],
         *,
         recorder: Recorder,
         concurrency: int,
         lease_seconds: float,
         shutdown_grace_seconds: float = 5.0,
         max_backlog: int | None = None,
+        cancel_poll_seconds: float = CANCEL_POLL_SECONDS,
     ) -> None:
         self._execute = execute
         self._recorder = recorder
@@ -52,9 +81,11 @@ class EmbeddedRunner:
         self._grace = shutdown_grace_seconds
         self._queue: asyncio.Queue[uuid.UUID] = asyncio.Queue()
         self._known: set[uuid.UUID] = set()  # queued or running here: dispatch is idempotent
-        self._held: dict[uuid.UUID, Claim] = {}  # claims this process holds
+        self._held: dict[uuid.UUID, _Held] = {}  # claims this process holds
         self._workers: list[asyncio.Task[None]] = []
         self._renewer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._cancel_poll = cancel_poll_seconds
         self._drained = asyncio.Event()  # set whenever no claim is held
         self._drained.set()
         self._max_backlog = max_backlog
@@ -81,10 +112,22 @@ class EmbeddedRunner:
             for i in range(self._concurrency)
         ]
         self._renewer = asyncio.create_task(self._renew(), name="prompt-lease-renewer")
+        self._watcher = asyncio.create_task(self._watch(), name="prompt-cancel-watcher")
+
+    async def cancel(self, prompt_id: uuid.UUID) -> None:
+        """Stop the prompt if this process runs it, and wait (briefly) until it has ended, so
+        that the caller can read its final status."""
+        held = self._held.get(prompt_id)
+        if held is None:
+            return  # not here: queued ones are no longer claimable, others are elsewhere
+        _stop(held)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(held.ended.wait(), CANCEL_WAIT_SECONDS)
 
     async def stop(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
+        for background in (self._renewer, self._watcher):
+            if background is not None:
+                background.cancel()
         # Queued prompts stay pending in the database; only running ones need handing back.
         if self._held:
             with contextlib.suppress(TimeoutError):
@@ -92,10 +135,11 @@ class EmbeddedRunner:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        if self._renewer is not None:
-            await asyncio.gather(self._renewer, return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in (self._renewer, self._watcher) if t is not None), return_exceptions=True
+        )
         if self._held:
-            claims = list(self._held.values())
+            claims = [held.claim for held in self._held.values()]
             try:
                 await self._recorder.release(claims)
                 logger.info("handed back %d running prompts at shutdown", len(claims))
@@ -123,17 +167,27 @@ class EmbeddedRunner:
             logger.warning("could not claim prompt %s; the sweeper will retry", prompt_id)
             return
         if claim is None:
-            return  # finished, or another runner has it
-        self._held[prompt_id] = claim
+            return  # finished, cancelled, or another runner has it
+        task = asyncio.create_task(self._execute(claim), name=f"prompt-{prompt_id}")
+        held = self._held[prompt_id] = _Held(claim, task)
         self._drained.clear()
         try:
-            await self._execute(claim)
+            await task
         except asyncio.CancelledError:
-            raise  # shutdown: stays held, so stop() hands it back
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # shutdown: stays held, so stop() hands it back
+            # Only this prompt's task was cancelled: its cancellation was requested.
+            try:
+                await self._recorder.finish_cancelled(claim)
+            except Exception:
+                # Its lease is no longer renewed: once it expires, the sweeper cancels it.
+                logger.warning("could not record the cancellation of prompt %s", prompt_id)
         except Exception:
             # Its lease is no longer renewed: the sweeper recovers it once the lease expires.
             logger.exception("executing prompt %s failed unexpectedly", prompt_id)
         self._held.pop(prompt_id, None)
+        held.ended.set()
         if not self._held:
             self._drained.set()
 
@@ -146,3 +200,25 @@ class EmbeddedRunner:
                 )
             except Exception:
                 logger.warning("could not renew leases; retrying", exc_info=True)
+
+    async def _watch(self) -> None:
+        """Stop the prompts held here whose cancellation was requested through any process."""
+        while True:
+            await asyncio.sleep(self._cancel_poll)
+            if not self._held:
+                continue
+            try:
+                requested = await self._recorder.cancel_requested(list(self._held))
+            except Exception:
+                logger.warning("could not look for cancellations; retrying", exc_info=True)
+                continue
+            for prompt_id in requested:
+                held = self._held.get(prompt_id)
+                if held is not None:
+                    _stop(held)
+
+
+def _stop(held: _Held) -> None:
+    """Cancel a prompt's task once: a second cancel would interrupt its recording."""
+    if not held.task.done() and not held.task.cancelling():
+        held.task.cancel()

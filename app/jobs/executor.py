@@ -7,6 +7,11 @@ are spent (or its provider's circuit is open, or it asks to wait longer than the
 the next route. A failure that is the request's own (bad request, context too long, filtered)
 fails the prompt at once: another model would most likely refuse it too, and every extra call
 costs. An authentication failure also moves on, since it says nothing about the request.
+
+When the prompt's task is cancelled (its cancellation was requested, or the runner is
+stopping), the provider call in flight is abandoned and recorded as an attempt. Writes of what
+already happened (an answer, a failed call) are carried to their end before the cancellation
+goes through: the call they record happened, and may be billed.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from app.db.base import utcnow
 from app.prompts.recorder import AttemptRecord, Claim, Recorder, ResponseRecord
@@ -33,6 +40,8 @@ from app.providers.registry import ModelRouter, Route
 from app.providers.resilience import CircuitBreaker, CircuitOpen, RetryPolicy
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +104,8 @@ async def execute_prompt(claim: Claim, *, execution: Execution) -> None:
             try:
                 completion = await provider.complete(request)
             except asyncio.CancelledError:
-                # The runner is stopping: the call is abandoned, but it happened (and may be
-                # billed), so it is recorded.
-                await asyncio.shield(
-                    recorder.record_attempt(
-                        claim,
-                        _failed_attempt(route, started_at, "abandoned", "abandoned", None,
-                                        "The call was abandoned when its runner stopped."),
-                    )
-                )  # fmt: skip
+                # The call is abandoned, but it happened (and may be billed): it is recorded.
+                await _carried_through(_record_abandoned(recorder, claim, route, started_at))
                 raise
             except ProviderError as exc:
                 error: ProviderError = exc
@@ -114,18 +116,22 @@ async def execute_prompt(claim: Claim, *, execution: Execution) -> None:
                 )
             else:
                 breaker.record_success(route.provider)
-                await _finish_success(recorder, claim, route, completion, started_at, started)
+                await _carried_through(
+                    _finish_success(recorder, claim, route, completion, started_at, started)
+                )
                 return
             breaker.record_failure(route.provider, error)
             last = error
-            await recorder.record_attempt(
-                claim,
-                _failed_attempt(
-                    route, started_at, "error", error.code, error.status, error.message
-                ),
+            await _carried_through(
+                recorder.record_attempt(
+                    claim,
+                    _failed_attempt(
+                        route, started_at, "error", error.code, error.status, error.message
+                    ),
+                )
             )
             if not error.retryable and not isinstance(error, AuthenticationFailed):
-                await _finish_failure(recorder, claim, error, calls)
+                await _carried_through(_finish_failure(recorder, claim, error, calls))
                 return
             retry += 1
             delay = execution.policy.delay(retry, error)
@@ -133,7 +139,37 @@ async def execute_prompt(claim: Claim, *, execution: Execution) -> None:
                 break  # this route is spent: next fallback
             await asyncio.sleep(delay)
     assert last is not None
-    await _finish_failure(recorder, claim, last, calls)
+    await _carried_through(_finish_failure(recorder, claim, last, calls))
+
+
+async def _carried_through(step: Coroutine[Any, Any, _T]) -> _T:
+    """Run a recording step to its end even if the task is cancelled meanwhile, then let the
+    cancellation through (the runner then ends the prompt, or hands it back)."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise  # the step itself was cancelled
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _record_abandoned(
+    recorder: Recorder, claim: Claim, route: Route, started_at: datetime
+) -> None:
+    if await recorder.cancel_requested([claim.prompt_id]):
+        outcome, message = "cancelled", "The call was abandoned: the prompt was cancelled."
+    else:
+        outcome, message = "abandoned", "The call was abandoned when its runner stopped."
+    await recorder.record_attempt(
+        claim, _failed_attempt(route, started_at, outcome, outcome, None, message)
+    )
 
 
 def _failed_attempt(

@@ -2,7 +2,8 @@
 
 Each pass (at start-up, then every SWEEP_INTERVAL_SECONDS) it
 1. returns `running` prompts whose lease expired to `pending`, or fails them with
-   `attempts_exhausted` after MAX_ATTEMPTS executions, so a poison prompt cannot loop forever;
+   `attempts_exhausted` after MAX_ATTEMPTS executions, so a poison prompt cannot loop forever,
+   or ends them `cancelled` if their cancellation was requested (never runs them again);
 2. dispatches again `pending` prompts older than REDISPATCH_AFTER_SECONDS (all of them at
    start-up: a pending row left by a previous process has nobody running it).
 """
@@ -27,6 +28,7 @@ BATCH = 1000
 class SweepReport:
     requeued: int
     failed: int
+    cancelled: int
     redispatched: int
 
 
@@ -48,7 +50,8 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
 
     async def sweep_once(self, *, redispatch_after_seconds: float | None = None) -> SweepReport:
-        requeued, failed = await self._recorder.recover_expired(max_attempts=self._max_attempts)
+        recovered = await self._recorder.recover_expired(max_attempts=self._max_attempts)
+        requeued = recovered.requeued
         age = (
             self._redispatch_after if redispatch_after_seconds is None else redispatch_after_seconds
         )
@@ -58,8 +61,13 @@ class Sweeper:
         ids = list(dict.fromkeys([*requeued, *due]))
         for prompt_id in ids:
             await self._dispatcher.dispatch(prompt_id)
-        report = SweepReport(requeued=len(requeued), failed=failed, redispatched=len(ids))
-        if requeued or failed or ids:
+        report = SweepReport(
+            requeued=len(requeued),
+            failed=recovered.failed,
+            cancelled=recovered.cancelled,
+            redispatched=len(ids),
+        )
+        if requeued or recovered.failed or recovered.cancelled or ids:
             logger.info("sweep: %s", report)
         return report
 

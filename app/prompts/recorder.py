@@ -4,6 +4,12 @@ Each method is one short transaction that is committed before it returns, so a c
 acts (answers a client, dispatches, calls a provider) on something that is not yet durable.
 Status changes are conditional updates, which makes duplicate deliveries and lost races
 harmless: whoever does not match the expected state simply changes nothing.
+
+Cancellation: a pending prompt is cancelled at once; a running one gets `cancel_requested_at`,
+and whichever process holds it stops it (see EmbeddedRunner). From then on, every path that
+would hand the prompt back to `pending` (shutdown, expired lease) ends it `cancelled` instead.
+A prompt that finishes before its runner stops it keeps that outcome: `finish` and
+`finish_cancelled` are both fenced on the claim, so exactly one of them wins.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, insert, select, update
+from sqlalchemy import ColumnElement, Insert, func, insert, select, update
 
 from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
 
 _P = PromptRequest
+_CANCEL_REQUESTED = _P.cancel_requested_at.is_not(None)
+FINAL_STATUSES = frozenset({PromptStatus.COMPLETED, PromptStatus.FAILED, PromptStatus.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,15 @@ class ResponseRecord:
     cost_usd: Decimal
     finish_reason: str | None
     catalogue_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What `recover_expired` did with the prompts whose runner was lost."""
+
+    requeued: list[uuid.UUID]
+    failed: int
+    cancelled: int
 
 
 def _values(record: AttemptRecord | ResponseRecord) -> dict[str, Any]:
@@ -179,29 +196,59 @@ class Recorder:
                 )
         return won
 
+    async def finish_cancelled(self, claim: Claim) -> bool:
+        """`running → cancelled` for a prompt whose execution its runner stopped on request.
+        False if the claim was lost or the prompt finished first."""
+        now = utcnow()
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(_P)
+                .where(*_held_by(claim))
+                .values(
+                    status=PromptStatus.CANCELLED,
+                    finished_at=now,
+                    lease_expires_at=None,
+                    cancel_requested_at=func.coalesce(_P.cancel_requested_at, now),
+                )
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def release(self, claims: list[Claim]) -> None:
-        """Hand claims back (`running → pending`) without counting them, e.g. at shutdown.
-        Fenced, so a claim that has since passed to another runner is left alone."""
+        """Hand claims back (`running → pending`) without counting them, e.g. at shutdown, or
+        end them `cancelled` if their cancellation was requested. Fenced, so a claim that has
+        since passed to another runner is left alone."""
         if not claims:
             return
+        now = utcnow()
         async with self._sessions() as session, session.begin():
             for claim in claims:
                 await session.execute(
                     update(_P)
-                    .where(*_held_by(claim))
+                    .where(*_held_by(claim), _P.cancel_requested_at.is_(None))
                     .values(
                         status=PromptStatus.PENDING,
                         attempts=claim.fence - 1,
                         lease_expires_at=None,
                     )
                 )
+                await session.execute(
+                    update(_P)
+                    .where(*_held_by(claim), _CANCEL_REQUESTED)
+                    .values(status=PromptStatus.CANCELLED, finished_at=now, lease_expires_at=None)
+                )
 
-    async def recover_expired(self, *, max_attempts: int) -> tuple[list[uuid.UUID], int]:
-        """Running prompts whose lease ran out lost their runner: return them to `pending`, or
-        fail them once they have used `max_attempts` executions. Returns (requeued, failed)."""
+    async def recover_expired(self, *, max_attempts: int) -> Recovered:
+        """Running prompts whose lease ran out lost their runner: end them `cancelled` if that
+        was requested, fail them once they have used `max_attempts` executions, and otherwise
+        return them to `pending`."""
         now = utcnow()
         expired = (_P.status == PromptStatus.RUNNING, _P.lease_expires_at < now)
         async with self._sessions() as session, session.begin():
+            cancelled = await session.execute(
+                update(_P)
+                .where(*expired, _CANCEL_REQUESTED)
+                .values(status=PromptStatus.CANCELLED, finished_at=now, lease_expires_at=None)
+            )
             failed = await session.execute(
                 update(_P)
                 .where(*expired, _P.attempts >= max_attempts)
@@ -221,7 +268,11 @@ class Recorder:
                 .returning(_P.id)
             )
             requeued_ids = list(requeued.scalars())
-        return requeued_ids, int(failed.rowcount)  # type: ignore[attr-defined]
+        return Recovered(
+            requeued=requeued_ids,
+            failed=int(failed.rowcount),  # type: ignore[attr-defined]
+            cancelled=int(cancelled.rowcount),  # type: ignore[attr-defined]
+        )
 
     async def due_pending(self, *, created_before: datetime, limit: int) -> list[uuid.UUID]:
         async with self._sessions() as session:
@@ -230,5 +281,48 @@ class Recorder:
                 .where(_P.status == PromptStatus.PENDING, _P.created_at <= created_before)
                 .order_by(_P.created_at)
                 .limit(limit)
+            )
+            return list(rows)
+
+    async def cancel(self, prompt_id: uuid.UUID, *, user_id: uuid.UUID) -> str | None:
+        """Cancel one of the user's prompts: a `pending` one now, a `running` one by requesting
+        it of its runner. Returns the status it had: `pending` (now cancelled), `running`
+        (cancellation requested), a final status (nothing changed), or None if the user has
+        no such prompt (someone else's is as missing as a missing one)."""
+        now = utcnow()
+        owned = (_P.id == prompt_id, _P.user_id == user_id)
+        async with self._sessions() as session, session.begin():
+            # Each statement sees the latest committed state; a runner may move the prompt
+            # between them (claim it, finish it, hand it back), so look again until one holds.
+            while True:
+                cancelled = await session.execute(
+                    update(_P)
+                    .where(*owned, _P.status == PromptStatus.PENDING)
+                    .values(status=PromptStatus.CANCELLED, finished_at=now, cancel_requested_at=now)
+                    .returning(_P.id)
+                )
+                if cancelled.first() is not None:
+                    return PromptStatus.PENDING
+                requested = await session.execute(
+                    update(_P)
+                    .where(*owned, _P.status == PromptStatus.RUNNING)
+                    .values(cancel_requested_at=func.coalesce(_P.cancel_requested_at, now))
+                    .returning(_P.id)
+                )
+                if requested.first() is not None:
+                    return PromptStatus.RUNNING
+                status = await session.scalar(select(_P.status).where(*owned))
+                if status is None or status in FINAL_STATUSES:
+                    return status
+
+    async def cancel_requested(self, prompt_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Those of these running prompts whose cancellation was requested."""
+        if not prompt_ids:
+            return []
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(_P.id).where(
+                    _P.id.in_(prompt_ids), _P.status == PromptStatus.RUNNING, _CANCEL_REQUESTED
+                )
             )
             return list(rows)

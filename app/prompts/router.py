@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 from app.auth.dependencies import CurrentUser
 from app.db.database import Session
 from app.errors import problem_responses
+from app.models import PromptStatus
 from app.prompts import service
 from app.prompts.dependencies import (
     DispatcherDep,
@@ -83,3 +84,43 @@ async def get_prompt(session: Session, user: CurrentUser, prompt_id: uuid.UUID) 
     """The prompt with its response (text, duration, tokens, cost) once `completed`, or its
     error (a stable `code` and a message) once `failed`, and every provider call made."""
     return await service.get_prompt(session, user_id=user.id, prompt_id=prompt_id)
+
+
+@router.post(
+    "/{prompt_id}/cancel",
+    summary="Cancel a prompt",
+    response_description="Cancelled (`status` is `cancelled`): a pending prompt at once, a "
+    "running one that this server could stop straight away.",
+    responses={
+        202: {
+            "model": PromptDetail,
+            "description": "Cancellation requested: the prompt is `running` on another "
+            "process, which stops it within about a second. Poll `GET /ai/prompts/{id}`.",
+        },
+        **problem_responses(401, 404, 409, 422, 503),
+    },
+)
+async def cancel_prompt(
+    session: Session,
+    user: CurrentUser,
+    prompt_id: uuid.UUID,
+    response: Response,
+    recorder: RecorderDep,
+    dispatcher: DispatcherDep,
+) -> PromptDetail:
+    """Cancel a `pending` or `running` prompt.
+
+    A pending prompt is cancelled at once and never runs (**200**). A running one is stopped
+    by its runner: its provider call is abandoned (and listed in `attempts`, outcome
+    `cancelled`) and it ends `cancelled` without a response, at once (**200**) or, when it
+    runs on another process, within about a second (**202**, `cancel_requested_at` set).
+    A prompt that finishes before its runner can stop it keeps its outcome.
+    A prompt that is already `completed`, `failed` or `cancelled` is a **409**
+    `already_finished`.
+    """
+    detail = await service.cancel_prompt(
+        session, recorder, user_id=user.id, prompt_id=prompt_id, dispatcher=dispatcher
+    )
+    if detail.status == PromptStatus.RUNNING:
+        response.status_code = 202
+    return detail

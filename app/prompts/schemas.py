@@ -100,6 +100,7 @@ _PROMPT_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-11-25T13:17:14.067333Z",
     "started_at": None,
     "finished_at": None,
+    "cancel_requested_at": None,
     "metadata": {"team": "docs"},
 }
 
@@ -122,6 +123,10 @@ class PromptOut(BaseModel):
     created_at: datetime
     started_at: datetime | None = Field(description="When the last execution started.")
     finished_at: datetime | None = Field(description="When it reached its final status.")
+    cancel_requested_at: datetime | None = Field(
+        description="When its cancellation was requested. A running prompt then ends "
+        "`cancelled` within about a second, unless it finished first."
+    )
     metadata: dict[str, str] = Field(validation_alias="meta")
 
 

@@ -1,4 +1,4 @@
-"""The /ai/prompts domain: submit, list and read prompts. Plain async functions."""
+"""The /ai/prompts domain: submit, list, read and cancel prompts. Plain async functions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from app.db.base import utcnow
-from app.errors import InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs.dispatcher import Dispatcher
 from app.models import PromptRequest, PromptStatus
 from app.prompts.recorder import Recorder
@@ -166,3 +166,28 @@ async def get_prompt(
     if prompt is None:
         raise NotFound("No prompt with this id.")
     return PromptDetail.from_prompt(prompt)
+
+
+async def cancel_prompt(
+    session: AsyncSession,
+    recorder: Recorder,
+    *,
+    user_id: uuid.UUID,
+    prompt_id: uuid.UUID,
+    dispatcher: Dispatcher,
+) -> PromptDetail:
+    """Cancel one of the user's prompts. A pending one is cancelled at once and never runs; a
+    running one is stopped by its runner (at once when it runs in this process, within about
+    a second elsewhere). Returns the prompt as it stands after that."""
+    status = await recorder.cancel(prompt_id, user_id=user_id)
+    if status is None:
+        raise NotFound("No prompt with this id.")
+    if status not in (PromptStatus.PENDING, PromptStatus.RUNNING):
+        raise Conflict(
+            f"This prompt is already {status}: only a pending or running prompt can be cancelled.",
+            code="already_finished",
+            extra={"prompt_status": status},
+        )
+    if status == PromptStatus.RUNNING:
+        await dispatcher.cancel(prompt_id)
+    return await get_prompt(session, user_id=user_id, prompt_id=prompt_id)

@@ -104,8 +104,8 @@ async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_datab
         assert first is not None
         assert await recorder.claim(prompt.id, lease_seconds=30) is None  # already running
         await asyncio.sleep(0.1)
-        requeued, failed = await recorder.recover_expired(max_attempts=5)
-        assert requeued == [prompt.id] and failed == 0
+        recovered = await recorder.recover_expired(max_attempts=5)
+        assert recovered.requeued == [prompt.id] and recovered.failed == 0
         second = await recorder.claim(prompt.id, lease_seconds=30)
         assert second is not None and second.fence == first.fence + 1
 
