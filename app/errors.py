@@ -16,8 +16,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.db.database import lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -171,11 +173,21 @@ def install_error_handlers(app: FastAPI) -> None:
             f"An unexpected error occurred; it was logged as incident {incident}.",
         )
 
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DBAPIError)
+        if (
+            exc.connection_invalidated
+            or isinstance(exc, OperationalError | InterfaceError)
+            or lost_connection(exc)
+        ):
+            return await database_unavailable(request, exc)
+        return await unexpected(request, exc)
+
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    for db_error in (OperationalError, InterfaceError, ConnectionError):
-        app.add_exception_handler(db_error, database_unavailable)
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(ConnectionError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -51,15 +53,43 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     # No pre-ping: it costs a round trip on every checkout (measured: about a fifth of the CPU
     # of an authenticated GET). A connection broken by a database restart fails its statement
-    # instead, which answers 503 `database_unavailable`, and SQLAlchemy then discards the whole
-    # pool, so the next request reconnects.
-    return create_async_engine(
+    # instead, which answers 503 `database_unavailable`; the error is marked as a disconnect
+    # (below), so SQLAlchemy discards the pool and the next request reconnects.
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_pre_ping=False,
         pool_recycle=1800,
     )
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _mark_lost_connections(context: ExceptionContext) -> None:
+        if not context.is_disconnect and lost_connection(context.original_exception):
+            context.is_disconnect = True
+
+    return engine
+
+
+def lost_connection(exc: BaseException | None) -> bool:
+    """Whether an error means the connection to the database is gone, whatever the driver
+    called it. SQLAlchemy recognises only some of asyncpg's ways of saying so: a server that
+    shuts down sends "terminating connection due to administrator command" (57P01), and a
+    connection cut mid-statement leaves asyncpg in an impossible state ("cannot switch to
+    state …", InternalClientError)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(
+            exc,
+            ConnectionError
+            | TimeoutError
+            | asyncpg.exceptions.PostgresConnectionError
+            | asyncpg.exceptions.OperatorInterventionError
+            | asyncpg.exceptions.InterfaceError,
+        ):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.db.database import lost_connection
 from app.prompts.recorder import Claim, Recorder
 
 logger = logging.getLogger(__name__)
@@ -183,9 +184,12 @@ class EmbeddedRunner:
             except Exception:
                 # Its lease is no longer renewed: once it expires, the sweeper cancels it.
                 logger.warning("could not record the cancellation of prompt %s", prompt_id)
-        except Exception:
+        except Exception as exc:
             # Its lease is no longer renewed: the sweeper recovers it once the lease expires.
-            logger.exception("executing prompt %s failed unexpectedly", prompt_id)
+            if lost_connection(exc):
+                logger.warning("prompt %s: the database was lost; its lease will expire", prompt_id)
+            else:
+                logger.exception("executing prompt %s failed unexpectedly", prompt_id)
         self._held.pop(prompt_id, None)
         held.ended.set()
         if not self._held:
@@ -198,8 +202,8 @@ class EmbeddedRunner:
                 await self._recorder.renew_leases(
                     list(self._held), lease_seconds=self._lease_seconds
                 )
-            except Exception:
-                logger.warning("could not renew leases; retrying", exc_info=True)
+            except Exception as exc:
+                logger.warning("could not renew leases; retrying", exc_info=_trace(exc))
 
     async def _watch(self) -> None:
         """Stop the prompts held here whose cancellation was requested through any process."""
@@ -209,8 +213,8 @@ class EmbeddedRunner:
                 continue
             try:
                 requested = await self._recorder.cancel_requested(list(self._held))
-            except Exception:
-                logger.warning("could not look for cancellations; retrying", exc_info=True)
+            except Exception as exc:
+                logger.warning("could not look for cancellations; retrying", exc_info=_trace(exc))
                 continue
             for prompt_id in requested:
                 held = self._held.get(prompt_id)
@@ -222,3 +226,8 @@ def _stop(held: _Held) -> None:
     """Cancel a prompt's task once: a second cancel would interrupt its recording."""
     if not held.task.done() and not held.task.cancelling():
         held.task.cancel()
+
+
+def _trace(exc: BaseException) -> BaseException | bool:
+    """A lost database connection is expected during an outage: one line, no traceback."""
+    return False if lost_connection(exc) else exc

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from app.db.base import utcnow
+from app.db.database import lost_connection
 from app.jobs.dispatcher import Dispatcher
 from app.prompts.recorder import Recorder
 
@@ -86,6 +87,9 @@ class Sweeper:
             try:
                 await self.sweep_once(redispatch_after_seconds=0 if first else None)
                 first = False
-            except Exception:
-                logger.warning("sweep failed (database unreachable?); will retry", exc_info=True)
+            except Exception as exc:
+                if lost_connection(exc):
+                    logger.warning("sweep failed: the database is unreachable; will retry")
+                else:
+                    logger.warning("sweep failed; will retry", exc_info=True)
             await asyncio.sleep(self._interval)

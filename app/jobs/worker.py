@@ -9,16 +9,25 @@ overloaded worker stops taking messages (the broker keeps them) instead of falli
 
 The worker also runs the sweeper, which executes pending prompts that no message announced (the
 broker was down when they were submitted) and requeues those whose worker died.
+
+At a warm shutdown (SIGTERM, SIGINT) a task still waiting for room returns at once, and so does
+every task after it: the solo pool would otherwise finish the shutdown only once a provider call
+ended. Their messages are already acknowledged, so those prompts simply stay `pending` for a
+sweeper, like the ones still queued on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
 import threading
 import uuid
+
+from celery.signals import worker_shutting_down
 
 from app.config import Settings
 from app.jobs.celery_app import EXECUTE_TASK, create_celery
@@ -39,6 +48,8 @@ class EventLoopBridge:
         self._stopping: asyncio.Event | None = None
         self._runner: EmbeddedRunner | None = None
         self._failure: BaseException | None = None
+        self._closing = False
+        self._waiting: set[asyncio.Task[object]] = set()  # submits waiting for room
 
     def start(self) -> None:
         self._thread.start()
@@ -47,17 +58,41 @@ class EventLoopBridge:
             raise self._failure
 
     def submit(self, prompt_id: uuid.UUID) -> None:
-        """Called by a Celery task: returns once the prompt is handed to the loop."""
-        asyncio.run_coroutine_threadsafe(self._submit(prompt_id), self._loop).result()
+        """Called by a Celery task: returns once the prompt is handed to the loop, or at once
+        when the worker is shutting down (the prompt stays pending for a sweeper)."""
+        if self._closing:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._submit(prompt_id), self._loop)
+        with contextlib.suppress(concurrent.futures.CancelledError):
+            future.result()
+
+    def close_intake(self) -> None:
+        """The worker is shutting down: stop waiting for room. Called from Celery's signal
+        handler, in the main thread, while that thread may be blocked in `submit`."""
+        self._closing = True
+        with contextlib.suppress(RuntimeError):  # the loop has already stopped
+            self._loop.call_soon_threadsafe(self._cancel_waiting)
 
     def stop(self) -> None:
         if self._stopping is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join()
 
+    def _cancel_waiting(self) -> None:
+        for task in self._waiting:
+            task.cancel()
+
     async def _submit(self, prompt_id: uuid.UUID) -> None:
         assert self._runner is not None
-        await self._runner.wait_for_room()
+        task = asyncio.current_task()
+        assert task is not None
+        if self._closing:  # closed between the check in submit() and here
+            return
+        self._waiting.add(task)
+        try:
+            await self._runner.wait_for_room()
+        finally:
+            self._waiting.discard(task)
         await self._runner.dispatch(prompt_id)
 
     def _run(self) -> None:
@@ -92,16 +127,24 @@ def run_worker(settings: Settings) -> int:
     if settings.celery_broker_url is None:
         raise SystemExit("CELERY_BROKER_URL is not set: there is no queue for a worker to read")
     bridge = EventLoopBridge(settings)
-    bridge.start()
     celery = create_celery(settings)
 
     def execute(prompt_id: str) -> None:
         bridge.submit(uuid.UUID(prompt_id))
 
+    def shutting_down(**_: object) -> None:
+        bridge.close_intake()
+
     celery.task(name=EXECUTE_TASK, ignore_result=True)(execute)
 
     # One line per task at INFO would be thousands a second; keep Celery's own messages.
-    for noisy in ("celery.app.trace", "celery.worker.strategy", "httpx2", "httpx"):
+    for noisy in (
+        "celery.app.trace",
+        "celery.worker.strategy",
+        "httpx2",
+        "httpx",
+        "alembic.runtime.migration",  # the start-up check of the schema version
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     worker = celery.Worker(
         pool="solo",
@@ -112,9 +155,12 @@ def run_worker(settings: Settings) -> int:
         without_mingle=True,
         without_heartbeat=True,
         quiet=True,
-    )
+    )  # sets up logging: created before the bridge, so the first sweep's report is shown
+    bridge.start()
+    worker_shutting_down.connect(shutting_down, weak=False)
     try:
         worker.start()  # returns after a warm shutdown (SIGTERM / SIGINT)
     finally:
+        worker_shutting_down.disconnect(shutting_down)
         bridge.stop()
     return int(worker.exitcode or 0)
