@@ -6,69 +6,39 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
-from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from app.auth import service as auth_service
 from app.db.base import utcnow
 from app.db.database import create_engine, create_session_factory
 from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
-from app.prompts.recorder import AttemptRecord, Recorder, ResponseRecord
+from app.prompts.recorder import Recorder
 from tests.conftest import Api, make_settings, migrate, running_api
 from tests.mocks.openai_server import MockOpenAI
-
-
-def _prompt(user_id: uuid.UUID, model: str, **fields: object) -> PromptRequest:
-    values: dict[str, object] = {
-        "id": uuid.uuid4(),
-        "user_id": user_id,
-        "model": f"openai/{model}",
-        "prompt_type": "text",
-        "prompt_text": "recover me",
-        "status": PromptStatus.PENDING,
-        "created_at": utcnow(),
-        "provider": "openai",
-        "upstream_model": model,
-        "parameters": {},
-        "meta": {},
-        "attempts": 0,
-    }
-    values.update(fields)
-    return PromptRequest(**values)
+from tests.records import openai_prompt, seed, successful_call
 
 
 async def _seed(url: str, prompts: list[PromptRequest]) -> dict[str, str]:
-    """Write rows as a stopped process would have left them; return a key's headers."""
     engine = create_engine(make_settings(url))
-    sessions = create_session_factory(engine)
-    async with sessions() as session:
-        user = await auth_service.create_user(session, email=f"{uuid.uuid4().hex[:8]}@example.com")
-        _, key = await auth_service.create_api_key(session, user=user)
-        for prompt in prompts:
-            prompt.user_id = user.id
-            session.add(prompt)
-        await session.commit()
-    await engine.dispose()
-    return {"Authorization": f"Bearer {key}"}
+    try:
+        return await seed(create_session_factory(engine), prompts)
+    finally:
+        await engine.dispose()
 
 
 async def test_restart_picks_up_pending_and_orphaned_prompts(
     fresh_database: str, mock_openai: MockOpenAI
 ):
     await migrate(fresh_database)
-    nobody = uuid.uuid4()
-    left_pending = _prompt(nobody, "restart-pending")
-    orphaned = _prompt(
-        nobody,
+    left_pending = openai_prompt("restart-pending")
+    orphaned = openai_prompt(
         "restart-orphaned",
         status=PromptStatus.RUNNING,
         attempts=1,
         started_at=utcnow() - timedelta(minutes=5),
         lease_expires_at=utcnow() - timedelta(seconds=1),
     )
-    exhausted = _prompt(
-        nobody,
+    exhausted = openai_prompt(
         "restart-exhausted",
         status=PromptStatus.RUNNING,
         attempts=3,
@@ -95,7 +65,7 @@ async def test_restart_picks_up_pending_and_orphaned_prompts(
 
 async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_database: str):
     await migrate(fresh_database)
-    prompt = _prompt(uuid.uuid4(), "fenced")
+    prompt = openai_prompt("fenced")
     await _seed(fresh_database, [prompt])
     engine = create_engine(make_settings(fresh_database))
     recorder = Recorder(create_session_factory(engine))
@@ -109,22 +79,7 @@ async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_datab
         second = await recorder.claim(prompt.id, lease_seconds=30)
         assert second is not None and second.fence == first.fence + 1
 
-        now = utcnow()
-        attempt = AttemptRecord(
-            provider="openai", model="fenced", started_at=now, ended_at=now, outcome="success"
-        )
-        response = ResponseRecord(
-            response_text="answer",
-            duration_ms=1,
-            provider="openai",
-            upstream_model="fenced",
-            input_tokens=1,
-            output_tokens=1,
-            usage_estimated=False,
-            cost_usd=Decimal(0),
-            finish_reason="stop",
-            catalogue_version=None,
-        )
+        attempt, response = successful_call("fenced")
         assert await recorder.finish(first, attempt=attempt, response=response) is False
         assert await recorder.finish(second, attempt=attempt, response=response) is True
         assert await recorder.finish(second, attempt=None, response=response) is False

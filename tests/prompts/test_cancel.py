@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -15,16 +14,16 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import service as auth_service
-from app.db.base import utcnow
 from app.db.database import SessionFactory, create_engine, create_session_factory
 from app.jobs.dispatcher import EmbeddedRunner
 from app.jobs.executor import execute_prompt
 from app.models import PromptRequest, PromptResponse, PromptStatus
-from app.prompts.recorder import AttemptRecord, Claim, Recorder, ResponseRecord
+from app.prompts.recorder import Claim, Recorder
 from app.runtime import open_runtime
 from tests.conftest import Api, make_settings, migrate, running_api
 from tests.mocks.openai_server import MockOpenAI
 from tests.prompts.test_validation import assert_problem
+from tests.records import openai_prompt, seed, successful_call
 
 
 async def _user(api: Api) -> tuple[uuid.UUID, dict[str, str]]:
@@ -33,25 +32,6 @@ async def _user(api: Api) -> tuple[uuid.UUID, dict[str, str]]:
         _, key = await auth_service.create_api_key(session, user=user)
         await session.commit()
     return user.id, {"Authorization": f"Bearer {key}"}
-
-
-def _prompt(user_id: uuid.UUID, upstream: str, **fields: Any) -> PromptRequest:
-    values: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "user_id": user_id,
-        "model": f"openai/{upstream}",
-        "prompt_type": "text",
-        "prompt_text": "cancel me",
-        "status": PromptStatus.PENDING,
-        "created_at": utcnow(),
-        "provider": "openai",
-        "upstream_model": upstream,
-        "parameters": {},
-        "meta": {},
-        "attempts": 0,
-    }
-    values.update(fields)
-    return PromptRequest(**values)
 
 
 async def _cancel(api: Api, headers: dict[str, str], prompt_id: str) -> Any:
@@ -156,7 +136,7 @@ async def test_someone_elses_or_a_missing_prompt_is_404(api: Api):
     owner_id, owner = await _user(api)
     _, stranger = await _user(api)
     # It hangs if it runs, so it is still pending or running when its owner cancels it.
-    prompt = _prompt(owner_id, f"hang-owner-{uuid.uuid4().hex[:8]}")
+    prompt = openai_prompt(f"hang-owner-{uuid.uuid4().hex[:8]}", user_id=owner_id)
     await api.app.state.recorder.create_prompt(prompt)
 
     assert_problem(await _cancel(api, stranger, str(prompt.id)), 404, "not_found")
@@ -212,12 +192,7 @@ async def _recorder_with(url: str, *prompts: PromptRequest) -> tuple[Recorder, A
     await migrate(url)
     engine = create_engine(make_settings(url))
     sessions = create_session_factory(engine)
-    async with sessions() as session:
-        user = await auth_service.create_user(session, email=f"{uuid.uuid4().hex[:8]}@example.com")
-        for prompt in prompts:
-            prompt.user_id = user.id
-            session.add(prompt)
-        await session.commit()
+    await seed(sessions, list(prompts))
     return Recorder(sessions), engine
 
 
@@ -234,7 +209,7 @@ async def _status(sessions: SessionFactory, prompt_id: uuid.UUID) -> tuple[str, 
 
 
 async def test_a_cancelled_prompt_is_never_handed_back_to_pending(fresh_database: str):
-    lost, stopping, untouched = (_prompt(uuid.uuid4(), name) for name in ("lost", "stop", "ok"))
+    lost, stopping, untouched = (openai_prompt(name) for name in ("lost", "stop", "ok"))
     recorder, engine = await _recorder_with(fresh_database, lost, stopping, untouched)
     sessions = create_session_factory(engine)
     try:
@@ -263,26 +238,11 @@ async def test_a_cancelled_prompt_is_never_handed_back_to_pending(fresh_database
 
 
 async def test_a_cancel_and_an_answer_never_both_win(fresh_database: str):
-    cancelled_first = _prompt(uuid.uuid4(), "race-cancel")
-    answered_first = _prompt(uuid.uuid4(), "race-answer")
+    cancelled_first = openai_prompt("race-cancel")
+    answered_first = openai_prompt("race-answer")
     recorder, engine = await _recorder_with(fresh_database, cancelled_first, answered_first)
     sessions = create_session_factory(engine)
-    now = utcnow()
-    attempt = AttemptRecord(
-        provider="openai", model="race", started_at=now, ended_at=now, outcome="success"
-    )
-    answer = ResponseRecord(
-        response_text="answer",
-        duration_ms=1,
-        provider="openai",
-        upstream_model="race",
-        input_tokens=1,
-        output_tokens=1,
-        usage_estimated=False,
-        cost_usd=Decimal(0),
-        finish_reason="stop",
-        catalogue_version=None,
-    )
+    attempt, answer = successful_call("race")
     try:
         first = await recorder.claim(cancelled_first.id, lease_seconds=30)
         second = await recorder.claim(answered_first.id, lease_seconds=30)
@@ -328,7 +288,7 @@ async def test_a_cancel_that_arrives_while_the_answer_is_stored_keeps_the_answer
                 session, email=f"{uuid.uuid4().hex[:8]}@example.com"
             )
             await session.commit()
-        prompt = _prompt(user.id, f"answered-{uuid.uuid4().hex[:8]}")
+        prompt = openai_prompt(f"answered-{uuid.uuid4().hex[:8]}", user_id=user.id)
         await recorder.create_prompt(prompt)
         await runner.start()
         try:
