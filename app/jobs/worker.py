@@ -2,10 +2,14 @@
 
 LLM calls are slow I/O, so a worker process holds up to WORKER_CONCURRENCY prompts in flight
 on one event loop (async SDKs, async database driver) rather than one per thread: Celery's
-thread pool tops out near 175 completions/s per process on this kind of machine, an event loop
-reaches far more (ARCHITECTURE §5). Celery runs its `solo` pool; each task just hands the prompt
-id to the loop, waiting first while the loop already has twice WORKER_CONCURRENCY prompts, so an
-overloaded worker stops taking messages (the broker keeps them) instead of falling over.
+thread pool tops out near 175 completions/s per process on this kind of machine, while an event
+loop can reach far more (ARCHITECTURE §5). Today this worker is CPU-bound near 100 completions/s
+(about 9 ms of CPU per prompt: ORM claim, SDK call, ORM finish; `bench/celery_load.py`), which
+the hot-path work of the performance issue is to lift.
+
+Celery runs its `solo` pool; each task just hands the prompt id to the loop, waiting first while
+the loop already has twice WORKER_CONCURRENCY prompts, so an overloaded worker stops taking
+messages (the broker keeps them) instead of falling over.
 
 The worker also runs the sweeper, which executes pending prompts that no message announced (the
 broker was down when they were submitted) and requeues those whose worker died.
