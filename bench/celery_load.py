@@ -29,11 +29,8 @@ import contextlib
 import importlib.metadata
 import os
 import platform
-import secrets
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -41,13 +38,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import redis
 
 from bench.prompts_load import (
     BIN,
     MOCK_KEY,
-    PG_ADMIN,
     PROMPT,
     ROOT,
     Children,
@@ -57,6 +53,7 @@ from bench.prompts_load import (
     free_port,
     p50_p99,
     rss_mib,
+    run_benchmark,
     run_cmd,
     submit,
     wait_up,
@@ -458,43 +455,6 @@ def report(rows: Rows, notes: list[str], args: argparse.Namespace, pg_version: s
     return header + table + "\n" + "".join(f"- {note}\n" for note in notes)
 
 
-async def run(args: argparse.Namespace) -> None:
-    """Create the database, measure, and always stop the children and drop the database."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    db = f"pm_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    pg_version = str(await admin.fetchval("SHOW server_version"))
-    try:
-        await admin.execute(f'CREATE DATABASE "{db}"')
-        with tempfile.TemporaryDirectory(prefix="pm_bench_") as logs:
-            kids = Children(Path(logs))
-            try:
-                async with asyncio.timeout(args.time_limit):
-                    rows, notes = await measure(args, kids, db, logs)
-            except Exception:
-                for log in sorted(Path(logs).glob("*.log")):
-                    print(f"--- {log.name}:", *kids.log(log.stem)[-15:], sep="\n", file=sys.stderr)
-                raise
-            finally:
-                for proc in reversed(kids.procs):
-                    kids.stop(proc)
-    finally:
-        try:
-            await asyncio.wait_for(
-                admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'), 15
-            )
-        except Exception as exc:
-            print(f"could not drop database {db} ({exc!r}): drop it by hand", file=sys.stderr)
-        await admin.close()
-    text = report(rows, notes, args, pg_version)
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"written to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64], help="phase 1")
@@ -513,7 +473,14 @@ def main() -> None:
     args.time_limit = 60 + len(args.clients) * (args.warmup + args.enqueue_duration)
     args.time_limit += args.completion_timeout
     try:
-        asyncio.run(run(args))
+        asyncio.run(
+            run_benchmark(
+                args.time_limit,
+                lambda kids, db, logs: measure(args, kids, db, str(logs)),
+                lambda rows, notes, version: report(rows, notes, args, version),
+                RESULTS,
+            )
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM
         sys.exit("interrupted: processes stopped, database dropped")
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
@@ -351,8 +351,15 @@ async def measure(args: argparse.Namespace, kids: Children, db: str) -> tuple[Ro
     return rows, notes
 
 
-async def run(args: argparse.Namespace) -> None:
-    """Create the database, measure, and always stop the children and drop the database."""
+Measure = Callable[[Children, str, Path], Awaitable[tuple[Rows, list[str]]]]
+
+
+async def run_benchmark(
+    time_limit: float, measure: Measure, report: Callable[[Rows, list[str], str], str], out: Path
+) -> None:
+    """Create a throwaway database, `measure(children, database, log_dir)` within
+    `time_limit`, and always stop the children (last started first) and drop the database;
+    then print the report and write it to `out`. Shared by the benchmarks under bench/."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
@@ -364,14 +371,14 @@ async def run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="pm_bench_") as logs:
             kids = Children(Path(logs))
             try:
-                async with asyncio.timeout(args.time_limit):
-                    rows, notes = await measure(args, kids, db)
+                async with asyncio.timeout(time_limit):
+                    rows, notes = await measure(kids, db, Path(logs))
             except Exception:
                 for log in sorted(Path(logs).glob("*.log")):
                     print(f"--- {log.name}:", *kids.log(log.stem)[-15:], sep="\n", file=sys.stderr)
                 raise
             finally:
-                for proc in kids.procs:
+                for proc in reversed(kids.procs):
                     kids.stop(proc)
     finally:
         try:
@@ -381,11 +388,11 @@ async def run(args: argparse.Namespace) -> None:
         except Exception as exc:
             print(f"could not drop database {db} ({exc!r}): drop it by hand", file=sys.stderr)
         await admin.close()
-    text = report(rows, notes, args, pg_version)
+    text = report(rows, notes, pg_version)
     print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"written to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out.relative_to(ROOT)}", file=sys.stderr)
 
 
 def main() -> None:
@@ -399,7 +406,14 @@ def main() -> None:
     args = parser.parse_args()
     args.time_limit = 150 + args.duration + args.floor_duration + 2 * args.warmup
     try:
-        asyncio.run(run(args))
+        asyncio.run(
+            run_benchmark(
+                args.time_limit,
+                lambda kids, db, _logs: measure(args, kids, db),
+                lambda rows, notes, version: report(rows, notes, args, version),
+                RESULTS,
+            )
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM
         sys.exit("interrupted: processes stopped, database dropped")
 
