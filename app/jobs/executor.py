@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from app.db.base import utcnow
+from app.errors import InvalidInput
 from app.prompts.recorder import AttemptRecord, Claim, Recorder, ResponseRecord
 from app.providers.base import (
     AdapterFailed,
@@ -69,7 +70,7 @@ def _routes(claim: Claim, router: ModelRouter) -> list[Route]:
     for name in claim.parameters.get("fallbacks", []):
         try:
             routes.append(router.resolve(name))
-        except Exception:  # configuration changed since it was accepted
+        except InvalidInput:  # the configuration changed since it was accepted
             logger.warning("fallback %s of prompt %s is no longer available", name, claim.prompt_id)
     return routes
 
