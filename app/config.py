@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     worker_prefetch_multiplier: int = Field(
         200, ge=1, le=100_000, description="Broker messages a worker reserves ahead."
     )
+    worker_health_host: str = Field(
+        "127.0.0.1", description="Where a worker serves its /healthz and /readyz."
+    )
+    worker_health_port: int | None = Field(
+        8001,
+        ge=1,
+        le=65535,
+        description="A worker's /healthz and /readyz port; empty turns them off. Each worker "
+        "on one machine needs a port of its own.",
+    )
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, le=600, description="At shutdown, how long running prompts may finish."
     )
@@ -150,6 +160,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description='JSON list, e.g. [{"name": "ollama", "base_url": "http://127.0.0.1:11434/v1"}]',
     )
+    openai_transport: Literal["direct", "sdk"] = Field(
+        "direct",
+        description="How `openai` and every OPENAI_COMPATIBLE_ENDPOINTS server are called. "
+        "`direct`: one shared aiohttp session per process, the JSON answer read by the adapter "
+        "itself, about 5x less CPU per call than the SDK (whose request building and response "
+        "models cost about 1 ms a call); `sdk`: the official `openai` SDK.",
+    )
 
     local_model_enabled: bool = True
     local_model_path: Path | None = Field(
@@ -182,6 +199,7 @@ class Settings(BaseSettings):
         "anthropic_api_key",
         "model_catalogue_path",
         "celery_broker_url",
+        "worker_health_port",
         mode="before",
     )
     @classmethod

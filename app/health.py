@@ -1,9 +1,12 @@
-"""Liveness and readiness, for load balancers and orchestrators. No authentication."""
+"""Liveness and readiness, for load balancers and orchestrators. No authentication.
+
+`readiness` is shared: the API's /readyz below and the Celery worker's own server
+(app/jobs/worker_health.py) answer with the same bodies and status codes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.db.database import SessionFactory
+from app.errors import PROBLEM_MEDIA_TYPE
 
 router = APIRouter(tags=["health"])
 
@@ -39,12 +43,19 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database (and, in Celery mode, the broker) answers within 2 s each."""
-    checks: dict[str, Check] = request.app.state.readiness_checks
+    status, body = await readiness(request.app.state.readiness_checks)
+    media_type = "application/json" if status == 200 else PROBLEM_MEDIA_TYPE
+    return JSONResponse(body, status_code=status, media_type=media_type)
+
+
+async def readiness(checks: Mapping[str, Check]) -> tuple[int, dict[str, Any]]:
+    """Run every check at once, CHECK_TIMEOUT_SECONDS each: 200 and `ready`, or 503 and a
+    `not_ready` problem (to be sent as application/problem+json) naming what did not answer."""
     results = await asyncio.gather(*(_run(check) for check in checks.values()))
     status = dict(zip(checks, results, strict=True))
     if all(result == "ok" for result in results):
-        return JSONResponse({"status": "ready", "checks": status})
-    body: dict[str, Any] = {
+        return 200, {"status": "ready", "checks": status}
+    return 503, {
         "type": "urn:prompt-manager:problem:not_ready",
         "title": "Not ready",
         "status": 503,
@@ -52,7 +63,6 @@ async def readyz(request: Request) -> JSONResponse:
         "detail": "Unreachable: " + ", ".join(k for k, v in status.items() if v != "ok") + ".",
         "checks": status,
     }
-    return JSONResponse(body, status_code=503, media_type="application/problem+json")
 
 
 async def _run(check: Check) -> str:

@@ -6,10 +6,12 @@ modes; only who executes differs (the API's embedded runner, or a worker's).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db.database import SessionFactory, create_engine, create_session_factory
@@ -26,12 +28,19 @@ from app.providers.resilience import CircuitBreaker, RetryPolicy
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
+    engine: AsyncEngine
     sessions: SessionFactory
     recorder: Recorder
     router: ModelRouter
     execution: Execution
 
-    def runner(self, *, concurrency: int, max_backlog: int | None = None) -> EmbeddedRunner:
+    def runner(
+        self,
+        *,
+        concurrency: int,
+        max_backlog: int | None = None,
+        on_room: Callable[[], None] | None = None,
+    ) -> EmbeddedRunner:
         settings = self.settings
         return EmbeddedRunner(
             partial(execute_prompt, execution=self.execution),
@@ -40,6 +49,7 @@ class Runtime:
             lease_seconds=settings.lease_seconds,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             max_backlog=max_backlog,
+            on_room=on_room,
         )
 
     def sweeper(self, dispatcher: Dispatcher) -> Sweeper:
@@ -62,7 +72,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         catalogue = load_catalogue(settings.model_catalogue_path)
         providers = build_providers(settings, catalogue)
         router = ModelRouter(providers, catalogue)
-        recorder = Recorder(sessions)
+        recorder = Recorder(engine)
         execution = Execution(
             recorder=recorder,
             router=router,
@@ -78,8 +88,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             ),
         )
         try:
-            yield Runtime(settings, sessions, recorder, router, execution)
+            yield Runtime(settings, engine, sessions, recorder, router, execution)
         finally:
+            await recorder.aclose()
             for provider in providers.values():
                 await provider.aclose()
     finally:

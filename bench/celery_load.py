@@ -161,7 +161,7 @@ async def start_api(
 def start_worker(s: Setup, name: str, mock: str, concurrency: int) -> subprocess.Popen[bytes]:
     env = s.env | {
         "CELERY_BROKER_URL": s.broker, "OPENAI_BASE_URL": mock,
-        "WORKER_CONCURRENCY": str(concurrency),
+        "WORKER_CONCURRENCY": str(concurrency), "WORKER_HEALTH_PORT": str(free_port()),
     }  # fmt: skip
     return s.kids.start(name, env, "-m", "app", "worker")
 

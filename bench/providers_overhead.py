@@ -2,9 +2,11 @@
 
 Method. The wire-format mocks (`tests.mocks.<vendor>_server`) run in their own processes on free
 loopback ports, so their CPU is not counted here. For openai, gemini and anthropic, three paths
-make the same non-streamed call ("hello", max_tokens 64) to that vendor's mock:
+(four for openai) make the same non-streamed call ("hello", max_tokens 64) to that vendor's mock:
 
-- adapter: our `Provider.complete()` on the client our `build_client()` makes;
+- adapter: our `Provider.complete()` on the client our `build_client()` makes (the SDK);
+- direct (openai only): `OpenAIHTTPProvider.complete()`, our adapter that speaks the wire
+  format itself over aiohttp (OPENAI_TRANSPORT=direct, the default);
 - SDK: the vendor SDK as a user creates it (`openai.AsyncOpenAI(...)`, `genai.Client(...).aio`,
   `anthropic.AsyncAnthropic(...)`), with its default transport;
 - raw: an aiohttp POST of the same JSON body, the answer parsed with `json.loads` (the floor).
@@ -17,9 +19,10 @@ share 2,000 calls per path, in 2 rotating rounds of 1,000 after a burst that ope
 connections; calls/s is a round's calls over its median wall time.
 
 Import cost: 3 times (`--import-runs`), interleaved, a fresh interpreter per module (`openai`,
-`google.genai`, `anthropic`, `app.providers.<vendor>`) reads VmRSS from /proc/self/status,
-imports the module (wall time), reads it again, makes a client and one call to the mock, and
-reads it a third time; medians are reported. Its baseline holds this file's stdlib imports.
+`google.genai`, `anthropic`, `app.providers.<vendor>`, `app.providers.openai_http`) reads
+VmRSS from /proc/self/status, imports the module (wall time), reads it again, makes a client
+and one call to the mock, and reads it a third time; medians are reported. Its baseline holds
+this file's stdlib imports.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ MODELS = {"openai": "gpt-4o-mini", "gemini": "gemini-2.5-flash", "anthropic": "c
 KEYS = {"openai": "sk-bench-openai", "gemini": "AIza-bench-gemini", "anthropic": "sk-ant-bench"}
 PROMPT, ANSWER, MAX_TOKENS = "hello", "echo: hello", 64
 PATHS = ("adapter", "SDK", "raw")
+EXTRA_PATHS = {"openai": ("direct",)}  # after "adapter"
 RAW_TEXT: dict[str, Callable[[Any], str]] = {
     "openai": lambda r: r["choices"][0]["message"]["content"],
     "gemini": lambda r: r["candidates"][0]["content"]["parts"][0]["text"],
@@ -80,6 +84,10 @@ class Sample:
 def rss_mib() -> float:
     lines = Path("/proc/self/status").read_text().splitlines()
     return next(int(x.split()[1]) / 1024 for x in lines if x.startswith("VmRSS:"))
+
+
+def paths(vendor: str) -> tuple[str, ...]:
+    return PATHS[:1] + EXTRA_PATHS.get(vendor, ()) + PATHS[1:]
 
 
 def raw_request(vendor: str, url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -112,6 +120,15 @@ def build(vendor: str, path: str, url: str) -> Route:
         provider = getattr(mod, f"{name}Provider")(client, **extra)
         request = CompletionRequest(model=model, messages=messages, max_tokens=MAX_TOKENS)
         return Route(partial(provider.complete, request), lambda c: c.text, provider.aclose)
+    if path == "direct":
+        from app.providers.base import CompletionRequest
+        from app.providers.openai_http import OpenAIHTTPProvider
+
+        direct = OpenAIHTTPProvider(
+            api_key=key, base_url=f"{url}/v1", timeout=30, connect_timeout=5
+        )
+        request = CompletionRequest(model=model, messages=messages, max_tokens=MAX_TOKENS)
+        return Route(partial(direct.complete, request), lambda c: c.text, direct.aclose)
     if path == "raw":
         import aiohttp
 
@@ -154,8 +171,10 @@ async def check(route: Route, calls: int) -> None:
 
 async def one_call(module: str, url: str) -> None:
     """For the import children: a client for `module` (an SDK, or our adapter), one call."""
-    vendor = {"genai": "gemini"}.get(name := module.rsplit(".", 1)[-1], name)
-    route = build(vendor, "adapter" if module.startswith("app.") else "SDK", url)
+    name = module.rsplit(".", 1)[-1]
+    vendor = {"genai": "gemini", "openai_http": "openai"}.get(name, name)
+    path = "adapter" if module.startswith("app.") else "SDK"
+    route = build(vendor, "direct" if name == "openai_http" else path, url)
     try:
         await check(route, 1)
     finally:
@@ -181,9 +200,11 @@ async def one_round(route: Route, calls: int, width: int, sample: Sample) -> Non
 
 
 async def rounds(routes: dict[str, Route], calls: int, n: int, width: int) -> dict[str, Sample]:
-    out = {name: Sample() for name in PATHS}
+    names = list(routes)
+    out = {name: Sample() for name in names}
     for r in range(n):
-        for name in PATHS[r % 3 :] + PATHS[: r % 3]:  # rotate the order every round
+        turn = r % len(names)
+        for name in names[turn:] + names[:turn]:  # rotate the order every round
             await one_round(routes[name], calls // n, width, out[name])
     return out
 
@@ -238,7 +259,7 @@ async def measure_calls(urls: dict[str, str], args: argparse.Namespace) -> tuple
         "Provider", "Path", "calls/s", "CPU per call", "p50 / p99", "adapter ÷ this", head=True
     )
     for vendor in VENDORS:
-        routes = {name: build(vendor, name, urls[vendor]) for name in PATHS}
+        routes = {name: build(vendor, name, urls[vendor]) for name in paths(vendor)}
         try:
             for route in routes.values():
                 await check(route, args.warmup)
@@ -266,6 +287,7 @@ print(json.dumps([took * 1000, before, imported, rss_mib()]))
 
 def measure_imports(urls: dict[str, str], runs: int) -> str:
     modules = {**{m: v for v, m in SDKS.items()}, **{f"app.providers.{v}": v for v in VENDORS}}
+    modules["app.providers.openai_http"] = "openai"
     got: dict[str, list[list[float]]] = {m: [] for m in modules}
     for _ in range(runs):  # interleaved, so that noise hits all modules alike
         for module, vendor in modules.items():

@@ -192,6 +192,8 @@ def make_settings(
         "retry_base_delay_seconds": 0.01,
         "retry_max_delay_seconds": 0.05,
         "circuit_failure_threshold": 1000,
+        # A worker subprocess serves no /healthz unless a test gives it a port of its own.
+        "worker_health_port": None,
     }
     values.update(overrides)
     return IsolatedSettings(**values)
@@ -257,6 +259,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     for name, value in settings.model_dump().items():
         if value is None:
+            if Settings.model_fields[name].default is not None:
+                env[name.upper()] = ""  # unset where the default is not (WORKER_HEALTH_PORT)
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()

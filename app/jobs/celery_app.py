@@ -17,6 +17,9 @@ fast path that wakes a worker within milliseconds. Hence these choices:
 - A worker never gives up on the broker (`broker_connection_max_retries=None`; Celery's default
   of 100 retries, backing off to 30 s, ends the worker after about 45 minutes of outage, and
   its sweeper with it, although the database alone is enough to run prompts).
+- Prefetch (WORKER_PREFETCH_MULTIPLIER, 200): the solo pool counts as one slot, so Celery's
+  default of 4 reserved messages would starve a loop that runs a thousand prompts; reserved
+  messages are acknowledged once handed over, and their prompts are in the database anyway.
 - No result backend: outcomes are in the database.
 """
 
@@ -26,12 +29,15 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 
 from celery import Celery
 
 from app.config import Settings
+from app.health import Check
+from app.prompts.group_commit import GroupCommit
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,7 @@ EXECUTE_TASK = "prompt_manager.execute_prompt"
 QUEUE = "prompts"
 VISIBILITY_TIMEOUT_SECONDS = 3600
 BROKER_RETRY_SECONDS = 5
+MAX_PROMPTS_PER_MESSAGE = 50
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -68,52 +75,81 @@ def create_celery(settings: Settings) -> Celery:
     return celery
 
 
+def broker_check(celery: Celery, executor: Executor | None = None) -> Check:
+    """A readiness check that raises unless the broker accepts a connection. Connecting is
+    blocking I/O, so it runs on `executor` (the loop's default one if None)."""
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, partial(_connect, celery))
+
+    return check
+
+
+def _connect(celery: Celery) -> None:
+    with celery.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
 class CeleryDispatcher:
-    """Publishes a task per committed prompt. Publishing is blocking I/O, so it runs on a few
-    threads; a broker that cannot be reached is logged, not raised: the prompt is committed,
-    the API still answers 202, and a worker's sweeper picks the prompt up from the database.
-    After a failed publish the broker is left alone for BROKER_RETRY_SECONDS, so an outage
-    does not add a connect timeout to every request."""
+    """Publishes committed prompts as tasks. A broker that cannot be reached is logged, not
+    raised: the prompt is committed, the API still answers 202, and a worker's sweeper picks it
+    up from the database. After a failed publish the broker is left alone for
+    BROKER_RETRY_SECONDS, so an outage does not add a connect timeout to every request.
+
+    Publishing is blocking I/O, so it runs on a thread, one message at a time: the prompts
+    committed while a message is being published go out together in the next one (up to
+    MAX_PROMPTS_PER_MESSAGE), the way group commit batches writes. A lone request still gets a
+    message of its own at once; under load, each message costs the API and the worker's Celery
+    consumer (about 1.4 ms of its CPU per message, measured) once for many prompts.
+    """
 
     def __init__(self, celery: Celery, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._celery = celery
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-publish")
         self._clock = clock
         self._skip_until = 0.0
+        self._broker_check = broker_check(celery, self._pool)
+        self._outbox = GroupCommit(self._publish_many, max_batch=MAX_PROMPTS_PER_MESSAGE)
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
+        await self._outbox.aclose()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def cancel(self, prompt_id: uuid.UUID) -> None:
         """Nothing runs in this process: the worker holding the prompt finds its committed
         cancellation in the database."""
 
-    async def dispatch(self, prompt_id: uuid.UUID) -> None:
+    room = None  # the broker holds what workers have no room for
+
+    async def dispatch(self, prompt_id: uuid.UUID) -> bool:
+        return await self._outbox.submit(prompt_id)
+
+    async def _publish_many(self, prompt_ids: Sequence[uuid.UUID]) -> list[bool]:
         if self._clock() < self._skip_until:
-            return  # the broker was just unreachable; the sweepers will run it
+            return [False] * len(prompt_ids)  # the broker was just unreachable
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, self._publish, prompt_id)
+            await loop.run_in_executor(self._pool, self._publish, prompt_ids)
         except Exception as exc:
             self._skip_until = self._clock() + BROKER_RETRY_SECONDS
             logger.warning(
-                "could not hand prompt %s to the broker (%s); workers' sweepers will run it, "
-                "and the broker is tried again in %d s",
-                prompt_id,
+                "could not hand %d prompts to the broker (%s); workers' sweepers will run "
+                "them, and the broker is tried again in %d s",
+                len(prompt_ids),
                 type(exc).__name__,
                 BROKER_RETRY_SECONDS,
             )
+            return [False] * len(prompt_ids)
+        return [True] * len(prompt_ids)
 
     async def ping(self) -> None:
         """Raise unless the broker accepts a connection (for /readyz)."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._connect)
+        await self._broker_check()
 
-    def _connect(self) -> None:
-        with self._celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
-
-    def _publish(self, prompt_id: uuid.UUID) -> None:
-        self._celery.send_task(EXECUTE_TASK, args=[str(prompt_id)], retry=False)
+    def _publish(self, prompt_ids: Sequence[uuid.UUID]) -> None:
+        """One task, its arguments the prompts' ids (see `execute` in worker.py)."""
+        self._celery.send_task(EXECUTE_TASK, args=[str(i) for i in prompt_ids], retry=False)

@@ -30,7 +30,14 @@ CANCEL_WAIT_SECONDS = 2.0
 
 
 class Dispatcher(Protocol):
-    async def dispatch(self, prompt_id: uuid.UUID) -> None: ...
+    async def dispatch(self, prompt_id: uuid.UUID) -> bool:
+        """Hand the prompt on; False if it was already queued here or could not be handed on.
+        Never raises."""
+        ...
+
+    @property
+    def room(self) -> int | None:
+        """How many more prompts it takes before it is full; None: no limit."""
 
     async def start(self) -> None: ...
 
@@ -74,6 +81,7 @@ class EmbeddedRunner:
         shutdown_grace_seconds: float = 5.0,
         max_backlog: int | None = None,
         cancel_poll_seconds: float = CANCEL_POLL_SECONDS,
+        on_room: Callable[[], None] | None = None,
     ) -> None:
         self._execute = execute
         self._recorder = recorder
@@ -90,22 +98,32 @@ class EmbeddedRunner:
         self._drained = asyncio.Event()  # set whenever no claim is held
         self._drained.set()
         self._max_backlog = max_backlog
-        self._room = asyncio.Condition()
+        self._on_room = on_room
 
-    async def dispatch(self, prompt_id: uuid.UUID) -> None:
-        if prompt_id not in self._known:
-            self._known.add(prompt_id)
-            self._queue.put_nowait(prompt_id)
+    async def dispatch(self, prompt_id: uuid.UUID) -> bool:
+        return self.dispatch_nowait(prompt_id)
 
-    async def wait_for_room(self) -> None:
-        """Wait while `max_backlog` prompts are queued or running here. A Celery worker calls
-        this before taking its next task, so an overloaded worker slows down (the broker keeps
-        the rest) instead of piling up work it cannot start."""
-        limit = self._max_backlog
-        if limit is None:
-            return
-        async with self._room:
-            await self._room.wait_for(lambda: len(self._known) < limit)
+    def dispatch_nowait(self, prompt_id: uuid.UUID) -> bool:
+        if prompt_id in self._known:
+            return False
+        self._known.add(prompt_id)
+        self._queue.put_nowait(prompt_id)
+        return True
+
+    @property
+    def backlog(self) -> int:
+        """Prompts queued or running here."""
+        return len(self._known)
+
+    @property
+    def room(self) -> int | None:
+        """How many more prompts fit under `max_backlog` (None: no limit). A Celery worker
+        takes its next task only while there is room, and so does the sweeper, so that an
+        overloaded worker slows down (the broker and the database keep the rest) instead of
+        piling up work it cannot start. `on_room` is called whenever a prompt leaves."""
+        if self._max_backlog is None:
+            return None
+        return max(0, self._max_backlog - len(self._known))
 
     async def start(self) -> None:
         self._workers = [
@@ -157,9 +175,8 @@ class EmbeddedRunner:
                 await self._run(prompt_id)
             finally:
                 self._known.discard(prompt_id)
-                if self._max_backlog is not None:
-                    async with self._room:
-                        self._room.notify()
+                if self._on_room is not None:
+                    self._on_room()
 
     async def _run(self, prompt_id: uuid.UUID) -> None:
         try:

@@ -56,19 +56,29 @@ class Sweeper:
         age = (
             self._redispatch_after if redispatch_after_seconds is None else redispatch_after_seconds
         )
-        due = await self._recorder.due_pending(
-            created_before=utcnow() - timedelta(seconds=age), limit=BATCH
+        # A full runner takes nothing more: the rows wait in the database for the next pass.
+        room = self._dispatcher.room
+        limit = BATCH if room is None else min(BATCH, room)
+        due = (
+            await self._recorder.due_pending(
+                created_before=utcnow() - timedelta(seconds=age), limit=limit
+            )
+            if limit > 0
+            else []
         )
-        ids = list(dict.fromkeys([*requeued, *due]))
-        for prompt_id in ids:
-            await self._dispatcher.dispatch(prompt_id)
+        dispatched = 0
+        # Requeued rows are pending and old too: those beyond the room wait for a later pass.
+        for prompt_id in list(dict.fromkeys([*requeued, *due]))[:limit]:
+            dispatched += await self._dispatcher.dispatch(prompt_id)
         report = SweepReport(
             requeued=len(requeued),
             failed=recovered.failed,
             cancelled=recovered.cancelled,
-            redispatched=len(ids),
+            redispatched=dispatched,
         )
-        if requeued or recovered.failed or recovered.cancelled or ids:
+        # Prompts already queued here are not dispatched again, so a long local queue does
+        # not make every pass report the same rows.
+        if requeued or recovered.failed or recovered.cancelled or dispatched:
             logger.info("sweep: %s", report)
         return report
 

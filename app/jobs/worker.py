@@ -1,13 +1,15 @@
 """`python -m app worker`: a Celery worker whose tasks are executed on one asyncio event loop.
 
 LLM calls are slow I/O, so a worker process holds up to WORKER_CONCURRENCY prompts in flight
-on one event loop (async SDKs, async database driver) rather than one per thread: Celery's
-thread pool tops out near 175 completions/s per process on this kind of machine, while an event
-loop can reach far more (ARCHITECTURE §5). Today this worker is CPU-bound near 100 completions/s
-(about 9 ms of CPU per prompt: ORM claim, SDK call, ORM finish; `bench/celery_load.py`), which
-the hot-path work of the performance issue is to lift.
+on one event loop (async HTTP, async database driver) rather than one per thread: Celery's
+thread pool tops out near 175 completions/s per process on this kind of machine, while this
+worker, measured with a mock provider answering after 1 s, holds 1,000 calls in flight and
+completes about 650 prompts/s at about 1.3 ms of CPU each (`bench/celery_load.py`). What made
+that possible: claims and outcomes written by group commit (`app/prompts/group_commit.py`), the
+direct HTTP path for OpenAI-compatible providers, one broker message for many prompts, and a
+hand-over from Celery's thread that needs no round trip.
 
-Celery runs its `solo` pool; each task just hands the prompt id to the loop, waiting first while
+Celery runs its `solo` pool; each task posts its prompt ids to the loop, waiting first while
 the loop already has twice WORKER_CONCURRENCY prompts, so an overloaded worker stops taking
 messages (the broker keeps them) instead of falling over.
 
@@ -23,8 +25,6 @@ sweeper, like the ones still queued on the loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import logging
 import os
 import socket
@@ -34,18 +34,31 @@ import uuid
 from celery.signals import worker_shutting_down
 
 from app.config import Settings
-from app.jobs.celery_app import EXECUTE_TASK, create_celery
+from app.health import Check, database_check
+from app.jobs.celery_app import EXECUTE_TASK, broker_check, create_celery
 from app.jobs.dispatcher import EmbeddedRunner
+from app.jobs.worker_health import bind_health_port, serve_health
 from app.runtime import open_runtime
 
 logger = logging.getLogger(__name__)
 
+ROOM_POLL_SECONDS = 0.2  # how soon a Celery task waiting for room notices a shutdown
+
 
 class EventLoopBridge:
-    """The runtime, runner and sweeper on an event loop in a thread of their own."""
+    """The runtime, runner, sweeper and health server on an event loop in a thread of their
+    own."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        health_socket: socket.socket | None = None,
+        broker_check: Check | None = None,
+    ) -> None:
         self._settings = settings
+        self._health_socket = health_socket  # bound by run_worker; None serves no /healthz
+        self._broker_check = broker_check
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="prompt-loop", daemon=True)
         self._ready = threading.Event()
@@ -53,7 +66,12 @@ class EventLoopBridge:
         self._runner: EmbeddedRunner | None = None
         self._failure: BaseException | None = None
         self._closing = False
-        self._waiting: set[asyncio.Task[object]] = set()  # submits waiting for room
+        # Hand-over without a round trip per task: Celery's thread counts what it has posted
+        # to the loop and not yet seen arrive, and waits while that plus the runner's backlog
+        # fills the room. The loop thread wakes it whenever a prompt leaves the runner.
+        self._room = threading.Condition()
+        self._in_transit = 0
+        self._limit = 2 * settings.worker_concurrency
 
     def start(self) -> None:
         self._thread.start()
@@ -62,42 +80,41 @@ class EventLoopBridge:
             raise self._failure
 
     def submit(self, prompt_id: uuid.UUID) -> None:
-        """Called by a Celery task: returns once the prompt is handed to the loop, or at once
-        when the worker is shutting down (the prompt stays pending for a sweeper)."""
-        if self._closing:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._submit(prompt_id), self._loop)
-        with contextlib.suppress(concurrent.futures.CancelledError):
-            future.result()
+        """Called by a Celery task: posts the prompt to the loop once there is room, or returns
+        at once when the worker is shutting down (the prompt stays pending for a sweeper)."""
+        runner = self._runner
+        assert runner is not None
+        with self._room:
+            while not self._closing and self._in_transit + runner.backlog >= self._limit:
+                self._room.wait(ROOM_POLL_SECONDS)
+            if self._closing:
+                return
+            self._in_transit += 1
+        self._loop.call_soon_threadsafe(self._arrive, prompt_id)
 
     def close_intake(self) -> None:
         """The worker is shutting down: stop waiting for room. Called from Celery's signal
-        handler, in the main thread, while that thread may be blocked in `submit`."""
+        handler, in the main thread, while that thread may be waiting in `submit` (which looks
+        again within ROOM_POLL_SECONDS; no lock is taken here, in a signal handler)."""
         self._closing = True
-        with contextlib.suppress(RuntimeError):  # the loop has already stopped
-            self._loop.call_soon_threadsafe(self._cancel_waiting)
 
     def stop(self) -> None:
         if self._stopping is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join()
 
-    def _cancel_waiting(self) -> None:
-        for task in self._waiting:
-            task.cancel()
-
-    async def _submit(self, prompt_id: uuid.UUID) -> None:
+    def _arrive(self, prompt_id: uuid.UUID) -> None:
+        """On the loop: a prompt posted by `submit` joins the runner."""
         assert self._runner is not None
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closing:  # closed between the check in submit() and here
-            return
-        self._waiting.add(task)
-        try:
-            await self._runner.wait_for_room()
-        finally:
-            self._waiting.discard(task)
-        await self._runner.dispatch(prompt_id)
+        if not self._closing:
+            self._runner.dispatch_nowait(prompt_id)
+        with self._room:
+            self._in_transit -= 1
+
+    def _made_room(self) -> None:
+        """On the loop: a prompt left the runner."""
+        with self._room:
+            self._room.notify()
 
     def _run(self) -> None:
         try:
@@ -114,14 +131,20 @@ class EventLoopBridge:
         self._stopping = asyncio.Event()
         async with open_runtime(settings) as runtime:
             concurrency = settings.worker_concurrency
-            runner = runtime.runner(concurrency=concurrency, max_backlog=2 * concurrency)
+            runner = runtime.runner(
+                concurrency=concurrency, max_backlog=self._limit, on_room=self._made_room
+            )
             sweeper = runtime.sweeper(runner)
             await runner.start()
             await sweeper.start()
             self._runner = runner
-            self._ready.set()
+            checks = {"database": database_check(runtime.sessions)}
+            if self._broker_check is not None:
+                checks["broker"] = self._broker_check
             try:
-                await self._stopping.wait()
+                async with serve_health(self._health_socket, checks):
+                    self._ready.set()
+                    await self._stopping.wait()
             finally:
                 await sweeper.stop()
                 await runner.stop()  # a grace for running prompts, then hands the rest back
@@ -130,11 +153,17 @@ class EventLoopBridge:
 def run_worker(settings: Settings) -> int:
     if settings.celery_broker_url is None:
         raise SystemExit("CELERY_BROKER_URL is not set: there is no queue for a worker to read")
-    bridge = EventLoopBridge(settings)
+    health_socket = bind_health_port(settings)  # a port in use ends the worker here, in a line
     celery = create_celery(settings)
+    bridge = EventLoopBridge(
+        settings, health_socket=health_socket, broker_check=broker_check(celery)
+    )
 
-    def execute(prompt_id: str) -> None:
-        bridge.submit(uuid.UUID(prompt_id))
+    def execute(*prompt_ids: str) -> None:
+        """One message carries the prompts an API process committed meanwhile (see
+        CeleryDispatcher); each is handed to the loop as room allows."""
+        for prompt_id in prompt_ids:
+            bridge.submit(uuid.UUID(prompt_id))
 
     def shutting_down(**_: object) -> None:
         bridge.close_intake()

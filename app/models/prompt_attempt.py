@@ -27,7 +27,9 @@ class PromptAttempt(Base):
     model: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    outcome: Mapped[str] = mapped_column(String(16))  # "success" | "error" | "abandoned"
+    outcome: Mapped[str] = mapped_column(
+        String(16)
+    )  # success, error, abandoned, cancelled, lost (see Recorder)
     http_status: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -10,24 +10,39 @@ and whichever process holds it stops it (see EmbeddedRunner). From then on, ever
 would hand the prompt back to `pending` (shutdown, expired lease) ends it `cancelled` instead.
 A prompt that finishes before its runner stops it keeps that outcome: `finish` and
 `finish_cancelled` are both fenced on the claim, so exactly one of them wins.
+
+The two writes every execution makes, the claim and the outcome (with its attempt rows), go
+through group commit (`group_commit.py`): each caller still returns only once its rows are
+committed, but a busy worker writes hundreds of them per transaction, in a few statements on
+the table directly rather than through the ORM (ARCHITECTURE §5).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.base import utcnow
-from app.db.database import SessionFactory
+from app.db.database import create_session_factory
 from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.prompts.group_commit import GroupCommit
 
 _P = PromptRequest
+_REQUESTS: Table = PromptRequest.__table__  # type: ignore[assignment]
+_ATTEMPTS: Table = PromptAttempt.__table__  # type: ignore[assignment]
+_RESPONSES: Table = PromptResponse.__table__  # type: ignore[assignment]
 _CANCEL_REQUESTED = _P.cancel_requested_at.is_not(None)
+LOST_MESSAGE = (
+    "Its runner stopped (killed, or cut off from the database) before recording what this "
+    "execution did; a provider call may have been made, and billed."
+)
 FINAL_STATUSES = frozenset({PromptStatus.COMPLETED, PromptStatus.FAILED, PromptStatus.CANCELLED})
 
 
@@ -90,10 +105,8 @@ def _values(record: AttemptRecord | ResponseRecord) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
-def _insert_attempt(claim: Claim, attempt: AttemptRecord) -> Insert:
-    return insert(PromptAttempt).values(
-        id=uuid.uuid4(), prompt_id=claim.prompt_id, **_values(attempt)
-    )
+def _attempt_row(claim: Claim, attempt: AttemptRecord) -> dict[str, Any]:
+    return {"id": uuid.uuid4(), "prompt_id": claim.prompt_id, **_values(attempt)}
 
 
 def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
@@ -105,9 +118,77 @@ def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _ClaimRequest:
+    prompt_id: uuid.UUID
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A provider call's attempt row and/or the prompt's final status, written together."""
+
+    claim: Claim
+    attempt: AttemptRecord | None
+    status: PromptStatus | None = None  # None: record the attempt, leave the status alone
+    response: ResponseRecord | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+# Statements built once: with parameters bound per call, SQLAlchemy compiles each only once.
+_CLAIM_MANY = (
+    update(_REQUESTS)
+    .where(
+        _REQUESTS.c.id.in_(bindparam("b_ids", expanding=True)),
+        _REQUESTS.c.status == PromptStatus.PENDING,
+    )
+    .values(
+        status=PromptStatus.RUNNING,
+        attempts=_REQUESTS.c.attempts + 1,
+        started_at=bindparam("b_now"),
+        lease_expires_at=bindparam("b_lease"),
+    )
+    .returning(
+        _REQUESTS.c.id,
+        _REQUESTS.c.attempts,
+        _REQUESTS.c.model,
+        _REQUESTS.c.provider,
+        _REQUESTS.c.upstream_model,
+        _REQUESTS.c.prompt_text,
+        _REQUESTS.c.parameters,
+    )
+)
+_FINISH_HELD = (
+    update(_REQUESTS)
+    .where(
+        _REQUESTS.c.id == bindparam("b_id"),
+        _REQUESTS.c.status == PromptStatus.RUNNING,
+        _REQUESTS.c.attempts == bindparam("b_fence"),
+    )
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_now"),
+        lease_expires_at=None,
+        error_code=bindparam("b_code"),
+        error_message=bindparam("b_message"),
+    )
+)
+_INSERT_ATTEMPTS = insert(_ATTEMPTS)
+_INSERT_RESPONSES = insert(_RESPONSES)
+
+
 class Recorder:
-    def __init__(self, sessions: SessionFactory) -> None:
-        self._sessions = sessions
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = create_session_factory(engine)
+        self._claims = GroupCommit(self._claim_many, orphaned=self._release_orphan)
+        self._outcomes = GroupCommit(self._write_outcomes)
+
+    async def aclose(self) -> None:
+        """Wait for the writes already queued (before the engine is disposed)."""
+        await self._claims.aclose()
+        await self._outcomes.aclose()
 
     async def create_prompt(self, prompt: PromptRequest) -> None:
         async with self._sessions() as session, session.begin():
@@ -115,30 +196,70 @@ class Recorder:
 
     async def claim(self, prompt_id: uuid.UUID, *, lease_seconds: float) -> Claim | None:
         """`pending → running` with a lease; None if someone else has it or it is finished."""
+        return await self._claims.submit(_ClaimRequest(prompt_id, lease_seconds))
+
+    async def _claim_many(self, requests: Sequence[_ClaimRequest]) -> list[Claim | None]:
         now = utcnow()
-        statement = (
-            update(_P)
-            .where(_P.id == prompt_id, _P.status == PromptStatus.PENDING)
-            .values(
-                status=PromptStatus.RUNNING,
-                attempts=_P.attempts + 1,
-                started_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-            )
-            .returning(
-                _P.attempts,
-                _P.model,
-                _P.provider,
-                _P.upstream_model,
-                _P.prompt_text,
-                _P.parameters,
-            )
-        )
-        async with self._sessions() as session, session.begin():
-            row = (await session.execute(statement)).first()
-        if row is None:
-            return None
-        return Claim(prompt_id, *row)
+        claims: dict[uuid.UUID, Claim] = {}
+        async with self._engine.begin() as connection:
+            for lease_seconds in {r.lease_seconds for r in requests}:
+                rows = await connection.execute(
+                    _CLAIM_MANY,
+                    {
+                        "b_ids": list(
+                            {r.prompt_id for r in requests if r.lease_seconds == lease_seconds}
+                        ),
+                        "b_now": now,
+                        "b_lease": now + timedelta(seconds=lease_seconds),
+                    },
+                )
+                for prompt_id, *rest in rows:
+                    claims[prompt_id] = Claim(prompt_id, *rest)
+        # The same prompt asked for twice in one batch (a duplicate delivery): one claim.
+        return [claims.pop(r.prompt_id, None) for r in requests]
+
+    async def _release_orphan(self, claim: Claim | None) -> None:
+        if claim is not None:
+            await self.release([claim])
+
+    async def _write_outcomes(self, outcomes: Sequence[_Outcome]) -> list[bool]:
+        """One transaction: every attempt row, then each status change fenced on its claim,
+        then the responses of the prompts whose claim held."""
+        now = utcnow()
+        won: list[bool] = []
+        async with self._engine.begin() as connection:
+            attempts = [_attempt_row(o.claim, o.attempt) for o in outcomes if o.attempt is not None]
+            if attempts:
+                await connection.execute(_INSERT_ATTEMPTS, attempts)
+            for outcome in outcomes:
+                if outcome.status is None:
+                    won.append(False)
+                    continue
+                result = await connection.execute(
+                    _FINISH_HELD,
+                    {
+                        "b_id": outcome.claim.prompt_id,
+                        "b_fence": outcome.claim.fence,
+                        "b_status": outcome.status,
+                        "b_now": now,
+                        "b_code": outcome.error_code,
+                        "b_message": outcome.error_message,
+                    },
+                )
+                won.append(bool(result.rowcount))
+            responses = [
+                {
+                    "id": uuid.uuid4(),
+                    "prompt_id": outcome.claim.prompt_id,
+                    "created_at": now,
+                    **_values(outcome.response),
+                }
+                for outcome, held in zip(outcomes, won, strict=True)
+                if held and outcome.response is not None
+            ]
+            if responses:
+                await connection.execute(_INSERT_RESPONSES, responses)
+        return won
 
     async def renew_leases(self, prompt_ids: list[uuid.UUID], *, lease_seconds: float) -> None:
         if not prompt_ids:
@@ -152,8 +273,7 @@ class Recorder:
 
     async def record_attempt(self, claim: Claim, attempt: AttemptRecord) -> None:
         """A provider call that leaves the prompt's status alone (e.g. abandoned at shutdown)."""
-        async with self._sessions() as session, session.begin():
-            await session.execute(_insert_attempt(claim, attempt))
+        await self._outcomes.submit(_Outcome(claim, attempt))
 
     async def finish(
         self,
@@ -170,31 +290,9 @@ class Recorder:
         billed); the status, and the response, only by the holder of the current claim.
         """
         status = PromptStatus.COMPLETED if response is not None else PromptStatus.FAILED
-        async with self._sessions() as session, session.begin():
-            if attempt is not None:
-                await session.execute(_insert_attempt(claim, attempt))
-            result = await session.execute(
-                update(_P)
-                .where(*_held_by(claim))
-                .values(
-                    status=status,
-                    finished_at=utcnow(),
-                    lease_expires_at=None,
-                    error_code=error_code,
-                    error_message=error_message,
-                )
-            )
-            won = bool(result.rowcount)  # type: ignore[attr-defined]
-            if won and response is not None:
-                await session.execute(
-                    insert(PromptResponse).values(
-                        id=uuid.uuid4(),
-                        prompt_id=claim.prompt_id,
-                        created_at=utcnow(),
-                        **_values(response),
-                    )
-                )
-        return won
+        return await self._outcomes.submit(
+            _Outcome(claim, attempt, status, response, error_code, error_message)
+        )
 
     async def finish_cancelled(self, claim: Claim) -> bool:
         """`running → cancelled` for a prompt whose execution its runner stopped on request.
@@ -240,15 +338,22 @@ class Recorder:
     async def recover_expired(self, *, max_attempts: int) -> Recovered:
         """Running prompts whose lease ran out lost their runner: end them `cancelled` if that
         was requested, fail them once they have used `max_attempts` executions, and otherwise
-        return them to `pending`."""
+        return them to `pending`.
+
+        Each such execution also gets an attempt row, outcome `lost`: its runner may well have
+        called the provider (and been billed) before it died, and the attempt log is where
+        calls are accounted for."""
         now = utcnow()
         expired = (_P.status == PromptStatus.RUNNING, _P.lease_expires_at < now)
+        lost = (_P.id, _P.provider, _P.upstream_model, _P.started_at)
         async with self._sessions() as session, session.begin():
             cancelled = await session.execute(
                 update(_P)
                 .where(*expired, _CANCEL_REQUESTED)
                 .values(status=PromptStatus.CANCELLED, finished_at=now, lease_expires_at=None)
+                .returning(*lost)
             )
+            cancelled_rows = cancelled.all()
             failed = await session.execute(
                 update(_P)
                 .where(*expired, _P.attempts >= max_attempts)
@@ -260,18 +365,40 @@ class Recorder:
                     error_message=f"Gave up after {max_attempts} executions: each time, the "
                     "runner executing it stopped before finishing.",
                 )
+                .returning(*lost)
             )
+            failed_rows = failed.all()
             requeued = await session.execute(
                 update(_P)
                 .where(*expired)
                 .values(status=PromptStatus.PENDING, lease_expires_at=None)
-                .returning(_P.id)
+                .returning(*lost)
             )
-            requeued_ids = list(requeued.scalars())
+            requeued_rows = requeued.all()
+            attempts = [
+                {
+                    "id": uuid.uuid4(),
+                    "prompt_id": prompt_id,
+                    "provider": provider,
+                    "model": upstream_model,
+                    "started_at": started_at or now,
+                    "ended_at": now,
+                    "outcome": "lost",
+                    "error_code": "runner_lost",
+                    "error_message": LOST_MESSAGE,
+                }
+                for prompt_id, provider, upstream_model, started_at in (
+                    *cancelled_rows,
+                    *failed_rows,
+                    *requeued_rows,
+                )
+            ]
+            if attempts:
+                await session.execute(_INSERT_ATTEMPTS, attempts)
         return Recovered(
-            requeued=requeued_ids,
-            failed=int(failed.rowcount),  # type: ignore[attr-defined]
-            cancelled=int(cancelled.rowcount),  # type: ignore[attr-defined]
+            requeued=[row[0] for row in requeued_rows],
+            failed=len(failed_rows),
+            cancelled=len(cancelled_rows),
         )
 
     async def due_pending(self, *, created_before: datetime, limit: int) -> list[uuid.UUID]:

@@ -162,7 +162,13 @@ class AttemptOut(BaseModel):
     model: str
     started_at: datetime
     ended_at: datetime
-    outcome: str = Field(examples=["success", "error"])
+    outcome: str = Field(
+        description="`success`; `error` (see error_code); `abandoned` (its runner stopped "
+        "while waiting for the answer); `cancelled` (the prompt was cancelled during the call); "
+        "`lost` (its runner died before recording what the call did: it may have been made "
+        "and billed).",
+        examples=["success", "error"],
+    )
     http_status: int | None
     error_code: str | None
     input_tokens: int | None

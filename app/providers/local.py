@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.providers.base import Completion, CompletionRequest, Unavailable
-from app.providers.openai import OpenAIProvider, build_client
+from app.providers.openai_http import OpenAIHTTPProvider
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def _drop(server: Any) -> None:
 
 
 class LocalProvider:
-    """`local`: the bundled model, through the OpenAI adapter once its server is up."""
+    """`local`: the bundled model, through the direct OpenAI-compatible adapter once its server
+    is up (llama.cpp's server speaks chat completions)."""
 
     name = "local"
     max_temperature = 2.0
@@ -108,9 +109,9 @@ class LocalProvider:
         self._default_max_tokens = default_max_tokens
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._inner: OpenAIProvider | None = None
+        self._inner: OpenAIHTTPProvider | None = None
 
-    async def _provider(self) -> OpenAIProvider:
+    async def _provider(self) -> OpenAIHTTPProvider:
         if self._inner is None:
             try:
                 address = await self._server.address()
@@ -120,13 +121,13 @@ class LocalProvider:
                     f"the local model could not start ({type(exc).__name__})"
                 ) from None
             if self._inner is None:
-                client = build_client(
+                self._inner = OpenAIHTTPProvider(
+                    name=self.name,
                     api_key=self._server.api_key,
                     base_url=f"{address}/v1",
                     timeout=self._timeout,
                     connect_timeout=self._connect_timeout,
                 )
-                self._inner = OpenAIProvider(client, name=self.name)
         return self._inner
 
     async def complete(self, request: CompletionRequest) -> Completion:

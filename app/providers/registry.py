@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from app.config import Settings
 from app.errors import InvalidInput
-from app.providers import openai
 from app.providers.base import Provider
 from app.providers.catalogue import Catalogue, ModelEntry, Price
 from app.providers.local import LocalModelServer, LocalProvider, bundled_model_path
+from app.providers.openai_http import OpenAIHTTPProvider
 
 PROVIDER_SETUP_HINTS = {
     "openai": "set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)",
@@ -117,20 +117,19 @@ def build_providers(settings: Settings, catalogue: Catalogue) -> dict[str, Provi
     }
     providers: dict[str, Provider] = {}
     if settings.openai_api_key is not None:
-        client = openai.build_client(
+        providers["openai"] = _openai_compatible(
+            settings,
+            "openai",
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
-            **timeouts,
         )
-        providers["openai"] = openai.OpenAIProvider(client)
     for endpoint in settings.openai_compatible_endpoints:
-        client = openai.build_client(
-            # Many local servers want no key, but the SDK insists on one.
-            api_key=endpoint.api_key.get_secret_value() if endpoint.api_key else "none",
+        providers[endpoint.name] = _openai_compatible(
+            settings,
+            endpoint.name,
+            api_key=endpoint.api_key.get_secret_value() if endpoint.api_key else None,
             base_url=endpoint.base_url,
-            **timeouts,
         )
-        providers[endpoint.name] = openai.OpenAIProvider(client, name=endpoint.name)
     # The Gemini and Anthropic SDKs take 1 to 2 s and tens of MB to import: only when configured.
     if settings.gemini_api_key is not None:
         from app.providers import gemini
@@ -169,3 +168,29 @@ def build_providers(settings: Settings, catalogue: Catalogue) -> dict[str, Provi
                 connect_timeout=settings.provider_connect_timeout_seconds,
             )
     return providers
+
+
+def _openai_compatible(
+    settings: Settings, name: str, *, api_key: str | None, base_url: str | None
+) -> Provider:
+    """A chat-completions provider on the transport OPENAI_TRANSPORT chooses."""
+    timeout = settings.provider_timeout_seconds
+    connect_timeout = settings.provider_connect_timeout_seconds
+    if settings.openai_transport == "direct":
+        return OpenAIHTTPProvider(
+            name=name,
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
+    # The SDK takes about 1 s and 37 MiB to import: only when it is chosen.
+    from app.providers import openai
+
+    client = openai.build_client(
+        api_key=api_key or "none",  # many local servers want no key, but the SDK insists on one
+        base_url=base_url,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+    )
+    return openai.OpenAIProvider(client, name=name)

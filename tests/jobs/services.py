@@ -320,7 +320,9 @@ class Services:
         return process
 
     def worker(self, env: Mapping[str, str]) -> Process:
-        return self.app("worker", env)
+        """A worker; with no /healthz server unless `env` gives it a WORKER_HEALTH_PORT (the
+        default port, 8001, would be taken by the first of several workers)."""
+        return self.app("worker", {"WORKER_HEALTH_PORT": ""} | dict(env))
 
     def logs(self) -> str:
         """The tail of every process's output, for a failing test's report."""

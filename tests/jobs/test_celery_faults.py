@@ -201,7 +201,8 @@ async def test_killed_worker_its_in_flight_prompts_complete_once_elsewhere(
     database: str, services: Services, mock_openai: MockOpenAI
 ):
     """SIGKILL a worker holding 100 provider calls: their leases expire, a new worker's sweeper
-    requeues them, and each completes exactly once (the killed calls are paid for again)."""
+    requeues them (recording each lost execution), and each completes exactly once (the killed
+    calls are paid for again)."""
     redis = services.redis()
     env = app_env(database, redis.url, mock_openai)
     model = f"slow-4000-{tag()}"
@@ -236,9 +237,9 @@ async def test_killed_worker_its_in_flight_prompts_complete_once_elsewhere(
         f"recorded attempts {outcomes}; all completed {recovered:.1f} s after the kill"
     )
     assert calls >= 100, f"{calls} calls"
-    # One successful call each. (The killed worker's calls are not in the database today: an
-    # attempt is recorded when its call ends, and those never ended.)
-    assert outcomes.get("success") == 100
+    # One successful call each, and each killed execution on the attempt log as `lost` (its
+    # call was made, and may be billed, though the killed worker never saw it end).
+    assert outcomes == {"success": 100, "lost": 100}
 
 
 async def test_broker_outage_prompts_still_accepted_and_completed(
@@ -471,6 +472,7 @@ async def test_a_prompt_that_kills_its_worker_every_time_fails_after_max_attempt
     assert row["status"] == "failed" and row["error_code"] == "attempts_exhausted"
     assert row["attempts"] == MAX_ATTEMPTS
     assert len(mock_openai.calls_for(model)) == MAX_ATTEMPTS  # not called a fourth time
+    assert await db.attempt_outcomes([prompt_id]) == {"lost": MAX_ATTEMPTS}  # each one billed
     assert await db.responses([prompt_id]) == {}
     print(
         f"\n[poison prompt] failed attempts_exhausted after {MAX_ATTEMPTS} killed workers, "

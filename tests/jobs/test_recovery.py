@@ -61,6 +61,10 @@ async def test_restart_picks_up_pending_and_orphaned_prompts(
     assert exhausted_done["error"]["code"] == "attempts_exhausted"
     assert "3 executions" in exhausted_done["error"]["message"]
     assert mock_openai.calls_for("restart-exhausted") == []
+    # The executions whose runner died are on the attempt log: they may have been billed.
+    assert [a["outcome"] for a in orphan_done["attempts"]] == ["lost", "success"]
+    assert [a["outcome"] for a in exhausted_done["attempts"]] == ["lost"]
+    assert exhausted_done["attempts"][0]["error_code"] == "runner_lost"
 
 
 async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_database: str):
@@ -68,7 +72,7 @@ async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_datab
     prompt = openai_prompt("fenced")
     await _seed(fresh_database, [prompt])
     engine = create_engine(make_settings(fresh_database))
-    recorder = Recorder(create_session_factory(engine))
+    recorder = Recorder(engine)
     try:
         first = await recorder.claim(prompt.id, lease_seconds=0.05)
         assert first is not None
@@ -100,7 +104,8 @@ async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_datab
         await engine.dispose()
     assert row is not None and row.status == PromptStatus.COMPLETED
     assert responses == 1  # only the current claim answered
-    assert attempts == 2  # both provider calls are on the bill
+    # Both provider calls are on the bill, and so is the execution whose lease expired.
+    assert attempts == 3
 
 
 async def test_duplicate_dispatch_across_processes_calls_the_provider_once(

@@ -15,7 +15,16 @@ model (`openai/error-429`, `openai/slow-500`, …):
 - `malformed[-anything]`: 200 with a body that is not JSON;
 - `no-usage`: answers without a `usage` object;
 - `cached-<n>[-anything]`: usage says n of the prompt tokens came from the prompt cache;
-- `context-length`: 400 with code `context_length_exceeded`.
+- `context-length`: 400 with code `context_length_exceeded`;
+- `rejected-<code>`: 400 with that error `code` (`rejected-content_policy_violation`, …);
+- `long-error`: 400 whose error message is 600 characters long;
+- `html-<status>[-anything]`: that status with an HTML body, as a proxy in front would send;
+- `filtered[-anything]`: 200 with `finish_reason` `content_filter`;
+- `null-content[-anything]`: 200 with `content: null` (as for a refusal or a tool call);
+- `no-choices[-anything]`: 200 with an empty `choices` list;
+- `no-model[-anything]`: 200 without a `model` field;
+- `wrong-shape[-anything]`: 200 with JSON that is not a chat completion (a choice whose
+  `message` is a string); these last five are not streamed.
 
 `"stream": true` gets the same answer as server-sent chunks, ending `data: [DONE]`, with a
 usage chunk first when `stream_options.include_usage` is set.
@@ -102,6 +111,15 @@ class MockOpenAI:
             if status in (429, 503) and "no-retry-after" not in model:
                 headers = {"Retry-After": "1"}
             return _error(status, f"mock error {status}", "mock_error", None, headers)
+        if model.startswith("rejected-"):
+            code = model.removeprefix("rejected-")
+            return _error(400, f"mock rejected: {code}", "invalid_request_error", code)
+        if model == "long-error":
+            return _error(400, "x" * 600, "invalid_request_error", None)
+        if model.startswith("html-"):
+            status = int(model.split("-")[1])
+            page = "<html><body>Bad Gateway</body></html>"
+            return web.Response(status=status, text=page, content_type="text/html")
         if model == "context-length":
             return _error(
                 400,
@@ -142,6 +160,7 @@ class MockOpenAI:
                 reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
         if body.get("stream"):
             return await _stream(request, reply, words, body)
+        _vary(model, reply)
         return web.json_response(reply)
 
     def start(self) -> str:
@@ -151,6 +170,21 @@ class MockOpenAI:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def _vary(model: str, reply: dict[str, Any]) -> None:
+    """The successful answers that differ from the usual one, chosen by the model name."""
+    choice = reply["choices"][0]
+    if model.startswith("filtered"):
+        choice["finish_reason"] = "content_filter"
+    if model.startswith("null-content"):
+        choice["message"]["content"] = None
+    if model.startswith("no-choices"):
+        reply["choices"] = []
+    if model.startswith("no-model"):
+        del reply["model"]
+    if model.startswith("wrong-shape"):
+        choice["message"] = "not an object"
 
 
 async def _stream(

@@ -193,7 +193,7 @@ async def _recorder_with(url: str, *prompts: PromptRequest) -> tuple[Recorder, A
     engine = create_engine(make_settings(url))
     sessions = create_session_factory(engine)
     await seed(sessions, list(prompts))
-    return Recorder(sessions), engine
+    return Recorder(engine), engine
 
 
 async def _status(sessions: SessionFactory, prompt_id: uuid.UUID) -> tuple[str, int]:
@@ -260,8 +260,8 @@ async def test_a_cancel_and_an_answer_never_both_win(fresh_database: str):
 class _SlowToStore(Recorder):
     """Takes a while to store an outcome, so that a cancel can arrive meanwhile."""
 
-    def __init__(self, sessions: SessionFactory) -> None:
-        super().__init__(sessions)
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
         self.storing = asyncio.Event()
 
     async def finish(self, claim: Claim, **outcome: Any) -> bool:
@@ -275,7 +275,7 @@ async def test_a_cancel_that_arrives_while_the_answer_is_stored_keeps_the_answer
 ):
     await migrate(fresh_database)
     async with open_runtime(make_settings(fresh_database, mock_openai)) as runtime:
-        recorder = _SlowToStore(runtime.sessions)
+        recorder = _SlowToStore(runtime.engine)
         execution = dataclasses.replace(runtime.execution, recorder=recorder)
         runner = EmbeddedRunner(
             partial(execute_prompt, execution=execution),

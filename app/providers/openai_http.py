@@ -1,0 +1,295 @@
+"""OpenAI's chat-completions API spoken directly over aiohttp, without the `openai` SDK.
+
+Why: the SDK spends about 1 to 1.5 ms of CPU on every call (building an httpx2 request,
+bridging it to aiohttp, validating the reply into pydantic models), a large share of what a
+prompt may cost here (ARCHITECTURE.md §5). This adapter sends the same JSON body over one
+aiohttp session per provider and reads the answer and the usage itself: about a fifth of the
+CPU (bench/results/providers_overhead.md).
+
+It must be indistinguishable from `OpenAIProvider`: the same `Completion` for the same answer,
+and the same `ProviderError` (class, code, status, retry_after, message) for the same failure,
+as `map_openai_error` would make from the SDK's exception. tests/providers/test_openai_adapter.py
+runs every behaviour of the wire-level mock through both, with the SDK as the reference.
+`OPENAI_TRANSPORT=sdk` switches back to the SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from app import __version__
+from app.providers.base import (
+    AuthenticationFailed,
+    BadRequest,
+    Completion,
+    CompletionRequest,
+    ConnectionFailed,
+    ContentFiltered,
+    ContextLengthExceeded,
+    MalformedResponse,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    Unavailable,
+    estimate_tokens,
+    retry_after_seconds,
+)
+from app.providers.transport import is_connection_failure
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's default too
+USER_AGENT = f"prompt-manager/{__version__}"
+MAX_VENDOR_MESSAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the adapter keeps of an HTTP response: read whole, inside the call's deadline."""
+
+    status: int
+    retry_after: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    reported: bool
+
+
+class _WrongShape(Exception):
+    """The reply is JSON, but not shaped like a chat completion."""
+
+
+class OpenAIHTTPProvider:
+    """`openai` or any OpenAI-compatible server, over one aiohttp session of its own.
+
+    The session is created on the first call, inside the event loop that makes it (a Celery
+    worker runs its loop in a thread of its own, so never in `__init__`), and closed by
+    `aclose`; a call after `aclose` opens a new one. Its connector has no connection limit:
+    the worker's in-flight cap, not the pool, decides how many calls are out at once.
+    """
+
+    max_temperature = 2.0
+
+    def __init__(
+        self,
+        *,
+        name: str = "openai",
+        api_key: str | None,
+        base_url: str | None,
+        timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.name = name
+        self.url = f"{(base_url or DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
+        self._headers = _headers(api_key)
+        self._timeout = timeout  # the whole call, unless the request gives its own
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        body = json.dumps(_request_body(request)).encode()
+        deadline = request.timeout if request.timeout is not None else self._timeout
+        try:
+            async with asyncio.timeout(deadline):
+                reply = await self._post(body)
+        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
+            raise ProviderTimeout(f"{self.name} did not answer in time") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _connection_error(exc, provider=self.name) from None
+        if not 200 <= reply.status < 300:
+            raise status_error(reply.status, reply.body, reply.retry_after, provider=self.name)
+        return parse_completion(reply.body, request, provider=self.name)
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _post(self, body: bytes) -> _Reply:
+        async with self._client().post(self.url, data=body) as response:
+            content = await response.read()
+            return _Reply(response.status, response.headers.get("Retry-After"), content)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            proxy, proxy_auth = env_proxy(self.url)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                # The deadline of the whole call is complete()'s asyncio.timeout.
+                timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
+                headers=self._headers,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+            )
+        return self._session
+
+
+def env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy that HTTP_PROXY / HTTPS_PROXY name for `url` (none if NO_PROXY exempts its
+    host), as the SDK honours them. Read once per session: aiohttp's `trust_env` would look
+    them and ~/.netrc up again, in a thread, on every request (0.6 ms of CPU a call)."""
+    target = URL(url)
+    if target.host is None or urllib.request.proxy_bypass(target.host):
+        return None, None
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if not proxy:
+        return None, None
+    parsed = URL(proxy)
+    return parsed.with_user(None), aiohttp.BasicAuth.from_url(parsed)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+    if api_key:  # a local compatible server may want none, and then gets none
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _request_body(request: CompletionRequest) -> dict[str, Any]:
+    """The SDK's body: optional parameters only when given."""
+    body: dict[str, Any] = {"model": request.model, "messages": list(request.messages)}
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    return body
+
+
+def _connection_error(exc: BaseException, *, provider: str) -> ConnectionFailed:
+    """The messages `map_openai_error` gives the SDK's APIConnectionError."""
+    if is_connection_failure(exc):
+        return ConnectionFailed(f"the connection to {provider} failed or was dropped")
+    return ConnectionFailed(f"could not connect to {provider}")
+
+
+def parse_completion(raw: bytes, request: CompletionRequest, *, provider: str) -> Completion:
+    """A 2xx body → a Completion, read as `OpenAIProvider.complete` reads the SDK's model."""
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
+    try:
+        return _completion(reply, request, provider=provider)
+    except _WrongShape:
+        raise MalformedResponse(f"{provider} sent a response that could not be read") from None
+
+
+def _completion(reply: object, request: CompletionRequest, *, provider: str) -> Completion:
+    choices = _field(reply, "choices")
+    if not choices:
+        raise MalformedResponse(f"{provider} answered with no choices")
+    if not isinstance(choices, list):
+        raise _WrongShape("choices")
+    choice = choices[0]
+    finish_reason = _text(_field(choice, "finish_reason"))
+    if finish_reason == "content_filter":
+        raise ContentFiltered(f"{provider} withheld the answer under its content policy")
+    text = _text(_field(_field(choice, "message"), "content")) or ""
+    usage = _usage(_field(reply, "usage"), request, text)
+    return Completion(
+        text=text,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        usage_reported=usage.reported,
+        finish_reason=finish_reason,
+        upstream_model=_text(_field(reply, "model")) or request.model,
+        cached_input_tokens=usage.cached_input_tokens,
+    )
+
+
+def _usage(usage: object, request: CompletionRequest, text: str) -> _Usage:
+    if usage is None:  # some compatible servers report none: estimate, and say so
+        prompt = " ".join(m["content"] for m in request.messages)
+        return _Usage(estimate_tokens(prompt), estimate_tokens(text), 0, reported=False)
+    details = _field(usage, "prompt_tokens_details")
+    cached = _count(_field(details, "cached_tokens")) if details is not None else None
+    return _Usage(
+        input_tokens=_required_count(_field(usage, "prompt_tokens")),
+        output_tokens=_required_count(_field(usage, "completion_tokens")),
+        cached_input_tokens=cached or 0,
+        reported=True,
+    )
+
+
+def _field(obj: object, key: str) -> object:
+    """`obj[key]` of a JSON object, None when absent."""
+    if not isinstance(obj, dict):
+        raise _WrongShape(key)
+    return obj.get(key)
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _WrongShape("expected a string")
+
+
+def _count(value: object) -> int | None:
+    if value is None:
+        return None
+    return _required_count(value)
+
+
+def _required_count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _WrongShape("expected a token count")
+
+
+def status_error(
+    status: int, raw: bytes, retry_after: str | None, *, provider: str
+) -> ProviderError:
+    """A non-2xx answer → our error tree, exactly as `map_openai_error` maps the SDK's
+    APIStatusError. Messages come from the vendor's error body or are written here: they
+    never include the API key."""
+    error = _error_object(raw)
+    vendor = _vendor_message(error, status)
+    message = f"{provider}: {vendor}"
+    if status in (401, 403):
+        return AuthenticationFailed(
+            f"{provider} rejected the gateway's credentials ({vendor})", status=status
+        )
+    wait = retry_after_seconds(retry_after)
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=wait)
+    if status >= 500:
+        return Unavailable(message, status=status, retry_after=wait)
+    code = str(error.get("code") or "") if isinstance(error, dict) else ""
+    if code == "context_length_exceeded":
+        return ContextLengthExceeded(message, status=status)
+    if code in ("content_filter", "content_policy_violation"):
+        return ContentFiltered(message, status=status)
+    return BadRequest(message, status=status)
+
+
+def _error_object(raw: bytes) -> object:
+    """The vendor's `error` object. The SDK keeps `body.get("error", body)` as the exception's
+    body and `map_openai_error` unwraps `error` once more: both steps are repeated here."""
+    try:
+        body: object = json.loads(raw.decode("utf-8", errors="replace").strip())
+    except (ValueError, RecursionError):
+        return None
+    for _ in range(2):
+        if isinstance(body, dict):
+            body = body.get("error", body)
+    return body
+
+
+def _vendor_message(error: object, status: int) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:MAX_VENDOR_MESSAGE]
+    return f"HTTP {status}"

@@ -1,0 +1,74 @@
+"""Group commit under concurrency, on each database: many claims and outcomes written in shared
+transactions still give each caller exactly its own, durable, result."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from app.db.database import create_engine, create_session_factory
+from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.prompts.recorder import Recorder
+from tests.conftest import make_settings, migrate
+from tests.records import openai_prompt, seed, successful_call
+
+PROMPTS = 200
+
+
+async def test_concurrent_claims_and_outcomes_each_get_their_own_result(fresh_database: str):
+    await migrate(fresh_database)
+    prompts = [openai_prompt(f"batch-{i}") for i in range(PROMPTS)]
+    engine = create_engine(make_settings(fresh_database))
+    sessions = create_session_factory(engine)
+    await seed(sessions, prompts)
+    recorder = Recorder(engine)
+    try:
+        # Every prompt asked for twice at once (a duplicate delivery): one claim each.
+        ids = [p.id for p in prompts]
+        claims = await asyncio.gather(
+            *(recorder.claim(i, lease_seconds=30) for i in [*ids, *reversed(ids)])
+        )
+        held = [c for c in claims if c is not None]
+        assert sorted(c.prompt_id for c in held) == sorted(ids)
+        assert {c.fence for c in held} == {1}
+        assert {c.upstream_model for c in held} == {p.upstream_model for p in prompts}
+
+        # Half answer, half fail; one outcome names a prompt that does not exist, so its
+        # batch fails: it alone gets the error, the others are written one at a time.
+        stray = dataclasses.replace(held[0], prompt_id=uuid.uuid4())
+        attempt, response = successful_call("batch")
+        outcomes = await asyncio.gather(
+            *(
+                recorder.finish(c, attempt=attempt, response=response)
+                if n % 2
+                else recorder.finish(c, attempt=attempt, error_code="bad_request")
+                for n, c in enumerate(held)
+            ),
+            recorder.finish(stray, attempt=attempt, response=response),
+            return_exceptions=True,
+        )
+        assert outcomes[:-1] == [True] * PROMPTS
+        assert isinstance(outcomes[-1], IntegrityError)
+        # A second outcome for the same claim changes nothing.
+        assert await recorder.finish(held[1], attempt=None, response=response) is False
+
+        async with sessions() as session:
+            statuses = dict(
+                (
+                    await session.execute(
+                        select(PromptRequest.status, func.count()).group_by(PromptRequest.status)
+                    )
+                ).all()
+            )
+            responses = await session.scalar(select(func.count()).select_from(PromptResponse))
+            attempts = await session.scalar(select(func.count()).select_from(PromptAttempt))
+    finally:
+        await recorder.aclose()
+        await engine.dispose()
+    half = PROMPTS // 2
+    assert statuses == {PromptStatus.COMPLETED: half, PromptStatus.FAILED: half}
+    assert responses == half and attempts == PROMPTS
