@@ -11,6 +11,8 @@ from sqlalchemy import func, select
 
 from app.db.base import utcnow
 from app.db.database import create_engine, create_session_factory
+from app.jobs.dispatcher import EmbeddedRunner
+from app.jobs.sweeper import Sweeper
 from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
 from app.prompts.recorder import Recorder
 from tests.conftest import Api, make_settings, migrate, running_api
@@ -152,3 +154,29 @@ async def test_shutdown_hands_running_prompts_back(tmp_path, mock_openai: MockOp
     assert row.status == PromptStatus.PENDING and row.attempts == 0 and row.lease_expires_at is None
     # The abandoned call is still on the record (it may be billed).
     assert [(a.outcome, a.error_code) for a in attempts] == [("abandoned", "abandoned")]
+
+
+async def test_the_sweeper_hands_a_full_runner_no_more_than_it_has_room_for(fresh_database: str):
+    """A worker at its backlog cap takes nothing more from the sweeper either: the old pending
+    rows wait in the database (for this worker later, or another) instead of piling up here."""
+    await migrate(fresh_database)
+    old = utcnow() - timedelta(minutes=10)
+    await _seed(fresh_database, [openai_prompt(f"room-{i}", created_at=old) for i in range(12)])
+    engine = create_engine(make_settings(fresh_database))
+    recorder = Recorder(engine)
+
+    async def never(claim: object) -> None:
+        raise AssertionError("the runner was not started: nothing executes")
+
+    runner = EmbeddedRunner(
+        never, recorder=recorder, concurrency=1, lease_seconds=30, max_backlog=5
+    )
+    sweeper = Sweeper(
+        recorder, runner, interval_seconds=60, redispatch_after_seconds=1, max_attempts=3
+    )
+    try:
+        first = await sweeper.sweep_once()
+        assert (first.redispatched, runner.backlog, runner.room) == (5, 5, 0)
+        assert (await sweeper.sweep_once()).redispatched == 0  # full: nothing more
+    finally:
+        await engine.dispose()
