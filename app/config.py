@@ -76,6 +76,13 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
     max_prompt_chars: int = Field(100_000, ge=1, description="Longest prompt_text accepted.")
+    idempotency_key_ttl_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        le=31_536_000,
+        description="How long an `Idempotency-Key` is remembered (at most a year): within it, "
+        "the same key replays the prompt it first created; after it, the key is free again.",
+    )
 
     runner_concurrency: int = Field(32, ge=1, le=10_000, description="Prompts run at once.")
     lease_seconds: float = Field(
@@ -90,6 +97,14 @@ class Settings(BaseSettings):
         None,
         description="e.g. redis://127.0.0.1:6379/0: the API hands prompts to Celery workers "
         "(`make worker`) instead of running them itself.",
+    )
+    events_redis_url: str | None = Field(
+        None,
+        description="Redis for live prompt events across processes (`Prefer: wait`, "
+        "/ai/prompts/{id}/events) in Celery mode; unset: the broker's, when it is Redis.",
+    )
+    prefer_wait_max_seconds: float = Field(
+        60.0, gt=0, le=600, description="The longest `Prefer: wait=N` honoured."
     )
     worker_concurrency: int = Field(
         1000, ge=1, le=100_000, description="Prompts one worker process runs at once."
@@ -109,6 +124,32 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, le=600, description="At shutdown, how long running prompts may finish."
+    )
+    webhook_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often each process looks for finished prompts to announce and for "
+        "webhook deliveries that are due.",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Total time for one webhook POST; longer is a failed attempt, retried.",
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=20, description="POSTs of one delivery before it is `failed`."
+    )
+    webhook_retry_base_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="The first retry's delay; the later ones are 6, 30, 180, 720, 1800 and "
+        "3600 times it (10 s, 1 min, 5 min, 30 min, 2 h, 5 h, 10 h by default).",
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, le=1000, description="Webhook POSTs one process makes at once."
     )
 
     provider_timeout_seconds: float = Field(
@@ -232,6 +273,16 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"LOCAL_MODEL_PATH {value} is not a file")
         return value
+
+    @property
+    def events_url(self) -> str | None:
+        """Where live prompt events travel between processes; None: within the process."""
+        if self.events_redis_url is not None:
+            return self.events_redis_url
+        broker = self.celery_broker_url
+        if broker is not None and broker.startswith(("redis://", "rediss://")):
+            return broker
+        return None
 
     @property
     def is_sqlite(self) -> bool:

@@ -212,3 +212,33 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def document_body_errors(app: FastAPI) -> None:
+    """Document, on every operation that takes a body, the two errors any body can cause
+    before a route sees it: 400 `bad_request` (not parseable as JSON) and 413
+    `payload_too_large` (over MAX_BODY_BYTES), so the OpenAPI document matches what clients
+    can get (the contract test checks it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        body_errors = {
+            "400": "The body could not be parsed (`bad_request`).",
+            "413": "Request body over `MAX_BODY_BYTES` (`payload_too_large`).",
+        }
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if isinstance(operation, dict) and "requestBody" in operation:
+                    responses = operation.setdefault("responses", {})
+                    for status, description in body_errors.items():
+                        responses.setdefault(
+                            status, {"description": description, "content": problem}
+                        )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -12,15 +12,22 @@ from app import __version__
 from app.auth.bootstrap import create_first_admin, first_run_message
 from app.config import Settings
 from app.docs import install_docs
-from app.errors import install_error_handlers
+from app.errors import document_body_errors, install_error_handlers
 from app.health import database_check
 from app.health import router as health_router
 from app.jobs.celery_app import CeleryDispatcher, create_celery
 from app.jobs.dispatcher import Dispatcher
 from app.middleware import BodyLimitMiddleware
+from app.openai_compat.router import router as openai_router
+from app.openai_compat.runner import inline_runner
+from app.prompt_types.cache import PromptTypeCache
+from app.prompt_types.router import router as prompt_types_router
 from app.prompts.router import router as prompts_router
 from app.providers.router import router as models_router
 from app.runtime import open_runtime
+from app.webhooks.pump import create_pump
+from app.webhooks.router import events as webhook_events
+from app.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with open_runtime(settings) as runtime, AsyncExitStack() as stack:
         app.state.sessions = runtime.sessions
         app.state.recorder = runtime.recorder
+        app.state.bus = runtime.bus
+        app.state.prompt_types = PromptTypeCache(runtime.sessions)
         app.state.model_router = runtime.router
         app.state.readiness_checks = {"database": database_check(runtime.sessions)}
         if settings.is_embedded:
@@ -65,8 +74,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             stack.push_async_callback(runner.stop)
             await sweeper.start()
             stack.push_async_callback(sweeper.stop)
+            pump = create_pump(settings, runtime.sessions)
+            await pump.start()
+            stack.push_async_callback(pump.stop)
             dispatcher = runner
         app.state.dispatcher = dispatcher
+        app.state.inline_runner = await stack.enter_async_context(inline_runner(runtime))
         yield
 
 
@@ -83,13 +96,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "prompts", "description": "Submit prompts and read their outcome."},
             {"name": "models", "description": "The models and prices of the catalogue."},
             {"name": "health", "description": "Liveness and readiness for load balancers."},
+            {
+                "name": "prompt-types",
+                "description": "Versioned policies per prompt_type: system instruction, "
+                "template, default model, limits (admins define them).",
+            },
+            {"name": "webhooks", "description": "Signed POSTs to your URLs when prompts finish."},
+            {
+                "name": "openai-compatible",
+                "description": "OpenAI's chat completions and model list, for the official "
+                "SDKs unchanged (`base_url=<this server>/v1`, `api_key=<your API key>`).",
+            },
         ],
     )
     app.state.settings = settings
     install_error_handlers(app)
+    document_body_errors(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_docs(app)
     app.include_router(prompts_router)
+    app.include_router(prompt_types_router)
     app.include_router(models_router)
     app.include_router(health_router)
+    app.include_router(webhooks_router)
+    app.webhooks.include_router(webhook_events)
+    app.include_router(openai_router)
     return app

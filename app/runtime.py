@@ -19,6 +19,7 @@ from app.db.migrations import ensure_migrated
 from app.jobs.dispatcher import Dispatcher, EmbeddedRunner
 from app.jobs.executor import Execution, execute_prompt
 from app.jobs.sweeper import Sweeper
+from app.prompts.events import EventBus, LocalBus, RedisBus
 from app.prompts.recorder import Recorder
 from app.providers.catalogue import load_catalogue
 from app.providers.registry import ModelRouter, build_providers
@@ -31,6 +32,7 @@ class Runtime:
     engine: AsyncEngine
     sessions: SessionFactory
     recorder: Recorder
+    bus: EventBus
     router: ModelRouter
     execution: Execution
 
@@ -72,7 +74,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         catalogue = load_catalogue(settings.model_catalogue_path)
         providers = build_providers(settings, catalogue)
         router = ModelRouter(providers, catalogue)
-        recorder = Recorder(engine)
+        bus: EventBus = RedisBus(settings.events_url) if settings.events_url else LocalBus()
+        recorder = Recorder(engine, bus=bus)
         execution = Execution(
             recorder=recorder,
             router=router,
@@ -86,11 +89,13 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 threshold=settings.circuit_failure_threshold,
                 cooldown=settings.circuit_cooldown_seconds,
             ),
+            bus=bus,
         )
         try:
-            yield Runtime(settings, engine, sessions, recorder, router, execution)
+            yield Runtime(settings, engine, sessions, recorder, bus, router, execution)
         finally:
             await recorder.aclose()
+            await bus.aclose()
             for provider in providers.values():
                 await provider.aclose()
     finally:

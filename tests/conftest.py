@@ -194,6 +194,9 @@ def make_settings(
         "circuit_failure_threshold": 1000,
         # A worker subprocess serves no /healthz unless a test gives it a port of its own.
         "worker_health_port": None,
+        # Several apps and workers of the session stay up at once against one PostgreSQL
+        # server (100 connections): each keeps few idle ones.
+        "database_pool_size": 4,
     }
     values.update(overrides)
     return IsolatedSettings(**values)

@@ -10,7 +10,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.base import Base
 from tests.conftest import downgrade, migrate
 
-TABLES = {"users", "api_keys", "prompt_requests", "prompt_responses", "prompt_attempts"}
+TABLES = {
+    "users",
+    "api_keys",
+    "prompt_requests",
+    "prompt_responses",
+    "prompt_attempts",
+    "idempotency_keys",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "prompt_types",
+}
 
 
 async def _state(url: str) -> tuple[set[str], list[object], dict[str, set[str]]]:

@@ -32,7 +32,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
     """
     if settings.is_sqlite:
         engine = create_async_engine(
-            settings.database_url, connect_args={"timeout": 30}, pool_pre_ping=False
+            settings.database_url,
+            connect_args={"timeout": 30},
+            pool_pre_ping=False,
+            hide_parameters=True,  # see below
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -61,6 +64,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.database_pool_size,
         pool_pre_ping=False,
         pool_recycle=1800,
+        # Error messages would otherwise quote the statement's values, among them a webhook
+        # secret or a prompt's text: a secret never appears in a log.
+        hide_parameters=True,
     )
 
     @event.listens_for(engine.sync_engine, "handle_error")

@@ -6,6 +6,7 @@ Each pass (at start-up, then every SWEEP_INTERVAL_SECONDS) it
    or ends them `cancelled` if their cancellation was requested (never runs them again);
 2. dispatches again `pending` prompts older than REDISPATCH_AFTER_SECONDS (all of them at
    start-up: a pending row left by a previous process has nobody running it).
+3. deletes a batch of expired idempotency keys.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class Sweeper:
         # Requeued rows are pending and old too: those beyond the room wait for a later pass.
         for prompt_id in list(dict.fromkeys([*requeued, *due]))[:limit]:
             dispatched += await self._dispatcher.dispatch(prompt_id)
+        # Expired idempotency keys: one bounded DELETE per pass (an expired key is already
+        # ignored by lookups; this only keeps the table small).
+        purged = await self._recorder.purge_idempotency_keys()
+        if purged:
+            logger.info("sweep: %d expired idempotency keys deleted", purged)
         report = SweepReport(
             requeued=len(requeued),
             failed=recovered.failed,

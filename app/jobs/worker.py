@@ -14,7 +14,8 @@ the loop already has twice WORKER_CONCURRENCY prompts, so an overloaded worker s
 messages (the broker keeps them) instead of falling over.
 
 The worker also runs the sweeper, which executes pending prompts that no message announced (the
-broker was down when they were submitted) and requeues those whose worker died.
+broker was down when they were submitted) and requeues those whose worker died, and the webhook
+pump, which announces finished prompts to their owners' endpoints (`app/webhooks/pump.py`).
 
 At a warm shutdown (SIGTERM, SIGINT) a task still waiting for room returns at once, and so does
 every task after it: the solo pool would otherwise finish the shutdown only once a provider call
@@ -39,6 +40,7 @@ from app.jobs.celery_app import EXECUTE_TASK, broker_check, create_celery
 from app.jobs.dispatcher import EmbeddedRunner
 from app.jobs.worker_health import bind_health_port, serve_health
 from app.runtime import open_runtime
+from app.webhooks.pump import create_pump
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,8 @@ class EventLoopBridge:
             sweeper = runtime.sweeper(runner)
             await runner.start()
             await sweeper.start()
+            pump = create_pump(settings, runtime.sessions)
+            await pump.start()
             self._runner = runner
             checks = {"database": database_check(runtime.sessions)}
             if self._broker_check is not None:
@@ -146,6 +150,7 @@ class EventLoopBridge:
                     self._ready.set()
                     await self._stopping.wait()
             finally:
+                await pump.stop()
                 await sweeper.stop()
                 await runner.stop()  # a grace for running prompts, then hands the rest back
 

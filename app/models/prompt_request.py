@@ -45,6 +45,10 @@ class PromptRequest(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(200))
     prompt_type: Mapped[str] = mapped_column(String(64))
+    # The version of the type's policy it ran under (app/prompt_types); None for a type that
+    # was not defined. No foreign key: versions are never deleted, and a composite key would
+    # cost every insert a lookup and SQLite a copy of this table to add.
+    prompt_type_version: Mapped[int | None] = mapped_column(Integer)
     prompt_text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=PromptStatus.PENDING)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -3,10 +3,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 
+from app.config import Settings
+from app.db.database import SessionFactory
 from app.jobs.dispatcher import Dispatcher
 from app.models import PromptStatus
+from app.prompts.events import EventBus
+from app.prompts.idempotency import IdempotencyKeys
 from app.prompts.recorder import Recorder
 from app.prompts.service import PromptFilters
 from app.providers.registry import ModelRouter
@@ -44,6 +48,16 @@ def get_recorder(request: Request) -> Recorder:
     return recorder
 
 
+def get_bus(request: Request) -> EventBus:
+    bus: EventBus = request.app.state.bus
+    return bus
+
+
+def get_sessions(request: Request) -> SessionFactory:
+    sessions: SessionFactory = request.app.state.sessions
+    return sessions
+
+
 def get_model_router(request: Request) -> ModelRouter:
     router: ModelRouter = request.app.state.model_router
     return router
@@ -54,12 +68,40 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_idempotency_keys(request: Request) -> IdempotencyKeys:
+    """Where this app keeps idempotency keys, and for how long."""
+    return IdempotencyKeys(
+        sessions=request.app.state.sessions,
+        ttl_seconds=request.app.state.settings.idempotency_key_ttl_seconds,
+    )
+
+
+IDEMPOTENCY_KEY_HEADER = Header(
+    alias="Idempotency-Key",
+    description="Makes retries safe: 1 to 255 printable ASCII characters (e.g. a UUID), one "
+    "per logical request. The same key with the same body within "
+    "`IDEMPOTENCY_KEY_TTL_SECONDS` (default 24 h) answers what it first created (with "
+    "`Idempotent-Replayed: true`) instead of creating another; with a different body it is "
+    "a 422 (`idempotency_key_reused`; a 400 under /v1). Keys are per user.",
+)
+
+
 def get_max_prompt_chars(request: Request) -> int:
     return int(request.app.state.settings.max_prompt_chars)
 
 
 Filters = Annotated[PromptFilters, Depends(prompt_filters)]
 RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+BusDep = Annotated[EventBus, Depends(get_bus)]
+SessionsDep = Annotated[SessionFactory, Depends(get_sessions)]
 RouterDep = Annotated[ModelRouter, Depends(get_model_router)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 MaxPromptChars = Annotated[int, Depends(get_max_prompt_chars)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+IdempotencyKeysDep = Annotated[IdempotencyKeys, Depends(get_idempotency_keys)]
+IdempotencyKeyHeader = Annotated[str | None, IDEMPOTENCY_KEY_HEADER]

@@ -20,7 +20,7 @@ the table directly rather than through the ORM (ARCHITECTURE §5).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -32,7 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.base import utcnow
 from app.db.database import create_session_factory
 from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.prompts.events import EventBus, LocalBus, PromptEvent
 from app.prompts.group_commit import GroupCommit
+from app.prompts.idempotency import IdempotencyRecord, insert_key, purge_expired_keys
 
 _P = PromptRequest
 _REQUESTS: Table = PromptRequest.__table__  # type: ignore[assignment]
@@ -90,6 +92,8 @@ class ResponseRecord:
     cost_usd: Decimal
     finish_reason: str | None
     catalogue_version: str | None
+    # Streamed answers only: from the start of the call that answered to its first text.
+    time_to_first_token_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +183,9 @@ _INSERT_RESPONSES = insert(_RESPONSES)
 
 
 class Recorder:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, bus: EventBus | None = None) -> None:
         self._engine = engine
+        self._bus: EventBus = bus if bus is not None else LocalBus()
         self._sessions = create_session_factory(engine)
         self._claims = GroupCommit(self._claim_many, orphaned=self._release_orphan)
         self._outcomes = GroupCommit(self._write_outcomes)
@@ -190,9 +195,21 @@ class Recorder:
         await self._claims.aclose()
         await self._outcomes.aclose()
 
-    async def create_prompt(self, prompt: PromptRequest) -> None:
+    async def create_prompt(
+        self, prompt: PromptRequest, *, idempotency: IdempotencyRecord | None = None
+    ) -> None:
+        """Insert the prompt and, with `idempotency`, its key row in the same transaction
+        (an IntegrityError then means the key was taken meanwhile: see idempotency.py)."""
         async with self._sessions() as session, session.begin():
             session.add(prompt)
+            if idempotency is not None:
+                await session.flush()
+                await insert_key(session, idempotency, prompt_id=prompt.id)
+
+    async def purge_idempotency_keys(self) -> int:
+        """Delete a bounded batch of expired idempotency keys (the sweeper's pass)."""
+        async with self._sessions() as session, session.begin():
+            return await purge_expired_keys(session)
 
     async def claim(self, prompt_id: uuid.UUID, *, lease_seconds: float) -> Claim | None:
         """`pending → running` with a lease; None if someone else has it or it is finished."""
@@ -215,8 +232,13 @@ class Recorder:
                 )
                 for prompt_id, *rest in rows:
                     claims[prompt_id] = Claim(prompt_id, *rest)
+        await self._published(claims, PromptStatus.RUNNING)
         # The same prompt asked for twice in one batch (a duplicate delivery): one claim.
         return [claims.pop(r.prompt_id, None) for r in requests]
+
+    async def _published(self, prompt_ids: Iterable[uuid.UUID], status: str) -> None:
+        """Tell waiters (Prefer: wait, /events) of status changes that are now committed."""
+        await self._bus.publish([PromptEvent(i, "status", status=status) for i in prompt_ids])
 
     async def _release_orphan(self, claim: Claim | None) -> None:
         if claim is not None:
@@ -259,6 +281,13 @@ class Recorder:
             ]
             if responses:
                 await connection.execute(_INSERT_RESPONSES, responses)
+        await self._bus.publish(
+            [
+                PromptEvent(o.claim.prompt_id, "status", status=o.status)
+                for o, held in zip(outcomes, won, strict=True)
+                if held and o.status is not None
+            ]
+        )
         return won
 
     async def renew_leases(self, prompt_ids: list[uuid.UUID], *, lease_seconds: float) -> None:
@@ -309,7 +338,10 @@ class Recorder:
                     cancel_requested_at=func.coalesce(_P.cancel_requested_at, now),
                 )
             )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        won = bool(result.rowcount)  # type: ignore[attr-defined]
+        if won:
+            await self._published([claim.prompt_id], PromptStatus.CANCELLED)
+        return won
 
     async def release(self, claims: list[Claim]) -> None:
         """Hand claims back (`running → pending`) without counting them, e.g. at shutdown, or
@@ -318,6 +350,7 @@ class Recorder:
         if not claims:
             return
         now = utcnow()
+        cancelled: list[uuid.UUID] = []
         async with self._sessions() as session, session.begin():
             for claim in claims:
                 await session.execute(
@@ -329,11 +362,14 @@ class Recorder:
                         lease_expires_at=None,
                     )
                 )
-                await session.execute(
+                ended = await session.execute(
                     update(_P)
                     .where(*_held_by(claim), _CANCEL_REQUESTED)
                     .values(status=PromptStatus.CANCELLED, finished_at=now, lease_expires_at=None)
+                    .returning(_P.id)
                 )
+                cancelled.extend(ended.scalars())
+        await self._published(cancelled, PromptStatus.CANCELLED)
 
     async def recover_expired(self, *, max_attempts: int) -> Recovered:
         """Running prompts whose lease ran out lost their runner: end them `cancelled` if that
@@ -395,6 +431,8 @@ class Recorder:
             ]
             if attempts:
                 await session.execute(_INSERT_ATTEMPTS, attempts)
+        await self._published([row[0] for row in cancelled_rows], PromptStatus.CANCELLED)
+        await self._published([row[0] for row in failed_rows], PromptStatus.FAILED)
         return Recovered(
             requeued=[row[0] for row in requeued_rows],
             failed=len(failed_rows),
@@ -429,7 +467,8 @@ class Recorder:
                     .returning(_P.id)
                 )
                 if cancelled.first() is not None:
-                    return PromptStatus.PENDING
+                    status: str | None = PromptStatus.PENDING
+                    break
                 requested = await session.execute(
                     update(_P)
                     .where(*owned, _P.status == PromptStatus.RUNNING)
@@ -441,6 +480,8 @@ class Recorder:
                 status = await session.scalar(select(_P.status).where(*owned))
                 if status is None or status in FINAL_STATUSES:
                     return status
+        await self._published([prompt_id], PromptStatus.CANCELLED)
+        return status
 
     async def cancel_requested(self, prompt_ids: list[uuid.UUID]) -> list[uuid.UUID]:
         """Those of these running prompts whose cancellation was requested."""

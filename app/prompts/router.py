@@ -3,31 +3,57 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth.dependencies import CurrentUser
 from app.db.database import Session
 from app.errors import problem_responses
 from app.models import PromptStatus
-from app.prompts import service
+from app.prompt_types.dependencies import PromptTypeCacheDep
+from app.prompts import live, service
 from app.prompts.dependencies import (
+    BusDep,
     DispatcherDep,
     Filters,
+    IdempotencyKeyHeader,
+    IdempotencyKeysDep,
     MaxPromptChars,
     RecorderDep,
     RouterDep,
+    SessionsDep,
+    SettingsDep,
 )
 from app.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
 router = APIRouter(prefix="/ai/prompts", tags=["prompts"])
 
 
+_SUBMIT_PROBLEMS = problem_responses(401, 409, 413, 422, 503)
+_SUBMIT_PROBLEMS[409]["description"] = (
+    "`idempotency_key_in_flight`: a concurrent request with this `Idempotency-Key` is still "
+    "being recorded; retry after `Retry-After` seconds to get its result."
+)
+_SUBMIT_PROBLEMS[422]["description"] = (
+    "Invalid input (`validation_error`, `unknown_model`, `provider_not_configured`, "
+    "`unsupported_parameter`, `prompt_too_large`, `invalid_idempotency_key`, "
+    "`idempotency_key_reused`: this key was first sent with a different request)."
+)
+
+
 @router.post(
     "/",
     status_code=202,
+    response_model=PromptOut,
     summary="Submit a prompt",
     response_description="Accepted: stored as `pending` and queued. Poll the `Location`.",
-    responses=problem_responses(401, 413, 422, 503),
+    responses={
+        200: {
+            "model": PromptDetail,
+            "description": "With `Prefer: wait=N`: the prompt finished within N seconds.",
+        },
+        **_SUBMIT_PROBLEMS,
+    },
 )
 async def create_prompt(
     data: PromptCreate,
@@ -37,21 +63,62 @@ async def create_prompt(
     model_router: RouterDep,
     dispatcher: DispatcherDep,
     max_prompt_chars: MaxPromptChars,
-) -> PromptOut:
+    keys: IdempotencyKeysDep,
+    prompt_types: PromptTypeCacheDep,
+    bus: BusDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    prefer: Annotated[
+        str | None,
+        Header(
+            description="`wait=N` (RFC 7240): hold the request up to N seconds (at most "
+            "`PREFER_WAIT_MAX_SECONDS`, 60 by default) and answer **200** with the finished "
+            "prompt if it finishes meanwhile; otherwise **202** as usual. No polling: the "
+            "server is told when the prompt finishes.",
+        ),
+    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> PromptOut | JSONResponse:
     """Store the prompt, queue it for execution and answer at once with **202**.
 
     The prompt is committed before this answers, so it is never lost; follow `Location`
     (`GET /ai/prompts/{id}`) until `status` is `completed`, `failed` or `cancelled`.
+
+    With an `Idempotency-Key`, a retry of the same request (after a timeout, a dropped
+    connection…) gets the same prompt back, again with **202**, its `Location` and the header
+    `Idempotent-Replayed: true`: nothing is stored or run twice. A duplicate sent while the
+    first is still being recorded usually waits for it; otherwise it gets a **409**
+    `idempotency_key_in_flight` with `Retry-After`.
+
+    With `Prefer: wait=N`, the answer waits until the prompt is final or N seconds have
+    passed: **200** with the whole prompt (as `GET /ai/prompts/{id}`), or **202** if it is
+    still running. Either way the header `Preference-Applied: wait=N` says it was honoured.
     """
-    prompt = await service.submit_prompt(
+    submission = await service.submit_prompt(
         recorder,
         user_id=user.id,
         data=data,
         router=model_router,
         dispatcher=dispatcher,
         max_prompt_chars=max_prompt_chars,
+        idempotency_key=idempotency_key,
+        keys=keys,
+        prompt_types=prompt_types,
     )
+    prompt = submission.prompt
     response.headers["Location"] = f"{router.prefix}/{prompt.id}"
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    wait = live.prefer_wait(prefer, cap=settings.prefer_wait_max_seconds)
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        detail = await live.wait_for_final(
+            bus, sessions, user_id=user.id, prompt_id=prompt.id, seconds=wait
+        )
+        if detail is not None:
+            return JSONResponse(
+                detail.model_dump(mode="json"), status_code=200, headers=dict(response.headers)
+            )
     return PromptOut.model_validate(prompt)
 
 
@@ -124,3 +191,45 @@ async def cancel_prompt(
     if detail.status == PromptStatus.RUNNING:
         response.status_code = 202
     return detail
+
+
+@router.get(
+    "/{prompt_id}/events",
+    summary="Follow a prompt live (server-sent events)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            # Before OpenAPI 3.2, a stream's schema describes each of its events.
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                        "required": ["data"],
+                    }
+                }
+            },
+            "description": '`event: status` (`{"id", "status"}`) at once and at every '
+            'change; `event: delta` (`{"text"}`) with the answer as it is generated; '
+            "`event: final` with the whole prompt (as `GET /ai/prompts/{id}`), then the "
+            "stream ends. A comment line is sent every 15 s of silence.",
+        },
+        **problem_responses(401, 404, 422, 503),
+    },
+)
+async def prompt_events(
+    user: CurrentUser, prompt_id: uuid.UUID, bus: BusDep, sessions: SessionsDep
+) -> StreamingResponse:
+    """Status changes and, while it runs, the generated text, until the prompt is final.
+
+    Works in both modes and through any API process. The text is streamed when the prompt's
+    provider call starts after this stream was opened (otherwise its status changes and the
+    final answer are sent). A prompt that is already final gets its `status` and `final` at
+    once.
+    """
+    await live.read(sessions, user.id, prompt_id)  # a missing prompt is a 404, not a stream
+    return StreamingResponse(
+        live.event_stream(bus, sessions, user_id=user.id, prompt_id=prompt_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -37,6 +37,20 @@ MetadataKey = Annotated[
 MetadataValue = Annotated[str, StringConstraints(max_length=512), AfterValidator(_no_nul)]
 
 
+def _not_prompt_text(value: str) -> str:
+    if value == "prompt_text":
+        raise ValueError("prompt_text is the request's own text, not a variable")
+    return value
+
+
+VariableName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
+    AfterValidator(_not_prompt_text),
+]
+VariableValue = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_no_nul)]
+
+
 class PromptCreate(BaseModel):
     """A prompt to run. Server fields (id, status, user, timestamps) cannot be set."""
 
@@ -55,18 +69,28 @@ class PromptCreate(BaseModel):
         },
     )
 
-    model: Name = Field(
-        description="A catalogue name (`local`, `gpt-4o-mini`, …) or `provider/model`.",
+    model: Name | None = Field(
+        None,
+        description="A catalogue name (`local`, `gpt-4o-mini`, …) or `provider/model`. "
+        "May be left out when the `prompt_type` is defined with a `default_model`.",
         examples=["local", "openai/gpt-4.1-nano"],
     )
     prompt_type: Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
         AfterValidator(_no_nul),
-    ] = Field(description="What kind of prompt this is: text, code, report, …", examples=["text"])
+    ] = Field(
+        description="What kind of prompt this is: text, code, report, … When an admin has "
+        "defined this type (`/ai/prompt-types`), its current policy applies (default model "
+        "and fallbacks, limits, system instruction, template) and the prompt records the "
+        "version (`prompt_type_version`); otherwise it is a free label.",
+        examples=["text"],
+    )
     prompt_text: Annotated[Text, AfterValidator(_not_blank)] = Field(
         min_length=1,
-        description="The prompt. At most MAX_PROMPT_CHARS characters (100,000 by default).",
+        description="The prompt. At most MAX_PROMPT_CHARS characters (100,000 by default), "
+        "or the prompt type's `max_prompt_chars` if lower. With a type's template, it fills "
+        "`{prompt_text}`.",
     )
     system_prompt: Text | None = Field(
         None, max_length=100_000, description="Instructions sent as the system message."
@@ -88,6 +112,14 @@ class PromptCreate(BaseModel):
     timeout_seconds: float | None = Field(
         None, gt=0, le=600, description="Total time allowed for each provider call."
     )
+    variables: dict[VariableName, VariableValue] | None = Field(
+        None,
+        max_length=50,
+        description="Values for the `{name}` fields of the prompt type's template: exactly "
+        "the type's `variables` (up to 50; names are identifiers, values ≤ 10,000 "
+        "characters). Only for a type with a template.",
+        examples=[{"audience": "new customers"}],
+    )
 
 
 _PROMPT_EXAMPLE: dict[str, Any] = {
@@ -95,6 +127,7 @@ _PROMPT_EXAMPLE: dict[str, Any] = {
     "model": "gpt-4o-mini",
     "provider": "openai",
     "prompt_type": "text",
+    "prompt_type_version": None,
     "prompt_text": "Write a haiku about databases.",
     "status": "pending",
     "created_at": "2026-11-25T13:17:14.067333Z",
@@ -118,7 +151,15 @@ class PromptOut(BaseModel):
     model: str = Field(description="The model as requested.")
     provider: str = Field(description="The provider it was routed to.")
     prompt_type: str
-    prompt_text: str
+    prompt_type_version: int | None = Field(
+        description="The version of the prompt type's policy it ran under; null when its "
+        "type was not defined."
+    )
+    prompt_text: str = Field(
+        description="The text sent to the model as the user message: with a prompt type's "
+        "template, as rendered (the request's own text and variables are in "
+        "`parameters.template_input`)."
+    )
     status: PromptStatus = Field(description="pending → running → completed | failed | cancelled")
     created_at: datetime
     started_at: datetime | None = Field(description="When the last execution started.")
@@ -147,6 +188,11 @@ class ResponseOut(BaseModel):
         description="The catalogue version of that price; null for a model it does not list."
     )
     finish_reason: str | None
+    first_token_ms: int | None = Field(
+        validation_alias="time_to_first_token_ms",
+        description="Streamed answers (`/v1/chat/completions` with `stream: true`) only: time "
+        "from the start of the provider call that answered to its first text; null otherwise.",
+    )
     created_at: datetime
 
 
@@ -204,6 +250,7 @@ class PromptDetail(PromptOut):
                         "cost_usd": "0.0000123",
                         "catalogue_version": "2026-11-25",
                         "finish_reason": "stop",
+                        "first_token_ms": None,
                         "created_at": "2026-11-25T13:17:14.915975Z",
                     },
                     "error": None,

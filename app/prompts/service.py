@@ -16,6 +16,9 @@ from app.db.base import utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs.dispatcher import Dispatcher
 from app.models import PromptRequest, PromptStatus
+from app.prompt_types.cache import PromptTypeCache
+from app.prompt_types.policy import apply_prompt_type
+from app.prompts.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
 from app.prompts.recorder import Recorder
 from app.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 from app.providers.registry import ModelRouter, Route
@@ -30,6 +33,15 @@ class PromptFilters:
     created_before: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    prompt: PromptRequest
+    replayed: bool = False  # an Idempotency-Key replay: the prompt an earlier request created
+
+
+SUBMIT_ENDPOINT = "POST /ai/prompts/"
+
+
 async def submit_prompt(
     recorder: Recorder,
     *,
@@ -38,14 +50,78 @@ async def submit_prompt(
     router: ModelRouter,
     dispatcher: Dispatcher,
     max_prompt_chars: int,
+    idempotency_key: str | None = None,
+    keys: IdempotencyKeys | None = None,
+    prompt_types: PromptTypeCache,
+) -> Submission:
+    """Store the prompt as `pending`, commit, then dispatch it (never before the commit).
+
+    With an `idempotency_key` (kept in `keys`), the user's same key with the same body
+    replays the prompt it first created, as it stands now: nothing is stored or dispatched
+    again (see idempotency.py).
+
+    A defined `prompt_type` applies its current policy (app/prompt_types/policy.py) and the
+    prompt records its version (`prompt_types` is the process's cache of the definitions)."""
+
+    async def create(idempotency: IdempotencyRecord | None) -> PromptRequest:
+        applied = apply_prompt_type(
+            data,
+            await prompt_types.get(data.prompt_type),
+            router=router,
+            max_prompt_chars=max_prompt_chars,
+        )
+        prompt = _new_prompt(
+            user_id=user_id, data=applied.data, router=router, max_prompt_chars=max_prompt_chars
+        )
+        prompt.prompt_type_version = applied.version
+        if applied.template_input is not None:
+            prompt.parameters["template_input"] = applied.template_input
+        await recorder.create_prompt(prompt, idempotency=idempotency)
+        return prompt
+
+    async def replay(session: AsyncSession, prompt_id: uuid.UUID) -> PromptRequest | None:
+        prompt: PromptRequest | None = await session.scalar(
+            select(PromptRequest).where(
+                PromptRequest.id == prompt_id, PromptRequest.user_id == user_id
+            )
+        )
+        return prompt
+
+    if idempotency_key is None:
+        prompt = await create(None)
+    else:
+        if keys is None:
+            raise ValueError("an idempotency_key needs the keys store")
+        body = data.model_dump(mode="json", exclude_none=True)
+        prompt, replayed = await keys.run_once(
+            user_id=user_id,
+            key=idempotency_key,
+            fingerprint=request_fingerprint(SUBMIT_ENDPOINT, body),
+            create=create,
+            replay=replay,
+        )
+        if replayed:
+            return Submission(prompt, replayed=True)
+    await dispatcher.dispatch(prompt.id)
+    return Submission(prompt)
+
+
+def _new_prompt(
+    *, user_id: uuid.UUID, data: PromptCreate, router: ModelRouter, max_prompt_chars: int
 ) -> PromptRequest:
-    """Store the prompt as `pending`, commit, then dispatch it (never before the commit)."""
+    """A validated `pending` prompt, not yet stored."""
     if len(data.prompt_text) > max_prompt_chars:
         raise InvalidInput(
             f"prompt_text has {len(data.prompt_text):,} characters; the limit here is "
             f"{max_prompt_chars:,} (MAX_PROMPT_CHARS).",
             code="prompt_too_large",
             extra={"limit": max_prompt_chars},
+        )
+    if data.model is None:
+        raise InvalidInput(
+            f"model is required: prompt type '{data.prompt_type}' is not defined here, so it "
+            "has no default model.",
+            code="model_required",
         )
     route = router.resolve(data.model)
     fallbacks = router.fallbacks(route, data.fallbacks)
@@ -57,7 +133,7 @@ async def submit_prompt(
     )
     if fallbacks:
         parameters["fallbacks"] = [f.model for f in fallbacks]
-    prompt = PromptRequest(
+    return PromptRequest(
         id=uuid.uuid4(),
         user_id=user_id,
         model=data.model,
@@ -71,9 +147,6 @@ async def submit_prompt(
         meta=data.metadata,
         attempts=0,
     )
-    await recorder.create_prompt(prompt)
-    await dispatcher.dispatch(prompt.id)
-    return prompt
 
 
 def check_parameters(route: Route, router: ModelRouter, data: PromptCreate) -> None:

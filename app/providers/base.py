@@ -6,6 +6,7 @@ of the system decides retry / fallback / fail on our codes, never on a vendor's 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict
 
@@ -43,6 +44,13 @@ class Provider(Protocol):
         """The highest temperature the vendor accepts; None: it accepts none at all."""
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+        """The same call, streamed: yields the answer's text as it arrives (non-empty `str`
+        deltas), then exactly one `Completion` (the whole text, usage, finish reason) last.
+        Fails with the same `ProviderError`s as `complete`, before or after some deltas;
+        closing the iterator early abandons the upstream call."""
+        ...
 
     async def aclose(self) -> None: ...
 

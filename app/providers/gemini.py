@@ -1,12 +1,25 @@
-"""Google's Gemini API through the official `google-genai` SDK (its async client, `.aio`)."""
+"""Google's Gemini API through the official `google-genai` SDK (its async client, `.aio`).
+
+Streamed calls use `generate_content_stream` (`:streamGenerateContent?alt=sse`). Its deadline is
+the SDK's, as for `complete`: the per-request (or client) timeout becomes aiohttp's `total`,
+which bounds the whole call, body included, so a stream that goes quiet ends as a timeout.
+The SDK's stream is a chain of async generators whose innermost one (the one that releases the
+HTTP response) sits in a reference cycle: closing the outer generator leaves the connection open
+until the garbage collector happens by. So the SDK's stream is read ahead in a task of its own
+(`_ReadAhead`), always inside a read, and closing cancels that read, which unwinds the whole
+chain at once and closes the connection.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import re
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import pydantic
@@ -33,6 +46,8 @@ from app.providers.base import (
     estimate_tokens,
     retry_after_seconds,
 )
+
+_Item = TypeVar("_Item")
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/"
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
@@ -132,74 +147,199 @@ class GeminiProvider:
         self._client = client
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        contents, system = _to_contents(request.messages)
-        config = types.GenerateContentConfig(
-            system_instruction=system,
-            temperature=request.temperature,
-            max_output_tokens=request.max_tokens,
-            # One HTTP call per complete(): no continuation hops, no function-calling loop.
-            automatic_continuation=False,
-            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-            http_options=(
-                types.HttpOptions(timeout=_milliseconds(request.timeout))
-                if request.timeout is not None
-                else None
-            ),
-        )
-        try:
+        contents, config = _call(request)
+        with _sdk_errors(self.name):
             reply = await self._client.sdk.aio.models.generate_content(
                 model=request.model, contents=contents, config=config
             )
-        except (errors.APIError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            mapped = map_gemini_error(exc, provider=self.name)
-            if mapped is None:
-                raise
-            raise mapped from None
-        return self._completion(request, reply)
+        return _completion(request, reply, provider=self.name)
 
-    def _completion(
-        self, request: CompletionRequest, reply: types.GenerateContentResponse
-    ) -> Completion:
-        feedback = reply.prompt_feedback
-        if feedback is not None and feedback.block_reason is not None:
-            raise ContentFiltered(
-                f"{self.name} refused the prompt under its content policy "
-                f"({_name(feedback.block_reason).lower()})"
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        contents, config = _call(request)
+        # Nothing is sent until the first chunk is asked for.
+        chunks = _ReadAhead(
+            await self._client.sdk.aio.models.generate_content_stream(
+                model=request.model, contents=contents, config=config
             )
-        if not reply.candidates:
-            raise MalformedResponse(f"{self.name} answered with no candidates")
-        candidate = reply.candidates[0]
-        finish = _name(candidate.finish_reason) if candidate.finish_reason else None
-        if finish in FILTERED_FINISH_REASONS:
-            raise ContentFiltered(
-                f"{self.name} withheld the answer under its content policy ({finish.lower()})"
-            )
-        parts = candidate.content.parts if candidate.content else None
-        # Thought summaries are not the answer; they only appear when asked for, but still.
-        text = "".join(p.text for p in parts or [] if p.text and not p.thought)
-        usage = reply.usage_metadata
-        if usage is not None and usage.prompt_token_count is not None:
-            input_tokens = usage.prompt_token_count
-            # Thinking tokens are billed as output. Google omits a count that is zero.
-            output_tokens = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
-            cached = usage.cached_content_token_count or 0
-            reported = True
-        else:
-            input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
-            output_tokens = estimate_tokens(text)
-            cached, reported = 0, False
-        return Completion(
-            text=text,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            usage_reported=reported,
-            finish_reason=FINISH_REASONS.get(finish, finish.lower()) if finish else None,
-            upstream_model=reply.model_version or request.model,
-            cached_input_tokens=cached,
         )
+        answer = _StreamedAnswer(provider=self.name)
+        try:
+            while (chunk := await self._next(chunks)) is not None:
+                if text := answer.add(chunk):
+                    yield text
+        finally:
+            await chunks.close()
+        yield answer.completion(request)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def _next(
+        self, chunks: _ReadAhead[types.GenerateContentResponse]
+    ) -> types.GenerateContentResponse | None:
+        with _sdk_errors(self.name):
+            return await chunks.next()
+
+
+class _ReadAhead(Generic[_Item]):
+    """An async iterator read in a task of its own, as fast as it yields; closing cancels the
+    task, in the middle of a read unless the iterator is done."""
+
+    def __init__(self, items: AsyncIterator[_Item]) -> None:
+        self._queue: asyncio.Queue[_Item | Exception | None] = asyncio.Queue()  # None: the end
+        self._task = asyncio.create_task(self._read(items))
+
+    async def next(self) -> _Item | None:
+        """The next item, None after the last, or what the iterator raised."""
+        item = await self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.wait([self._task])  # a cancellation of our own caller still goes through
+
+    async def _read(self, items: AsyncIterator[_Item]) -> None:
+        try:
+            async for item in items:
+                self._queue.put_nowait(item)
+        except Exception as exc:
+            self._queue.put_nowait(exc)
+        else:
+            self._queue.put_nowait(None)
+
+
+@contextlib.contextmanager
+def _sdk_errors(provider: str) -> Iterator[None]:
+    """What the SDK or its transport raised, as our errors (a bug here goes through as is)."""
+    try:
+        yield
+    except (errors.APIError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        mapped = map_gemini_error(exc, provider=provider)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def _call(request: CompletionRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
+    """The request's contents and config, the same streamed or not."""
+    contents, system = _to_contents(request.messages)
+    config = types.GenerateContentConfig(
+        system_instruction=system,
+        temperature=request.temperature,
+        max_output_tokens=request.max_tokens,
+        # One HTTP call per complete(): no continuation hops, no function-calling loop.
+        # (Streamed, continuation would also resend a stream that broke off before any text.)
+        automatic_continuation=False,
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        http_options=(
+            types.HttpOptions(timeout=_milliseconds(request.timeout))
+            if request.timeout is not None
+            else None
+        ),
+    )
+    return contents, config
+
+
+def _completion(
+    request: CompletionRequest, reply: types.GenerateContentResponse, *, provider: str
+) -> Completion:
+    _refuse_blocked_prompt(reply, provider=provider)
+    if not reply.candidates:
+        raise MalformedResponse(f"{provider} answered with no candidates")
+    candidate = reply.candidates[0]
+    finish = _finish(candidate, provider=provider)
+    text = _answer_text(candidate)
+    return _result(request, text, finish, reply.usage_metadata, reply.model_version)
+
+
+class _StreamedAnswer:
+    """What the chunks of a stream add up to, read as `_completion` reads a whole reply: the
+    text of every chunk, and the last chunk's finish reason, usage and model version."""
+
+    def __init__(self, *, provider: str) -> None:
+        self._provider = provider
+        self._pieces: list[str] = []
+        self._candidates = False  # whether any chunk had one
+        self._finish: str | None = None
+        self._usage: types.GenerateContentResponseUsageMetadata | None = None
+        self._model_version: str | None = None
+
+    def add(self, chunk: types.GenerateContentResponse) -> str:
+        """Returns the text the chunk adds to the answer (maybe none)."""
+        _refuse_blocked_prompt(chunk, provider=self._provider)
+        self._usage = chunk.usage_metadata or self._usage
+        self._model_version = chunk.model_version or self._model_version
+        if not chunk.candidates:
+            return ""
+        self._candidates = True
+        candidate = chunk.candidates[0]
+        self._finish = _finish(candidate, provider=self._provider) or self._finish
+        text = _answer_text(candidate)
+        self._pieces.append(text)
+        return text
+
+    def completion(self, request: CompletionRequest) -> Completion:
+        if not self._candidates:
+            raise MalformedResponse(f"{self._provider} answered with no candidates")
+        if self._finish is None:  # cut off, though the connection ended cleanly
+            raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
+        text = "".join(self._pieces)
+        return _result(request, text, self._finish, self._usage, self._model_version)
+
+
+def _refuse_blocked_prompt(reply: types.GenerateContentResponse, *, provider: str) -> None:
+    feedback = reply.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        raise ContentFiltered(
+            f"{provider} refused the prompt under its content policy "
+            f"({_name(feedback.block_reason).lower()})"
+        )
+
+
+def _finish(candidate: types.Candidate, *, provider: str) -> str | None:
+    """The candidate's finish reason as Google names it; a policy's is ContentFiltered."""
+    finish = _name(candidate.finish_reason) if candidate.finish_reason else None
+    if finish in FILTERED_FINISH_REASONS:
+        raise ContentFiltered(
+            f"{provider} withheld the answer under its content policy ({finish.lower()})"
+        )
+    return finish
+
+
+def _answer_text(candidate: types.Candidate) -> str:
+    parts = candidate.content.parts if candidate.content else None
+    # Thought summaries are not the answer; they only appear when asked for, but still.
+    return "".join(p.text for p in parts or [] if p.text and not p.thought)
+
+
+def _result(
+    request: CompletionRequest,
+    text: str,
+    finish: str | None,
+    usage: types.GenerateContentResponseUsageMetadata | None,
+    model_version: str | None,
+) -> Completion:
+    if usage is not None and usage.prompt_token_count is not None:
+        input_tokens = usage.prompt_token_count
+        # Thinking tokens are billed as output. Google omits a count that is zero.
+        output_tokens = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+        cached = usage.cached_content_token_count or 0
+        reported = True
+    else:
+        input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
+        output_tokens = estimate_tokens(text)
+        cached, reported = 0, False
+    return Completion(
+        text=text,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        usage_reported=reported,
+        finish_reason=FINISH_REASONS.get(finish, finish.lower()) if finish else None,
+        upstream_model=model_version or request.model,
+        cached_input_tokens=cached,
+    )
 
 
 def _to_contents(messages: list[Message]) -> tuple[list[types.Content], types.Content | None]:

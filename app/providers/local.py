@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import secrets
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,21 @@ class LocalProvider:
         return self._inner
 
     async def complete(self, request: CompletionRequest) -> Completion:
+        return await (await self._provider()).complete(self._bounded(request))
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        inner = (await self._provider()).stream(self._bounded(request))
+        try:
+            async for item in inner:
+                yield item
+        finally:
+            await inner.aclose()  # closing this stream closes the inner one, and its connection
+
+    def _bounded(self, request: CompletionRequest) -> CompletionRequest:
         if request.max_tokens is None:
             # Left alone, a small model keeps going until its context is full.
             request = dataclasses.replace(request, max_tokens=self._default_max_tokens)
-        return await (await self._provider()).complete(request)
+        return request
 
     async def aclose(self) -> None:
         if self._inner is not None:

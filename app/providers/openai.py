@@ -1,12 +1,23 @@
-"""OpenAI, and anything speaking its chat-completions API, through the official `openai` SDK."""
+"""OpenAI, and anything speaking its chat-completions API, through the official `openai` SDK.
+
+A stream is read with `anext` on the SDK's `AsyncStream` (never `async for`, whose hidden
+wrapper generator would outlive an early close) and closed on the way out, which closes its
+HTTP response: an abandoned stream abandons the upstream call. Its deadline (the request's
+timeout, else the client's) bounds the whole stream, as the direct adapter's does: it applies to
+each read and is never held open across a `yield`, so a quiet stream fails as a timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+import contextlib
+from collections.abc import AsyncGenerator, Iterator
+from typing import TypeVar, cast
 
 import openai
 from openai import AsyncOpenAI
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from app.providers.base import (
     AuthenticationFailed,
@@ -24,7 +35,10 @@ from app.providers.base import (
     estimate_tokens,
     retry_after_seconds,
 )
+from app.providers.openai_http import dropped
 from app.providers.transport import is_connection_failure
+
+DEFAULT_STREAM_SECONDS = 600.0  # the SDK's own default timeout, for a client built without one
 
 
 def build_client(
@@ -50,52 +64,139 @@ class OpenAIProvider:
         self._client = client
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        try:
+        with _sdk_errors(self.name):
             # The SDK's timeout bounds each phase (connect, each read); this makes the
             # request's timeout a deadline for the whole call, as CompletionRequest promises.
             async with asyncio.timeout(request.timeout):
                 reply = await self._client.chat.completions.create(
                     model=request.model,
-                    messages=list(request.messages),  # type: ignore[arg-type]
+                    messages=_messages(request),
                     temperature=_given(request.temperature),
                     max_tokens=_given(request.max_tokens),
-                    timeout=request.timeout if request.timeout is not None else openai.NOT_GIVEN,
+                    timeout=_timeout(request),
                 )
-        except TimeoutError:
-            raise ProviderTimeout(f"{self.name} did not answer in time") from None
-        except openai.APIError as exc:
-            raise map_openai_error(exc, provider=self.name) from None
-        except ValueError:  # the SDK lets a body that is not JSON through as JSONDecodeError
-            raise MalformedResponse(f"{self.name} sent a response that is not JSON") from None
         if not reply.choices:
             raise MalformedResponse(f"{self.name} answered with no choices")
         choice = reply.choices[0]
-        if choice.finish_reason == "content_filter":
-            raise ContentFiltered(f"{self.name} withheld the answer under its content policy")
+        finish_reason = _finish_reason(choice.finish_reason, provider=self.name)
         text = choice.message.content or ""
-        cached = 0
-        if reply.usage is not None:
-            input_tokens = reply.usage.prompt_tokens
-            output_tokens = reply.usage.completion_tokens
-            details = reply.usage.prompt_tokens_details
-            cached = (details.cached_tokens or 0) if details is not None else 0
-            reported = True
-        else:
-            input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
-            output_tokens = estimate_tokens(text)
-            reported = False
-        return Completion(
-            text=text,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            usage_reported=reported,
-            finish_reason=choice.finish_reason,
-            upstream_model=reply.model or request.model,
-            cached_input_tokens=cached,
-        )
+        return _result(request, text, finish_reason, reply.model, reply.usage)
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        deadline = asyncio.get_running_loop().time() + _seconds(request, self._client.timeout)
+        with _sdk_errors(self.name):
+            async with asyncio.timeout_at(deadline):
+                chunks = await self._client.chat.completions.create(
+                    model=request.model,
+                    messages=_messages(request),
+                    temperature=_given(request.temperature),
+                    max_tokens=_given(request.max_tokens),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    timeout=_timeout(request),
+                )
+        answer = _StreamedAnswer(provider=self.name)
+        try:
+            while (chunk := await self._next(chunks, deadline)) is not None:
+                if delta := answer.add(chunk):
+                    yield delta
+        finally:
+            await chunks.close()  # after the last chunk the SDK has closed it already
+        yield answer.completion(request)
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    async def _next(
+        self, chunks: openai.AsyncStream[ChatCompletionChunk], deadline: float
+    ) -> ChatCompletionChunk | None:
+        with _sdk_errors(self.name, reading=True):
+            async with asyncio.timeout_at(deadline):
+                return await anext(chunks, None)
+
+
+class _StreamedAnswer:
+    """What the chunks of a stream add up to, read as `complete` reads a whole reply."""
+
+    def __init__(self, *, provider: str) -> None:
+        self._provider = provider
+        self._pieces: list[str] = []
+        self._finish_reason: str | None = None
+        self._model = ""
+        self._usage: CompletionUsage | None = None
+
+    def add(self, chunk: ChatCompletionChunk) -> str | None:
+        """Returns the text the chunk adds to the answer, if any."""
+        self._model = chunk.model or self._model
+        if chunk.usage is not None:  # the last chunk, which has no choices
+            self._usage = chunk.usage
+        if not chunk.choices:
+            return None
+        choice = chunk.choices[0]
+        finish = _finish_reason(choice.finish_reason, provider=self._provider)
+        self._finish_reason = finish or self._finish_reason
+        text = choice.delta.content
+        if text:
+            self._pieces.append(text)
+        return text or None
+
+    def completion(self, request: CompletionRequest) -> Completion:
+        if self._finish_reason is None:  # cut off, though the connection ended cleanly
+            raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
+        text = "".join(self._pieces)
+        return _result(request, text, self._finish_reason, self._model, self._usage)
+
+
+@contextlib.contextmanager
+def _sdk_errors(provider: str, *, reading: bool = False) -> Iterator[None]:
+    """What the SDK (or our deadline) raised, as our errors. `reading`: the response had
+    begun, so a connection error is one that was made and then lost."""
+    try:
+        yield
+    except TimeoutError:
+        raise ProviderTimeout(f"{provider} did not answer in time") from None
+    except openai.APIError as exc:
+        mapped = map_openai_error(exc, provider=provider)
+        if reading and isinstance(mapped, ConnectionFailed):
+            mapped = dropped(provider)
+        raise mapped from None
+    except ValueError:  # the SDK lets a body that is not JSON through as JSONDecodeError
+        raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
+
+
+def _finish_reason(finish_reason: str | None, *, provider: str) -> str | None:
+    if finish_reason == "content_filter":
+        raise ContentFiltered(f"{provider} withheld the answer under its content policy")
+    return finish_reason
+
+
+def _result(
+    request: CompletionRequest,
+    text: str,
+    finish_reason: str | None,
+    model: str,
+    usage: CompletionUsage | None,
+) -> Completion:
+    cached = 0
+    if usage is not None:
+        input_tokens = usage.prompt_tokens
+        output_tokens = usage.completion_tokens
+        details = usage.prompt_tokens_details
+        cached = (details.cached_tokens or 0) if details is not None else 0
+        reported = True
+    else:
+        input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
+        output_tokens = estimate_tokens(text)
+        reported = False
+    return Completion(
+        text=text,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        usage_reported=reported,
+        finish_reason=finish_reason,
+        upstream_model=model or request.model,
+        cached_input_tokens=cached,
+    )
 
 
 _Number = TypeVar("_Number", int, float)
@@ -103,6 +204,27 @@ _Number = TypeVar("_Number", int, float)
 
 def _given(value: _Number | None) -> _Number | openai.Omit:
     return value if value is not None else openai.omit
+
+
+def _messages(request: CompletionRequest) -> list[ChatCompletionMessageParam]:
+    """Our messages are the SDK's system/user/assistant message params already."""
+    return cast("list[ChatCompletionMessageParam]", list(request.messages))
+
+
+def _seconds(request: CompletionRequest, client_timeout: float | openai.Timeout | None) -> float:
+    """A stream's deadline: the request's timeout, else the client's, over the whole call
+    (as the direct adapter has it: the setting is the total time of one call)."""
+    if request.timeout is not None:
+        return request.timeout
+    if isinstance(client_timeout, openai.Timeout):
+        client_timeout = client_timeout.read
+    return client_timeout if client_timeout is not None else DEFAULT_STREAM_SECONDS
+
+
+def _timeout(request: CompletionRequest) -> float | openai.NotGiven:
+    """The SDK's per-phase timeout (the client's unless the request sets one); `omit` would
+    not do here: the SDK looks for NOT_GIVEN."""
+    return request.timeout if request.timeout is not None else openai.NOT_GIVEN
 
 
 def _vendor_message(exc: openai.APIStatusError) -> str:

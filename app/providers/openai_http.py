@@ -8,16 +8,22 @@ CPU (bench/results/providers_overhead.md).
 
 It must be indistinguishable from `OpenAIProvider`: the same `Completion` for the same answer,
 and the same `ProviderError` (class, code, status, retry_after, message) for the same failure,
-as `map_openai_error` would make from the SDK's exception. tests/providers/test_openai_adapter.py
-runs every behaviour of the wire-level mock through both, with the SDK as the reference.
-`OPENAI_TRANSPORT=sdk` switches back to the SDK.
+as `map_openai_error` would make from the SDK's exception; streamed or not.
+tests/providers/test_openai_adapter.py runs every behaviour of the wire-level mock through both,
+with the SDK as the reference. `OPENAI_TRANSPORT=sdk` switches back to the SDK.
+
+A stream has one deadline for the whole call, like `complete`: each read of the body waits at
+most until then, so a stream that goes quiet fails as a timeout (never while the caller holds
+the iterator between two deltas: no timeout scope stays open across a `yield`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +47,15 @@ from app.providers.base import (
     estimate_tokens,
     retry_after_seconds,
 )
+from app.providers.sse import Event, EventReader
 from app.providers.transport import is_connection_failure
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's default too
 USER_AGENT = f"prompt-manager/{__version__}"
 MAX_VENDOR_MESSAGE = 500
+# What the SDK adds to the body of a streamed call (a last chunk with the usage, as it does).
+STREAM_FIELDS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+DRAIN_SECONDS = 1.0  # after `[DONE]`, for the end of the body (so the connection is reused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,27 +108,60 @@ class OpenAIHTTPProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         body = json.dumps(_request_body(request)).encode()
-        deadline = request.timeout if request.timeout is not None else self._timeout
-        try:
-            async with asyncio.timeout(deadline):
+        with _transport_errors(self.name):
+            async with asyncio.timeout(self._seconds(request)):
                 reply = await self._post(body)
-        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            raise ProviderTimeout(f"{self.name} did not answer in time") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _connection_error(exc, provider=self.name) from None
         if not 200 <= reply.status < 300:
             raise status_error(reply.status, reply.body, reply.retry_after, provider=self.name)
         return parse_completion(reply.body, request, provider=self.name)
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        body = json.dumps(_request_body(request) | STREAM_FIELDS).encode()
+        deadline = asyncio.get_running_loop().time() + self._seconds(request)
+        reader = EventReader(await self._open(body, deadline))
+        answer = _StreamedAnswer(request, provider=self.name)
+        try:
+            while not answer.done and (events := await self._read(reader, deadline)) is not None:
+                for event in events:
+                    if delta := answer.add(event.data):
+                        yield delta
+            completion = answer.completion()
+            left = deadline - asyncio.get_running_loop().time()
+            await reader.release(min(DRAIN_SECONDS, max(0.0, left)))
+        finally:
+            reader.close()  # a no-op once released; else the upstream call is abandoned
+        yield completion
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
+    def _seconds(self, request: CompletionRequest) -> float:
+        """The call's deadline, in seconds from its start."""
+        return request.timeout if request.timeout is not None else self._timeout
+
     async def _post(self, body: bytes) -> _Reply:
         async with self._client().post(self.url, data=body) as response:
             content = await response.read()
             return _Reply(response.status, response.headers.get("Retry-After"), content)
+
+    async def _open(self, body: bytes, deadline: float) -> aiohttp.ClientResponse:
+        """A streamed call's response, once its status says the stream follows."""
+        with _transport_errors(self.name):
+            async with asyncio.timeout_at(deadline):
+                response = await self._client().post(self.url, data=body)
+                if 200 <= response.status < 300:
+                    return response
+                async with response:
+                    content = await response.read()
+        retry_after = response.headers.get("Retry-After")
+        raise status_error(response.status, content, retry_after, provider=self.name)
+
+    async def _read(self, reader: EventReader, deadline: float) -> list[Event] | None:
+        with _transport_errors(self.name, reading=True):
+            async with asyncio.timeout_at(deadline):
+                return await reader.read()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -169,6 +212,25 @@ def _request_body(request: CompletionRequest) -> dict[str, Any]:
     return body
 
 
+@contextlib.contextmanager
+def _transport_errors(provider: str, *, reading: bool = False) -> Iterator[None]:
+    """Timeouts (ours, and aiohttp's, which are TimeoutErrors too) and transport failures as
+    our errors. `reading`: the response had begun, so the connection was made and then lost."""
+    try:
+        yield
+    except TimeoutError:
+        raise ProviderTimeout(f"{provider} did not answer in time") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        if reading:
+            raise dropped(provider) from None
+        raise _connection_error(exc, provider=provider) from None
+
+
+def dropped(provider: str) -> ConnectionFailed:
+    """A connection lost in the middle of a streamed answer (shared with `OpenAIProvider`)."""
+    return ConnectionFailed(f"the connection to {provider} failed or was dropped")
+
+
 def _connection_error(exc: BaseException, *, provider: str) -> ConnectionFailed:
     """The messages `map_openai_error` gives the SDK's APIConnectionError."""
     if is_connection_failure(exc):
@@ -195,20 +257,96 @@ def _completion(reply: object, request: CompletionRequest, *, provider: str) -> 
     if not isinstance(choices, list):
         raise _WrongShape("choices")
     choice = choices[0]
+    finish_reason = _finish_reason(choice, provider=provider)
+    text = _text(_field(_field(choice, "message"), "content")) or ""
+    model = _text(_field(reply, "model"))
+    return _result(request, text, finish_reason, model, _field(reply, "usage"))
+
+
+def _finish_reason(choice: object, *, provider: str) -> str | None:
     finish_reason = _text(_field(choice, "finish_reason"))
     if finish_reason == "content_filter":
         raise ContentFiltered(f"{provider} withheld the answer under its content policy")
-    text = _text(_field(_field(choice, "message"), "content")) or ""
-    usage = _usage(_field(reply, "usage"), request, text)
+    return finish_reason
+
+
+def _result(
+    request: CompletionRequest,
+    text: str,
+    finish_reason: str | None,
+    model: str | None,
+    usage: object,
+) -> Completion:
+    counted = _usage(usage, request, text)
     return Completion(
         text=text,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        usage_reported=usage.reported,
+        input_tokens=counted.input_tokens,
+        output_tokens=counted.output_tokens,
+        usage_reported=counted.reported,
         finish_reason=finish_reason,
-        upstream_model=_text(_field(reply, "model")) or request.model,
-        cached_input_tokens=usage.cached_input_tokens,
+        upstream_model=model or request.model,
+        cached_input_tokens=counted.cached_input_tokens,
     )
+
+
+class _StreamedAnswer:
+    """What the `chat.completion.chunk`s of a stream add up to, read as `parse_completion`
+    reads a whole reply: the text of `choices[0].delta.content`, the last `finish_reason` and
+    `model`, and the usage of the chunk that carries one (without it, an estimate)."""
+
+    def __init__(self, request: CompletionRequest, *, provider: str) -> None:
+        self._request = request
+        self._provider = provider
+        self._pieces: list[str] = []
+        self._finish_reason: str | None = None
+        self._model: str | None = None
+        self._usage: object = None
+        self.done = False  # `[DONE]` was read: what follows is not the answer's
+
+    def add(self, data: str) -> str | None:
+        """One event's data; returns the text it adds to the answer, if any."""
+        if self.done or data.startswith("[DONE]"):  # the SDK's test, kept
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            raise MalformedResponse(f"{self._provider} sent a response that is not JSON") from None
+        try:
+            return self._take(chunk)
+        except _WrongShape:
+            raise self._unreadable() from None
+
+    def completion(self) -> Completion:
+        if self._finish_reason is None:  # cut off, though the connection ended cleanly
+            raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
+        text = "".join(self._pieces)
+        try:
+            return _result(self._request, text, self._finish_reason, self._model, self._usage)
+        except _WrongShape:
+            raise self._unreadable() from None
+
+    def _take(self, chunk: object) -> str | None:
+        if _field(chunk, "error"):  # an error reported inside the stream, as the SDK reads it
+            raise _WrongShape("error")
+        self._model = _text(_field(chunk, "model")) or self._model
+        if (usage := _field(chunk, "usage")) is not None:
+            self._usage = usage
+        choices = _field(chunk, "choices")
+        if not choices:  # the usage chunk has none
+            return None
+        if not isinstance(choices, list):
+            raise _WrongShape("choices")
+        finish_reason = _finish_reason(choices[0], provider=self._provider)
+        self._finish_reason = finish_reason or self._finish_reason
+        delta = _field(choices[0], "delta")
+        text = _text(_field(delta, "content")) if delta is not None else None
+        if text:
+            self._pieces.append(text)
+        return text or None
+
+    def _unreadable(self) -> MalformedResponse:
+        return MalformedResponse(f"{self._provider} sent a response that could not be read")
 
 
 def _usage(usage: object, request: CompletionRequest, text: str) -> _Usage:

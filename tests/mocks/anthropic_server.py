@@ -18,9 +18,18 @@ What it answers is chosen by the model name, so a test picks a behaviour by nami
 - `reset`: resets the connection (TCP RST) without sending a response;
 - `malformed`: 200, `application/json`, a body that is not JSON; `malformed-html`: 200 with an
   HTML page; `malformed-shape`: 200 with JSON that is not a message;
-- `no-usage`: a message without `usage`;
-- `refusal`: `stop_reason` "refusal" with `stop_details`;
-- `context-length`: 400 invalid_request_error "prompt is too long: N tokens > M maximum".
+- `no-usage`: a message without `usage` (streamed: no `usage` in any event);
+- `cached-<n>[-anything]`: usage says n of the prompt tokens were read from the prompt cache
+  (`cache_read_input_tokens`, which Anthropic counts apart from `input_tokens`);
+- `refusal`: `stop_reason` "refusal" with `stop_details` (streamed: in `message_delta`);
+- `context-length`: 400 invalid_request_error "prompt is too long: N tokens > M maximum";
+- `overloaded-mid-stream`: streamed, one piece of text and then an `error` event of type
+  `overloaded_error`, as the API sends under load; not streamed, 529.
+
+Streams also know the behaviours of `tests.mocks.server.STREAM_BEHAVIOURS` (`drip-<ms>`,
+`break-<n>`, `stall-<n>`, `bad-chunk`); not streamed, `break-<n>` is `reset`, `stall-<n>` is
+`hang`, `bad-chunk` is `malformed`, and `drip-<ms>` answers at once. A stream the client leaves
+before its end is recorded (by model name) in `abandoned`.
 
 Every request is recorded (path, headers, JSON body, which auth header, which API version) in
 `calls`. Run standalone for benchmarks:
@@ -40,7 +49,13 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.mocks.server import BackgroundServer, Releasable, serve_standalone
+from tests.mocks.server import (
+    BackgroundServer,
+    Frame,
+    Releasable,
+    send_stream,
+    serve_standalone,
+)
 
 MOCK_API_KEY = "sk-ant-mock-fedcba9876543210"
 SAMPLING_VERSION = "2023-06-01"  # the last API version that accepts temperature/top_p/top_k
@@ -72,6 +87,7 @@ class MockAnthropic:
     delay_ms: float = 0.0
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
+    abandoned: list[str] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
     _hanging: Releasable = field(default_factory=Releasable)
     _server: BackgroundServer = field(default_factory=lambda: BackgroundServer("mock-anthropic"))
@@ -115,18 +131,21 @@ class MockAnthropic:
             await asyncio.sleep(self.delay_ms / 1000)
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
-        if model == "hang":
+        streamed = bool(body.get("stream"))
+        if model == "hang" or (model.startswith("stall-") and not streamed):
             await self._hanging.wait()  # released when the server stops
             return _error(500, "the mock server stopped")
-        if model == "reset":
+        if model == "reset" or (model.startswith("break-") and not streamed):
             raise _reset(request)
+        if model == "overloaded-mid-stream" and not streamed:
+            return _error(529, "Overloaded", {"Retry-After": "1"})
         if model.startswith("error-"):
             status = int(model.removeprefix("error-").split("-")[0])
             retry = status in (429, 503, 529) and not model.endswith("no-retry-after")
             return _error(status, f"mock error {status}", {"Retry-After": "1"} if retry else None)
         if model == "context-length":
             return _error(400, "prompt is too long: 250000 tokens > 200000 maximum")
-        if model == "malformed":
+        if model == "malformed" or (model.startswith("bad-chunk") and not streamed):
             return web.Response(
                 text='{"id": "msg_01", "content": [', content_type="application/json"
             )
@@ -135,8 +154,16 @@ class MockAnthropic:
         if model == "malformed-shape":
             return web.json_response({"unexpected": True})
         message = _reply(body, model, f"msg_mock{next(self._ids):08d}")
-        if body.get("stream"):
-            return await _stream(request, message)
+        if streamed:
+            return await send_stream(
+                request,
+                _events(message),
+                model=model,
+                bad_frame=b"event: content_block_delta\ndata: {this is not json\n\n",
+                hanging=self._hanging,
+                abandoned=self.abandoned,
+                headers={"Cache-Control": "no-cache"},
+            )
         if model.startswith("trickle-"):
             return await _trickle(request, message, int(model.split("-")[1]) / 1000)
         return web.json_response(message, headers={"request-id": message["id"]})
@@ -199,20 +226,21 @@ def _reply(body: dict[str, Any], model: str, message_id: str) -> dict[str, Any]:
             "category": "cyber",
             "explanation": "The request could enable cyber harm.",
         }
+    if model.startswith("cached-"):
+        cached = min(reply["usage"]["input_tokens"], int(model.split("-")[1]))
+        reply["usage"]["input_tokens"] -= cached
+        reply["usage"]["cache_read_input_tokens"] = cached
     if model == "no-usage":
         del reply["usage"]
     return reply
 
 
-async def _stream(request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
+def _events(message: dict[str, Any]) -> list[Frame]:
     """The message as the named SSE events of the 2023-06-01+ streaming format."""
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    usage = message.get("usage", {"input_tokens": 0, "output_tokens": 0})
+    usage = message.get("usage")
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
-    start["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
+    if usage is not None:
+        start["usage"] = {**usage, "output_tokens": 1}
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
     events.append(("ping", {}))
     for index, block in enumerate(message["content"]):
@@ -224,16 +252,28 @@ async def _stream(request: web.Request, message: dict[str, Any]) -> web.StreamRe
             delta = {"type": "text_delta", "text": piece}
             events.append(("content_block_delta", {"index": index, "delta": delta}))
         events.append(("content_block_stop", {"index": index}))
+    if message["model"] == "overloaded-mid-stream":
+        error = {"type": "overloaded_error", "message": "Overloaded"}
+        return _frames([*events[:4], ("error", {"error": error})])
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
-    events.append(
-        ("message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
-    )
+    if "stop_details" in message:
+        delta["stop_details"] = message["stop_details"]
+    ending: dict[str, Any] = {"delta": delta}
+    if usage is not None:
+        ending["usage"] = {"output_tokens": usage["output_tokens"]}
+    events.append(("message_delta", ending))
     events.append(("message_stop", {}))
-    for name, data in events:
-        payload = json.dumps({"type": name, **data})
-        await response.write(f"event: {name}\ndata: {payload}\n\n".encode())
-    await response.write_eof()
-    return response
+    return _frames(events)
+
+
+def _frames(events: list[tuple[str, dict[str, Any]]]) -> list[Frame]:
+    return [
+        Frame(
+            f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode(),
+            text=name == "content_block_delta",
+        )
+        for name, data in events
+    ]
 
 
 async def _trickle(

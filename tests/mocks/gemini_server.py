@@ -19,7 +19,13 @@ What it answers is chosen by the model name in the URL:
 - `blocked-prompt`: the prompt was refused (promptFeedback.blockReason SAFETY, no candidates);
 - `context-length`: 400 with the message Google gives for an input over the model's limit;
 - `continuation`: finishReason CONTINUATION with a continuationToken (which the 3.x SDK follows
-  with another call unless told not to); a request carrying the token gets the normal answer.
+  with another call unless told not to); a request carrying the token gets the normal answer;
+- `cached-<n>[-anything]`: usageMetadata says n of the prompt tokens came from cached content.
+
+Streams also know the behaviours of `tests.mocks.server.STREAM_BEHAVIOURS` (`drip-<ms>`,
+`break-<n>`, `stall-<n>`, `bad-chunk`); not streamed, `break-<n>` is `reset`, `stall-<n>` is
+`hang`, `bad-chunk` is `malformed`, and `drip-<ms>` answers at once. A stream the client leaves
+before its end is recorded (by model name) in `abandoned`.
 
 Keys are checked like Google does: no key is 403 PERMISSION_DENIED, a wrong key is **400**
 INVALID_ARGUMENT with reason API_KEY_INVALID (not 401). Every request is recorded in `calls`.
@@ -37,7 +43,13 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.mocks.server import BackgroundServer, Releasable, serve_standalone
+from tests.mocks.server import (
+    BackgroundServer,
+    Frame,
+    Releasable,
+    send_stream,
+    serve_standalone,
+)
 
 MOCK_API_KEY = "AIzaMock-0123456789abcdef"
 STATUS_NAMES = {
@@ -82,6 +94,7 @@ class MockGemini:
     delay_ms: float = 0.0
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
+    abandoned: list[str] = field(default_factory=list)
     _hanging: Releasable = field(default_factory=Releasable)
     _server: BackgroundServer = field(default_factory=lambda: BackgroundServer("mock-gemini"))
 
@@ -111,10 +124,11 @@ class MockGemini:
             await asyncio.sleep(self.delay_ms / 1000)
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
-        if model == "hang":
+        unary = method == "generateContent"
+        if model == "hang" or (model.startswith("stall-") and unary):
             await self._hanging.wait()  # or cancelled when the client hangs up
             return _error(503, "The mock server is shutting down.")
-        if model == "reset":
+        if model == "reset" or (model.startswith("break-") and unary):
             _reset_connection(request)
             await self._hanging.wait()  # cancelled at once: the connection is gone
             raise web.HTTPServiceUnavailable
@@ -122,22 +136,28 @@ class MockGemini:
             return _vendor_error(model)
         if model == "context-length":
             return _error(400, CONTEXT_LENGTH_MESSAGE)
-        if model == "malformed":
+        if model == "malformed" or (model.startswith("bad-chunk") and unary):
             return web.Response(text="<html>upstream proxy error</html>", content_type="text/html")
         unknown = sorted(set(body) - REQUEST_FIELDS)
         if unknown:
             return _error(400, f'Invalid JSON payload received. Unknown name "{unknown[0]}".')
         chunks = _answer(model, body)
-        if method == "generateContent":
+        if unary:
             return web.json_response(_joined(chunks))
         if request.query.get("alt") != "sse":
             return _error(400, "This mock streams server-sent events only (alt=sse).")
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await stream.prepare(request)
-        for chunk in chunks:
-            await stream.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
-        await stream.write_eof()
-        return stream
+        frames = [
+            Frame(f"data: {json.dumps(chunk)}\r\n\r\n".encode(), text=bool(_chunk_text(chunk)))
+            for chunk in chunks
+        ]
+        return await send_stream(
+            request,
+            frames,
+            model=model,
+            bad_frame=b"data: {this is not json\r\n\r\n",
+            hanging=self._hanging,
+            abandoned=self.abandoned,
+        )
 
     # -- running it in a background thread (tests) --------------------------------------
     def start(self) -> str:
@@ -151,6 +171,11 @@ class MockGemini:
 
 def _texts(content: dict[str, Any]) -> str:
     return "".join(str(p.get("text", "")) for p in content.get("parts") or [])
+
+
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    candidates = chunk.get("candidates") or [{}]
+    return _texts(candidates[0].get("content") or {})
 
 
 def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -188,6 +213,9 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
             "candidatesTokenCount": len(words),
             "totalTokenCount": prompt_words + len(words),
         }
+        if model.startswith("cached-"):
+            cached = min(prompt_words, int(model.split("-")[1]))
+            chunks[-1]["usageMetadata"]["cachedContentTokenCount"] = cached
     return chunks
 
 

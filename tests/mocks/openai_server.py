@@ -24,10 +24,16 @@ model (`openai/error-429`, `openai/slow-500`, …):
 - `no-choices[-anything]`: 200 with an empty `choices` list;
 - `no-model[-anything]`: 200 without a `model` field;
 - `wrong-shape[-anything]`: 200 with JSON that is not a chat completion (a choice whose
-  `message` is a string); these last five are not streamed.
+  `message` is a string); these last five are not streamed;
+- `filtered-stream[-anything]`: like `filtered`, and streamed too (the last chunk's
+  `finish_reason` is `content_filter`).
 
 `"stream": true` gets the same answer as server-sent chunks, ending `data: [DONE]`, with a
-usage chunk first when `stream_options.include_usage` is set.
+usage chunk first when `stream_options.include_usage` is set. Streams also know the behaviours
+of `tests.mocks.server.STREAM_BEHAVIOURS` (`drip-<ms>`, `break-<n>`, `stall-<n>`, `bad-chunk`);
+not streamed, `break-<n>` is `reset`, `stall-<n>` is `hang`, `bad-chunk` is `malformed`, and
+`drip-<ms>` answers at once. A stream the client leaves before its end is recorded (by model
+name) in `abandoned`.
 
 Every request is recorded (path, headers, JSON body) in `calls`. Run standalone for benchmarks:
 `python -m tests.mocks.openai_server --port 9100 [--delay-ms 50]`.
@@ -43,7 +49,13 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.mocks.server import BackgroundServer, Releasable, serve_standalone
+from tests.mocks.server import (
+    BackgroundServer,
+    Frame,
+    Releasable,
+    send_stream,
+    serve_standalone,
+)
 
 MOCK_API_KEY = "sk-mock-0123456789abcdef"
 # A second key the mock accepts, so one mock can stand in for two differently keyed servers.
@@ -63,6 +75,7 @@ class MockOpenAI:
     delay_ms: float = 0.0
     calls: list[RecordedCall] = field(default_factory=list)
     base_url: str = ""
+    abandoned: list[str] = field(default_factory=list)
     _seen: dict[str, int] = field(default_factory=dict)
     _hanging: Releasable = field(default_factory=Releasable)
     _server: BackgroundServer = field(default_factory=lambda: BackgroundServer("mock-openai"))
@@ -87,18 +100,19 @@ class MockOpenAI:
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
             )
         model = str(body.get("model", ""))
+        streamed = bool(body.get("stream"))
         self._seen[model] = self._seen.get(model, 0) + 1
         if self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
-        if model.startswith("hang"):
+        if model.startswith("hang") or (model.startswith("stall-") and not streamed):
             await self._hanging.wait()
-        if model.startswith("reset"):
+        if model.startswith("reset") or (model.startswith("break-") and not streamed):
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
-        if model.startswith("malformed"):
+        if model.startswith("malformed") or (model.startswith("bad-chunk") and not streamed):
             return web.Response(text="{this is not json", content_type="application/json")
         if model.startswith("flaky-") and self._seen[model] <= int(model.split("-")[1]):
             return _error(503, "mock flaky 503", "mock_error", None)
@@ -158,8 +172,16 @@ class MockOpenAI:
             if model.startswith("cached-"):
                 cached = min(prompt_tokens, int(model.split("-")[1]))
                 reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
-        if body.get("stream"):
-            return await _stream(request, reply, words, body)
+        if streamed:
+            frames = _chunks(reply, words, body)
+            return await send_stream(
+                request,
+                frames,
+                model=model,
+                bad_frame=b"data: {this is not json\n\n",
+                hanging=self._hanging,
+                abandoned=self.abandoned,
+            )
         _vary(model, reply)
         return web.json_response(reply)
 
@@ -187,29 +209,33 @@ def _vary(model: str, reply: dict[str, Any]) -> None:
         choice["message"] = "not an object"
 
 
-async def _stream(
-    request: web.Request, reply: dict[str, Any], words: list[str], body: dict[str, Any]
-) -> web.StreamResponse:
-    """The same answer as server-sent `chat.completion.chunk`s: a role delta, one delta per
-    word, the finish reason, a usage chunk with no choices when `stream_options.include_usage`
-    asks for it, then `[DONE]`."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
+def _chunks(reply: dict[str, Any], words: list[str], body: dict[str, Any]) -> list[Frame]:
+    """The answer as server-sent `chat.completion.chunk`s: a role delta, one delta per word,
+    the finish reason, a usage chunk with no choices when `stream_options.include_usage` asks
+    for it, then `[DONE]`."""
     base = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
     finish = reply["choices"][0]["finish_reason"]
+    if reply["model"].startswith("filtered-stream"):
+        finish = "content_filter"
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
     deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
-    for delta in deltas:
-        chunk = base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    frames = [
+        Frame(
+            _data(base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}),
+            text=bool(delta["content"]),
+        )
+        for delta in deltas
+    ]
     last = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
-    await response.write(f"data: {json.dumps(last)}\n\n".encode())
+    frames.append(Frame(_data(last)))
     if (body.get("stream_options") or {}).get("include_usage") and "usage" in reply:
-        usage = base | {"choices": [], "usage": reply["usage"]}
-        await response.write(f"data: {json.dumps(usage)}\n\n".encode())
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
-    return response
+        frames.append(Frame(_data(base | {"choices": [], "usage": reply["usage"]})))
+    frames.append(Frame(b"data: [DONE]\n\n"))
+    return frames
+
+
+def _data(chunk: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
 def _error(

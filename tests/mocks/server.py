@@ -1,12 +1,16 @@
 """What the vendor mocks share: serving an aiohttp app in a background thread (tests) or in the
-foreground (benchmarks), and releasing requests that hang on purpose when the server stops."""
+foreground (benchmarks), releasing requests that hang on purpose when the server stops, and
+sending a streamed answer shaped by the model name (see `send_stream`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
+import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +37,73 @@ class Releasable:
     async def wait(self) -> None:
         assert self._event is not None, "install() the Releasable on the app"
         await self._event.wait()
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One server-sent event of a streamed answer, encoded as the vendor sends it."""
+
+    data: bytes
+    text: bool = False  # whether it carries a piece of the answer's text
+
+
+# The streaming behaviours every mock gives the same model names (streamed calls only; each mock
+# says what they do to a call that is not streamed):
+# - `drip-<ms>[-anything]`: waits that long before each event after the first piece of text, so
+#   a client sees the text arrive piece by piece;
+# - `break-<n>[-anything]`: resets the connection (TCP RST) after n pieces of text;
+# - `stall-<n>[-anything]`: sends n pieces of text, then nothing more (until the client goes
+#   away or the server stops);
+# - `bad-chunk[-anything]`: one piece of text, then an event whose data is not JSON.
+STREAM_BEHAVIOURS = ("drip-", "break-", "stall-", "bad-chunk")
+
+
+async def send_stream(
+    request: web.Request,
+    frames: list[Frame],
+    *,
+    model: str,
+    bad_frame: bytes,
+    hanging: Releasable,
+    abandoned: list[str],
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """Send `frames` as `text/event-stream`, shaped by the STREAM_BEHAVIOURS of `model`. A client
+    that goes away before the end is recorded in `abandoned` (by model name)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **(headers or {})})
+    await response.prepare(request)
+    texts = 0
+    try:
+        for frame in frames:
+            if texts and model.startswith("drip-"):
+                await asyncio.sleep(int(model.split("-")[1]) / 1000)
+            await response.write(frame.data)
+            texts += frame.text
+            if model.startswith("bad-chunk") and texts:
+                await response.write(bad_frame)
+                break
+            if model.startswith(("break-", "stall-")) and texts == int(model.split("-")[1]):
+                if model.startswith("break-"):
+                    reset_connection(request)
+                await hanging.wait()  # cancelled at once after a reset, or when the client leaves
+        await response.write_eof()
+    except (asyncio.CancelledError, ConnectionError) as exc:
+        if not model.startswith("break-"):
+            abandoned.append(model)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+    return response
+
+
+def reset_connection(request: web.Request) -> None:
+    """Close with SO_LINGER 0, so the client sees a TCP reset rather than a clean close."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class BackgroundServer:

@@ -13,6 +13,7 @@ from app.providers.anthropic import AnthropicProvider, build_client, map_anthrop
 from app.providers.base import (
     AuthenticationFailed,
     BadRequest,
+    Completion,
     CompletionRequest,
     ConnectionFailed,
     ContentFiltered,
@@ -312,3 +313,71 @@ async def test_the_mock_refuses_temperature_under_the_current_api_version(
         "2023-06-01",
         1.0,
     )
+
+
+# Streams (the cases every adapter shares are in test_streaming.py).
+
+
+async def _stream(mock: MockAnthropic, request: CompletionRequest) -> list[str | Completion]:
+    provider = _provider(mock.base_url)
+    try:
+        return [item async for item in provider.stream(request)]
+    finally:
+        await provider.aclose()
+
+
+async def test_stream_sends_the_complete_request_with_stream_set(mock_anthropic: MockAnthropic):
+    messages: list[Message] = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "hello there"},
+    ]
+    request = CompletionRequest(model="stream-request", messages=messages)
+    items = await _stream(mock_anthropic, request)
+    provider = _provider(mock_anthropic.base_url)
+    try:
+        assert await provider.complete(request) == items[-1]
+    finally:
+        await provider.aclose()
+    streamed, whole = mock_anthropic.calls_for("stream-request")
+    assert streamed.body == {**whole.body, "stream": True}
+    assert (streamed.auth, streamed.api_version) == ("bearer", "2026-10-21")
+
+
+async def test_a_streamed_temperature_is_refused_without_a_call(mock_anthropic: MockAnthropic):
+    with pytest.raises(BadRequest, match="does not accept a temperature"):
+        await _stream(mock_anthropic, CompletionRequest("stream-temp", [], temperature=0.5))
+    assert mock_anthropic.calls_for("stream-temp") == []
+
+
+async def test_a_streamed_refusal_is_content_filtered_as_complete_is(
+    mock_anthropic: MockAnthropic,
+):
+    with pytest.raises(ContentFiltered) as streamed:
+        await _stream(mock_anthropic, _request("refusal"))
+    whole = await _fails(mock_anthropic, _request("refusal"))
+    assert (streamed.value.message, streamed.value.status) == (whole.message, whole.status)
+    assert "category: cyber" in streamed.value.message
+
+
+async def test_an_error_event_mid_stream_is_mapped_by_its_type(mock_anthropic: MockAnthropic):
+    """Anthropic sends `overloaded_error` as an event inside a 200 OK stream under load: it is
+    the retryable Unavailable that a 529 before the stream would be, not a bad request."""
+    provider = _provider(mock_anthropic.base_url)
+    deltas: list[str | Completion] = []
+    try:
+        with pytest.raises(Unavailable) as caught:
+            async for item in provider.stream(_request("overloaded-mid-stream", "a b")):
+                deltas.append(item)
+    finally:
+        await provider.aclose()
+    assert deltas == ["echo:"]
+    assert caught.value.retryable and caught.value.status == 529
+    assert caught.value.message == "anthropic: Overloaded"
+
+
+async def test_a_stream_cut_by_max_tokens_ends_with_length(mock_anthropic: MockAnthropic):
+    items = await _stream(mock_anthropic, _request("stream-max", "one two three", max_tokens=2))
+    assert items[:-1] == ["echo:", " one"]
+    final = items[-1]
+    assert isinstance(final, Completion)
+    assert (final.text, final.finish_reason, final.output_tokens) == ("echo: one", "length", 2)

@@ -11,6 +11,7 @@ import pytest
 from app.providers.base import (
     AuthenticationFailed,
     BadRequest,
+    Completion,
     CompletionRequest,
     ConnectionFailed,
     ContentFiltered,
@@ -278,3 +279,70 @@ async def test_the_mock_streams_like_google(mock_gemini: MockGemini):
     [call] = mock_gemini.calls_for("adapter-stream")
     assert call.path == "/v1/models/adapter-stream:streamGenerateContent"
     assert call.query == {"alt": "sse"}
+
+
+# Streams (the cases every adapter shares are in test_streaming.py).
+
+
+async def _stream(provider: GeminiProvider, request: CompletionRequest) -> list[str | Completion]:
+    return [item async for item in provider.stream(request)]
+
+
+async def test_stream_sends_the_same_request_to_the_streaming_method(
+    provider: GeminiProvider, mock_gemini: MockGemini
+):
+    messages: list[Message] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "how are you"},
+    ]
+    request = CompletionRequest("stream-request", messages, temperature=0.3, max_tokens=50)
+    items = await _stream(provider, request)
+    assert await provider.complete(request) == items[-1]
+    streamed, whole = mock_gemini.calls_for("stream-request")
+    assert streamed.path == "/v1/models/stream-request:streamGenerateContent"
+    assert streamed.query == {"alt": "sse"}
+    assert whole.path == "/v1/models/stream-request:generateContent"
+    assert streamed.body == whole.body
+
+
+async def test_stream_request_timeout_reaches_the_wire(
+    provider: GeminiProvider, mock_gemini: MockGemini
+):
+    await _stream(provider, _request("stream-own-timeout", timeout=2.5))
+    [call] = mock_gemini.calls_for("stream-own-timeout")
+    assert call.headers["X-Server-Timeout"] == "3"
+
+
+@pytest.mark.parametrize("model", ["blocked", "blocked-prompt"])
+async def test_a_blocked_stream_is_content_filtered_as_complete_is(
+    provider: GeminiProvider, model: str
+):
+    with pytest.raises(ContentFiltered) as streamed:
+        await _stream(provider, _request(model))
+    with pytest.raises(ContentFiltered) as whole:
+        await provider.complete(_request(model))
+    assert streamed.value.message == whole.value.message
+
+
+async def test_a_stream_is_one_call_even_when_it_could_be_continued(
+    provider: GeminiProvider, mock_gemini: MockGemini
+):
+    before = len(mock_gemini.calls_for("continuation"))
+    items = await _stream(provider, _request("continuation"))
+    final = items[-1]
+    assert isinstance(final, Completion) and final.finish_reason == "continuation"
+    assert len(mock_gemini.calls_for("continuation")) == before + 1
+
+
+async def test_a_stream_rate_limit_keeps_googles_retry_info(provider: GeminiProvider):
+    with pytest.raises(RateLimited) as caught:
+        await _stream(provider, _request("error-429-retry-info"))
+    assert caught.value.retry_after == 7.0
+
+
+async def test_a_stream_cut_by_max_tokens_ends_with_length(provider: GeminiProvider):
+    items = await _stream(provider, _request("stream-cut", "one two three four", max_tokens=2))
+    assert items[:-1] == ["echo:", " one"]
+    final = items[-1]
+    assert isinstance(final, Completion)
+    assert (final.text, final.finish_reason, final.output_tokens) == ("echo: one", "length", 2)

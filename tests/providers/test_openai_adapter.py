@@ -400,3 +400,123 @@ async def test_the_mock_streams_like_openai(mock_openai: MockOpenAI):
     assert "".join(pieces) == "echo: one two three"
     assert finish == "stop"
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (3, 4)
+
+
+# Streams: both transports, the SDK's as the reference.
+
+STREAM_CONFORMANCE = [
+    "adapter-ok",
+    "no-usage",
+    "cached-1",
+    "error-400",
+    "error-401",
+    "error-429",
+    "error-503-no-retry-after",
+    "retry-after-7",
+    "context-length",
+    "rejected-content_policy_violation",
+    "long-error",
+    "html-502",
+    "filtered-stream",
+    "malformed",
+    "bad-chunk",
+    "break-1",
+    "stall-1",
+    "reset",
+    "hang",
+]
+
+StreamOutcome = tuple[list[str], Outcome]
+
+
+async def _stream_outcome(provider: Provider, request: CompletionRequest) -> StreamOutcome:
+    """The deltas, then the Completion, or the error the stream ended with."""
+    deltas: list[str] = []
+    try:
+        async for item in provider.stream(request):
+            if isinstance(item, Completion):
+                return deltas, item
+            deltas.append(item)
+    except ProviderError as exc:
+        return deltas, (type(exc), exc.code, exc.status, exc.retry_after, exc.message)
+    raise AssertionError("the stream ended without a Completion")
+
+
+@pytest.mark.parametrize("model", STREAM_CONFORMANCE)
+async def test_direct_stream_conforms_to_the_sdk(mock_openai: MockOpenAI, model: str):
+    """The same deltas, then an equal Completion or the same error."""
+    sdk = _provider("sdk", mock_openai.base_url, timeout=1.0)
+    direct = _provider("direct", mock_openai.base_url, timeout=1.0)
+    request = _request(model, "hello there")
+    try:
+        expected, got = await asyncio.gather(
+            _stream_outcome(sdk, request), _stream_outcome(direct, request)
+        )
+    finally:
+        await sdk.aclose()
+        await direct.aclose()
+    assert got == expected
+
+
+async def test_a_stream_asks_for_its_usage_and_both_transports_send_the_same_body(
+    mock_openai: MockOpenAI,
+):
+    request = CompletionRequest(
+        model="same-stream-body",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "one two three four"},
+        ],
+        temperature=0.25,
+        max_tokens=2,
+    )
+    results = []
+    for transport in TRANSPORTS:
+        provider = _provider(transport, mock_openai.base_url)
+        try:
+            results.append(await _stream_outcome(provider, request))
+        finally:
+            await provider.aclose()
+    sdk_call, direct_call = mock_openai.calls_for("same-stream-body")[-2:]
+    assert direct_call.body == sdk_call.body
+    assert direct_call.body["stream"] is True
+    assert direct_call.body["stream_options"] == {"include_usage": True}
+    assert results[0] == results[1] == (["echo:", " one"], results[0][1])
+    final = results[0][1]
+    assert isinstance(final, Completion) and final.finish_reason == "length"
+
+
+async def test_a_filtered_stream_is_content_filtered_after_its_text(
+    mock_openai: MockOpenAI, transport: str
+):
+    provider = _provider(transport, mock_openai.base_url)
+    try:
+        deltas, outcome = await _stream_outcome(provider, _request("filtered-stream", "a b"))
+    finally:
+        await provider.aclose()
+    assert deltas == ["echo:", " a", " b"]
+    assert not isinstance(outcome, Completion) and outcome[0] is ContentFiltered
+
+
+async def test_direct_stream_reuses_its_connection(mock_openai: MockOpenAI):
+    """After `[DONE]` the end of the body is read, so the connection goes back to the pool;
+    an abandoned stream's connection is closed instead."""
+    provider = OpenAIHTTPProvider(
+        api_key=MOCK_API_KEY, base_url=mock_openai.base_url, timeout=5, connect_timeout=1
+    )
+    try:
+        for _ in range(3):
+            _, final = await _stream_outcome(provider, _request("pooled-stream", "hi"))
+            assert isinstance(final, Completion)
+        assert provider._session is not None
+
+        def pooled() -> int:  # aiohttp has no public count of its idle connections
+            return sum(len(idle) for idle in provider._session.connector._conns.values())
+
+        assert pooled() == 1
+        stream = provider.stream(_request("drip-300-pool", "a b c d"))
+        await anext(stream)  # on the pooled connection
+        await stream.aclose()
+        assert pooled() == 0
+    finally:
+        await provider.aclose()

@@ -1,0 +1,143 @@
+"""Errors under /v1 in OpenAI's shape, so the official SDKs raise their usual exceptions.
+
+Everything raised while serving a /v1 route (authentication, validation, our `AppError`s,
+database and unexpected errors) first goes through the app's own handlers (app.errors), so
+logging, codes, headers and messages stay exactly those of /ai; `OpenAIRoute` then re-renders
+the problem as `{"error": {"message", "type", "param", "code"}}` with OpenAI's status
+conventions: invalid input is a 400 (not our 422), and an unknown model a 404
+`model_not_found`. Failures of the provider call itself (`UpstreamFailed`) keep the status
+the SDK expects: 429 for a rate limit, 502/503/504 for an upstream that failed, was
+unavailable or timed out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from app.errors import AppError
+from app.providers.base import ProviderError
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_NOT_FOUND_CODES = frozenset({"unknown_model", "provider_not_configured"})
+
+# Provider error codes → the HTTP status a client of an OpenAI-compatible API expects.
+_UPSTREAM_STATUS = {
+    "rate_limited": 429,
+    "bad_request": 400,
+    "context_length_exceeded": 400,
+    "content_filtered": 400,
+    "provider_unavailable": 503,
+    "circuit_open": 503,
+    "provider_not_configured": 503,
+    "timeout": 504,
+    "internal_error": 500,
+}
+
+
+class UpstreamFailed(AppError):
+    """The provider call failed (after the retries and fallbacks): the prompt is `failed`
+    with this code. The status follows the failure, 502 when nothing more specific fits
+    (a connection error, a malformed answer, the upstream rejecting this server's key)."""
+
+    title = "Upstream failure"
+
+    def __init__(self, error: ProviderError, *, message: str | None = None) -> None:
+        headers = None
+        if error.retry_after is not None:
+            headers = {"Retry-After": str(max(1, round(error.retry_after)))}
+        super().__init__(message or error.message, code=error.code, headers=headers)
+        self.status_code = _UPSTREAM_STATUS.get(error.code, 502)
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def app_error_response(exc: AppError) -> JSONResponse:
+    """An error met once the route's handler has returned (while the answer is produced)."""
+    return error_response(exc.status_code, exc.detail, code=exc.code, headers=exc.headers)
+
+
+def error_event(exc: AppError) -> bytes:
+    """A failure after a stream began (its status is long sent): OpenAI's SDKs raise
+    `APIError` on this event."""
+    kind = _TYPES.get(exc.status_code, "server_error")
+    body = {"error": {"message": exc.detail, "type": kind, "param": None, "code": exc.code}}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def from_problem(problem: Response) -> JSONResponse:
+    """Re-render one of the app's problem+json responses in OpenAI's shape."""
+    data: dict[str, Any] = json.loads(bytes(problem.body))
+    status = int(data.get("status", problem.status_code))
+    code = str(data.get("code")) if data.get("code") else None
+    param = data.get("parameter")
+    if status == 422 and code in _NOT_FOUND_CODES:
+        status, code, param = 404, "model_not_found", "model"
+    elif status == 422:
+        status = 400
+        errors = data.get("errors")
+        if errors and isinstance(errors, list):
+            param = ".".join(str(p) for p in errors[0].get("loc", ()) if p != "body") or None
+    headers = {
+        k: v for k, v in problem.headers.items() if k.lower() in ("retry-after", "www-authenticate")
+    }
+    return error_response(
+        status, str(data.get("detail", "")), code=code, param=param, headers=headers or None
+    )
+
+
+async def handle(request: Request, exc: Exception) -> Response:
+    """The app's handler for this exception (as Starlette would pick it), re-rendered."""
+    handlers = request.app.exception_handlers
+    handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
+    if handler is None:  # no handler at all: the app was built without app.errors
+        raise exc
+    problem: Response = await handler(request, exc)
+    if problem.status_code == 413:
+        # The body limit answers in the problem shape before any route when the body declares
+        # its length (app.middleware): the same shape when it is counted as it streams.
+        return problem
+    return from_problem(problem)
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose errors (dependencies, validation, handler) are rendered in OpenAI's
+    shape; the rest of the app keeps its problem+json."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return await handle(request, exc)
+
+        return route

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from app.auth.dependencies import CurrentUser
+from app.errors import AppError
+from app.models import User
+from app.prompt_types.cache import PromptTypeCache
+from app.prompt_types.schemas import TYPE_NAME_PATTERN
+
+
+class AdminRequired(AppError):
+    status_code = 403
+    code = "admin_required"
+    title = "Forbidden"
+
+
+def admin_user(user: CurrentUser) -> User:
+    """The current user, if an admin: the permission check lives here, not in handlers."""
+    if not user.is_admin:
+        raise AdminRequired("Only an admin can change prompt types.")
+    return user
+
+
+def get_prompt_type_cache(request: Request) -> PromptTypeCache:
+    """This process's cache of type definitions (made in the app's lifespan)."""
+    cache: PromptTypeCache = request.app.state.prompt_types
+    return cache
+
+
+AdminUser = Annotated[User, Depends(admin_user)]
+PromptTypeCacheDep = Annotated[PromptTypeCache, Depends(get_prompt_type_cache)]
+TypeNamePath = Annotated[
+    str,
+    Path(
+        pattern=TYPE_NAME_PATTERN,
+        description="The type's name, as prompts give it in `prompt_type`: 1 to 64 letters, "
+        "digits, `_`, `.`, `:` or `-`, starting with a letter or digit.",
+        examples=["summary"],
+    ),
+]

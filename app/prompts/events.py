@@ -1,0 +1,235 @@
+"""Live prompt events: status changes and generated text, pushed to whoever waits for them.
+
+`POST /ai/prompts/` with `Prefer: wait=N` and `GET /ai/prompts/{id}/events` wait on these
+rather than polling the database. Whoever changes a prompt's status publishes it after the
+commit (the recorder); an executor that streams publishes the text as it arrives.
+
+- Embedded mode: everything happens in one process, so `LocalBus` hands events to in-memory
+  queues.
+- Celery mode: a prompt runs in a worker while its waiter sits in an API process, so `RedisBus`
+  publishes on Redis pub/sub (channel `pm:prompt:<id>`, EVENTS_REDIS_URL, by default the
+  broker's Redis). Each process keeps one subscriber connection and fans messages out to its
+  local waiters.
+
+Events are a fast path, not the record: a waiter subscribes first and then reads the prompt's
+state from the database once, so an event published before it subscribed is never missed; a
+lost event (Redis restarting) costs a waiter its wait (it answers with the current state),
+never a prompt.
+
+Text deltas are published only for prompts someone watches when their provider call starts
+(`watched`), so unwatched prompts keep the cheaper non-streamed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "pm:prompt:"
+WATCH_PREFIX = "pm:watch:"
+WATCH_TTL_SECONDS = 60
+QUEUE_LIMIT = 1000  # events buffered per waiter before the oldest deltas are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class PromptEvent:
+    """`status` carries the new status; `delta` carries generated text."""
+
+    prompt_id: uuid.UUID
+    kind: str  # "status" | "delta"
+    status: str | None = None
+    text: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"p": str(self.prompt_id), "k": self.kind, "s": self.status, "t": self.text}
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> PromptEvent:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(uuid.UUID(data["p"]), data["k"], data.get("s"), data.get("t"))
+
+
+class Subscription:
+    """The events of one prompt, for one waiter."""
+
+    def __init__(self, *, follow_text: bool) -> None:
+        self.follow_text = follow_text
+        self._queue: asyncio.Queue[PromptEvent] = asyncio.Queue(QUEUE_LIMIT)
+
+    def put(self, event: PromptEvent) -> None:
+        if self._queue.full():  # a waiter that does not read: lose text, never block
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+        self._queue.put_nowait(event)
+
+    async def get(self) -> PromptEvent:
+        """The next event (bound the wait with `asyncio.timeout`)."""
+        return await self._queue.get()
+
+
+class EventBus(Protocol):
+    async def publish(self, events: Sequence[PromptEvent]) -> None:
+        """Never raises: events are a fast path."""
+        ...
+
+    def subscribe(
+        self, prompt_id: uuid.UUID, *, follow_text: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """Events of the prompt from now on; `follow_text` asks for its text as it is
+        generated (honoured if its provider call has not started yet)."""
+        ...
+
+    async def watched(self, prompt_id: uuid.UUID) -> bool:
+        """Whether someone follows this prompt's text (see the module docstring)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Fanout:
+    """Local waiters by prompt id: what both buses deliver to."""
+
+    def __init__(self) -> None:
+        self.waiters: dict[uuid.UUID, set[Subscription]] = {}
+
+    def deliver(self, event: PromptEvent) -> None:
+        for subscription in self.waiters.get(event.prompt_id, ()):
+            subscription.put(event)
+
+    def followed(self, prompt_id: uuid.UUID) -> bool:
+        return any(s.follow_text for s in self.waiters.get(prompt_id, ()))
+
+    @contextlib.contextmanager
+    def joined(self, prompt_id: uuid.UUID, *, follow_text: bool) -> Iterator[Subscription]:
+        subscription = Subscription(follow_text=follow_text)
+        self.waiters.setdefault(prompt_id, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            waiting = self.waiters.get(prompt_id)
+            if waiting is not None:
+                waiting.discard(subscription)
+                if not waiting:
+                    del self.waiters[prompt_id]
+
+
+class LocalBus:
+    """Embedded mode: publisher and waiters share the process."""
+
+    def __init__(self) -> None:
+        self._fanout = _Fanout()
+
+    async def publish(self, events: Sequence[PromptEvent]) -> None:
+        for event in events:
+            self._fanout.deliver(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, prompt_id: uuid.UUID, *, follow_text: bool = False
+    ) -> AsyncIterator[Subscription]:
+        with self._fanout.joined(prompt_id, follow_text=follow_text) as subscription:
+            yield subscription
+
+    async def watched(self, prompt_id: uuid.UUID) -> bool:
+        return self._fanout.followed(prompt_id)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RedisBus:
+    """Celery mode: Redis pub/sub between workers and API processes."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as aioredis  # only in Celery mode
+
+        self._redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._fanout = _Fanout()
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def publish(self, events: Sequence[PromptEvent]) -> None:
+        if not events:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.publish(f"{CHANNEL_PREFIX}{event.prompt_id}", event.to_json())
+                await pipe.execute()
+        except Exception as exc:
+            logger.warning("could not publish %d prompt events (%s)", len(events), exc)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, prompt_id: uuid.UUID, *, follow_text: bool = False
+    ) -> AsyncIterator[Subscription]:
+        channel = f"{CHANNEL_PREFIX}{prompt_id}"
+        with self._fanout.joined(prompt_id, follow_text=follow_text) as subscription:
+            first = len(self._fanout.waiters[prompt_id]) == 1
+            try:
+                if follow_text:
+                    await self._watch(prompt_id)
+                if first:
+                    async with self._lock:
+                        await self._pubsub.subscribe(channel)
+                        if self._reader is None or self._reader.done():
+                            self._reader = asyncio.create_task(self._read(), name="prompt-events")
+                yield subscription
+            finally:
+                if (
+                    prompt_id not in self._fanout.waiters
+                    or len(self._fanout.waiters[prompt_id]) == 1
+                ):
+                    with contextlib.suppress(Exception):
+                        async with self._lock:
+                            await self._pubsub.unsubscribe(channel)
+
+    async def _watch(self, prompt_id: uuid.UUID) -> None:
+        """Mark the prompt's text followed, for whichever worker runs it to see."""
+        with contextlib.suppress(Exception):
+            await self._redis.set(f"{WATCH_PREFIX}{prompt_id}", b"1", ex=WATCH_TTL_SECONDS)
+
+    async def watched(self, prompt_id: uuid.UUID) -> bool:
+        try:
+            return bool(await self._redis.exists(f"{WATCH_PREFIX}{prompt_id}"))
+        except Exception:
+            return False
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("prompt events: lost the Redis subscription (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if message is None:
+                if not self._pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                continue
+            try:
+                self._fanout.deliver(PromptEvent.from_json(message["data"]))
+            except (ValueError, KeyError, TypeError):
+                logger.warning("prompt events: ignored a malformed message")

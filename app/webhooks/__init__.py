@@ -1,0 +1,1 @@
+"""Signed webhooks for prompt outcomes: endpoints a user registers, deliveries the pump sends."""

@@ -1,0 +1,192 @@
+"""The webhook pump: one asyncio task per process that announces finished prompts.
+
+Started next to the sweeper (the API's lifespan in embedded mode, each Celery worker in
+production). Every WEBHOOK_POLL_SECONDS a pass
+1. creates the deliveries of prompts that finished since the last pass (`queue.py` explains
+   why nothing is missed or created twice, with any number of processes pumping);
+2. claims as many due deliveries as it has free slots (WEBHOOK_CONCURRENCY) and sends each in
+   a task of its own, so a slow or dead receiver holds one slot for at most
+   WEBHOOK_TIMEOUT_SECONDS and delays nothing else: not the other deliveries, not the API, not
+   the prompts running on the same event loop.
+
+POSTs go through one aiohttp session per process. The endpoint's URL and secret are never
+logged (a URL may carry a token of its own); log lines name the delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+
+import aiohttp
+
+from app import __version__
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.database import SessionFactory, lost_connection
+from app.providers.openai_http import env_proxy
+from app.webhooks import queue
+from app.webhooks.queue import DeliveryClaim, Message, Outcome
+from app.webhooks.signing import sign
+
+logger = logging.getLogger(__name__)
+
+# A claim outlives the POST's timeout by this much before another process may take it over.
+LEASE_MARGIN_SECONDS = 30.0
+MAX_ENQUEUE_BATCHES = 10  # per pass; a backlog beyond that waits for the next one
+RESPONSE_BYTES_READ = 64 * 1024  # of a receiver's answer, which is otherwise ignored
+USER_AGENT = f"prompt-manager-webhooks/{__version__}"
+
+
+class WebhookPump:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        poll_seconds: float,
+        timeout_seconds: float,
+        max_attempts: int,
+        retry_base_seconds: float,
+        concurrency: int,
+    ) -> None:
+        self._sessions = sessions
+        self._poll = poll_seconds
+        self._timeout = timeout_seconds
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base_seconds
+        self._concurrency = concurrency
+        self._http: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sending: dict[asyncio.Task[None], DeliveryClaim] = {}
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._concurrency),
+            timeout=aiohttp.ClientTimeout(total=None),  # each POST has its own deadline
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._task = asyncio.create_task(self._loop(), name="webhook-pump")
+
+    async def stop(self) -> None:
+        """Stop at once: POSTs in flight are abandoned and their deliveries handed back, due
+        now, for whichever process pumps next (the receiver may get that one twice; the
+        `Webhook-Id` lets it tell)."""
+        tasks = [t for t in (self._task, *self._sending) if t is not None]
+        claims = list(self._sending.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        try:
+            await queue.release(self._sessions, claims, now=utcnow())
+        except Exception:
+            logger.warning("could not hand back %d webhook deliveries", len(claims), exc_info=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def pump_once(self) -> int:
+        """One pass: announce what finished, start sending what is due. Returns how many
+        deliveries it started sending."""
+        now = utcnow()
+        for _ in range(MAX_ENQUEUE_BATCHES):
+            if not await queue.enqueue_finished(self._sessions, now=now):
+                break
+        room = self._concurrency - len(self._sending)
+        if room <= 0:
+            return 0
+        claims = await queue.claim_due(
+            self._sessions,
+            limit=room,
+            lease_seconds=self._timeout + LEASE_MARGIN_SECONDS,
+            now=now,
+        )
+        for claim in claims:
+            task = asyncio.create_task(self._deliver(claim), name=f"webhook-{claim.id}")
+            self._sending[task] = claim
+            task.add_done_callback(self._sending.pop)
+        return len(claims)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.pump_once()
+            except Exception as exc:
+                if lost_connection(exc):
+                    logger.warning("webhook pump: the database is unreachable; will retry")
+                else:
+                    logger.warning("webhook pump pass failed; will retry", exc_info=True)
+            await asyncio.sleep(self._poll)
+
+    async def _deliver(self, claim: DeliveryClaim) -> None:
+        try:
+            message = await queue.load_message(self._sessions, claim)
+            if message is None:
+                return  # the endpoint or the prompt was deleted meanwhile, and the delivery too
+            outcome = await self._post(claim, message)
+            await queue.record_outcome(
+                self._sessions,
+                claim,
+                outcome,
+                max_attempts=self._max_attempts,
+                retry_base_seconds=self._retry_base,
+            )
+            if not outcome.delivered:
+                # The error's kind only: its text may name the URL, which may carry a token.
+                reason = (outcome.error or "").partition(":")[0] or f"HTTP {outcome.status_code}"
+                logger.info(
+                    "webhook delivery %s attempt %d failed: %s", claim.id, claim.fence, reason
+                )
+        except Exception:
+            # The claim stays `sending` until its lease expires; then it is tried again.
+            logger.warning("webhook delivery %s could not be completed", claim.id, exc_info=True)
+
+    async def _post(self, claim: DeliveryClaim, message: Message) -> Outcome:
+        assert self._http is not None
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Webhook-Id": str(claim.id),
+            "Webhook-Timestamp": str(timestamp),
+            "Webhook-Signature": sign(message.secret, timestamp, message.body),
+        }
+        proxy, proxy_auth = env_proxy(message.url)
+        attempted_at = utcnow()
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._http.post(
+                    message.url,
+                    data=message.body,
+                    headers=headers,
+                    allow_redirects=False,  # a redirect is an answer, and not a 2xx
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
+                ) as response,
+            ):
+                status = response.status
+                await response.content.read(RESPONSE_BYTES_READ)
+        except TimeoutError:
+            if status is None:  # else the answer came, and only its body was slow
+                error = f"timeout: no answer within {self._timeout:g} s"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            if status is None:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+        duration = timedelta(seconds=time.perf_counter() - started)
+        return Outcome(attempted_at, duration // timedelta(milliseconds=1), status, error)
+
+
+def create_pump(settings: Settings, sessions: SessionFactory) -> WebhookPump:
+    return WebhookPump(
+        sessions,
+        poll_seconds=settings.webhook_poll_seconds,
+        timeout_seconds=settings.webhook_timeout_seconds,
+        max_attempts=settings.webhook_max_attempts,
+        retry_base_seconds=settings.webhook_retry_base_seconds,
+        concurrency=settings.webhook_concurrency,
+    )

@@ -1,0 +1,230 @@
+"""The /webhooks domain: a user's endpoints and their delivery log. Plain async functions.
+
+Every query is filtered on the owner, so someone else's endpoint or delivery is exactly as
+missing as one that does not exist. Sending is not done here: a redelivery only puts the row
+back in the queue, and the webhook pump (`pump.py`) sends it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.webhooks.schemas import (
+    MAX_URL_CHARS,
+    DeliveryOut,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookOut,
+    WebhookUpdate,
+)
+from app.webhooks.signing import new_secret
+
+# Each finished prompt is one delivery per endpoint: a bound keeps one user's fan-out small.
+MAX_ENDPOINTS_PER_USER = 20
+
+
+def check_url(url: str) -> str:
+    """An absolute http(s) URL with a host, or 422 `invalid_webhook_url`."""
+    reason = None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not one)
+    except ValueError:
+        reason = "it cannot be parsed"
+    else:
+        if len(url) > MAX_URL_CHARS:
+            reason = f"it is longer than {MAX_URL_CHARS} characters"
+        elif parts.scheme not in ("http", "https"):
+            reason = "it must start with http:// or https://"
+        elif not parts.hostname:
+            reason = "it has no host"
+        elif any(c.isspace() or ord(c) < 32 for c in url):
+            reason = "it contains spaces or control characters"
+    if reason is not None:
+        raise InvalidInput(
+            f"url is not usable for a webhook: {reason}.", code="invalid_webhook_url"
+        )
+    return url
+
+
+async def _endpoint(
+    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
+) -> WebhookEndpoint:
+    endpoint = await session.scalar(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.id == endpoint_id, WebhookEndpoint.user_id == user_id
+        )
+    )
+    if endpoint is None:
+        raise NotFound("No webhook with this id.")
+    return endpoint
+
+
+async def create_endpoint(
+    session: AsyncSession, *, user_id: uuid.UUID, data: WebhookCreate
+) -> WebhookCreated:
+    """Register an endpoint; its secret is in this answer only. Prompts that finish from now
+    on are announced to it (none from before)."""
+    count = await session.scalar(
+        select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.user_id == user_id)
+    )
+    if (count or 0) >= MAX_ENDPOINTS_PER_USER:
+        raise InvalidInput(
+            f"You have {MAX_ENDPOINTS_PER_USER} webhooks already, the most allowed; delete one.",
+            code="too_many_webhooks",
+            extra={"limit": MAX_ENDPOINTS_PER_USER},
+        )
+    now = utcnow()
+    endpoint = WebhookEndpoint(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        url=check_url(data.url),
+        description=data.description,
+        secret=new_secret(),
+        enabled=True,
+        created_at=now,
+        updated_at=now,
+        scanned_until=now,
+    )
+    endpoint.subscribe(data.events)
+    session.add(endpoint)
+    await session.flush()
+    return WebhookCreated(
+        **WebhookOut.model_validate(endpoint).model_dump(), secret=endpoint.secret
+    )
+
+
+async def list_endpoints(session: AsyncSession, *, user_id: uuid.UUID) -> list[WebhookOut]:
+    rows = await session.scalars(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.user_id == user_id)
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    )
+    return [WebhookOut.model_validate(row) for row in rows]
+
+
+async def get_endpoint(
+    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
+) -> WebhookOut:
+    endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    return WebhookOut.model_validate(endpoint)
+
+
+async def update_endpoint(
+    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID, data: WebhookUpdate
+) -> WebhookOut:
+    endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    now = utcnow()
+    if data.url is not None:
+        endpoint.url = check_url(data.url)
+    if data.events is not None:
+        endpoint.subscribe(data.events)
+    if "description" in data.model_fields_set:
+        endpoint.description = data.description
+    if data.enabled is not None:
+        if data.enabled and not endpoint.enabled:
+            # What finished while it was off is not announced: the pump starts from now.
+            endpoint.scanned_until = now
+        endpoint.enabled = data.enabled
+    endpoint.updated_at = now
+    await session.flush()
+    return WebhookOut.model_validate(endpoint)
+
+
+async def delete_endpoint(
+    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
+) -> None:
+    """The endpoint, its deliveries and their attempts (the foreign keys cascade)."""
+    endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    await session.delete(endpoint)
+    await session.flush()
+
+
+async def rotate_secret(
+    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
+) -> WebhookCreated:
+    """A new secret, in this answer only; every POST from now on is signed with it."""
+    endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    endpoint.secret = new_secret()
+    endpoint.updated_at = utcnow()
+    await session.flush()
+    return WebhookCreated(
+        **WebhookOut.model_validate(endpoint).model_dump(), secret=endpoint.secret
+    )
+
+
+async def _attempts(
+    session: AsyncSession, deliveries: list[WebhookDelivery]
+) -> dict[uuid.UUID, list[WebhookAttempt]]:
+    by_delivery: dict[uuid.UUID, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
+    if deliveries:
+        rows = await session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(list(by_delivery)))
+            .order_by(WebhookAttempt.attempted_at)
+        )
+        for attempt in rows:
+            by_delivery[attempt.delivery_id].append(attempt)
+    return by_delivery
+
+
+async def list_deliveries(
+    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID, limit: int
+) -> list[DeliveryOut]:
+    """The endpoint's deliveries, newest first, each with every attempt made."""
+    await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    deliveries = list(
+        await session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+            .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+            .limit(limit)
+        )
+    )
+    attempts = await _attempts(session, deliveries)
+    return [DeliveryOut.from_delivery(d, attempts[d.id]) for d in deliveries]
+
+
+async def redeliver(
+    session: AsyncSession, *, user_id: uuid.UUID, delivery_id: uuid.UUID
+) -> DeliveryOut:
+    """Queue a delivery again, due now, with a fresh round of WEBHOOK_MAX_ATTEMPTS attempts.
+    One being sent right now is a 409 `delivery_in_progress`: its outcome is a moment away."""
+    mine = select(WebhookEndpoint.id).where(WebhookEndpoint.user_id == user_id)
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.endpoint_id.in_(mine),
+            WebhookDelivery.status != DeliveryStatus.SENDING,
+        )
+        .values(
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=utcnow(),
+            lease_expires_at=None,
+            attempts_at_requeue=WebhookDelivery.attempts,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    delivery = await session.scalar(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id.in_(mine))
+        .execution_options(populate_existing=True)
+    )
+    if delivery is None:
+        raise NotFound("No webhook delivery with this id.")
+    if not cast("CursorResult[Any]", result).rowcount:
+        raise Conflict(
+            "This delivery is being sent right now; ask again once it is not `sending`.",
+            code="delivery_in_progress",
+        )
+    attempts = await _attempts(session, [delivery])
+    return DeliveryOut.from_delivery(delivery, attempts[delivery.id])
