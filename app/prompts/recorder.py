@@ -291,12 +291,21 @@ class Recorder:
         return won
 
     async def renew_leases(self, prompt_ids: list[uuid.UUID], *, lease_seconds: float) -> None:
+        """Extend the leases of these running prompts. Rows another transaction holds right
+        now (an outcome being written) are skipped, not waited for: they are about to leave
+        `running`, and waiting on them while holding other rows' locks is how this and a
+        group-commit batch deadlocked (seen under load, `bench/gateways.py`)."""
         if not prompt_ids:
             return
+        free = (
+            select(_P.id)
+            .where(_P.id.in_(prompt_ids), _P.status == PromptStatus.RUNNING)
+            .with_for_update(skip_locked=True)
+        )
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(_P)
-                .where(_P.id.in_(prompt_ids), _P.status == PromptStatus.RUNNING)
+                .where(_P.id.in_(free.scalar_subquery()))
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
             )
 
