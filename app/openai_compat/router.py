@@ -37,7 +37,7 @@ from app.prompts.idempotency import IdempotencyRecord, request_fingerprint
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
 
 
-def get_inline_runner(request: Request) -> InlineRunner:
+async def get_inline_runner(request: Request) -> InlineRunner:
     runner: InlineRunner = request.app.state.inline_runner
     return runner
 

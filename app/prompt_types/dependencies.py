@@ -17,14 +17,14 @@ class AdminRequired(AppError):
     title = "Forbidden"
 
 
-def admin_user(user: CurrentUser) -> User:
+async def admin_user(user: CurrentUser) -> User:
     """The current user, if an admin: the permission check lives here, not in handlers."""
     if not user.is_admin:
         raise AdminRequired("Only an admin can change prompt types.")
     return user
 
 
-def get_prompt_type_cache(request: Request) -> PromptTypeCache:
+async def get_prompt_type_cache(request: Request) -> PromptTypeCache:
     """This process's cache of type definitions (made in the app's lifespan)."""
     cache: PromptTypeCache = request.app.state.prompt_types
     return cache

@@ -1,3 +1,7 @@
+"""The /ai/prompts route dependencies. Every one is `async def`, even those that only read
+`app.state`: FastAPI runs a plain `def` dependency on a thread of its pool, and those hops cost
+about a fifth of a /v1 request's CPU (measured with py-spy, `bench/gateways.py`)."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -23,7 +27,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def prompt_filters(
+async def prompt_filters(
     status: Annotated[
         PromptStatus | None, Query(description="Only prompts in this status.")
     ] = None,
@@ -43,37 +47,37 @@ def prompt_filters(
     )
 
 
-def get_recorder(request: Request) -> Recorder:
+async def get_recorder(request: Request) -> Recorder:
     recorder: Recorder = request.app.state.recorder
     return recorder
 
 
-def get_bus(request: Request) -> EventBus:
+async def get_bus(request: Request) -> EventBus:
     bus: EventBus = request.app.state.bus
     return bus
 
 
-def get_sessions(request: Request) -> SessionFactory:
+async def get_sessions(request: Request) -> SessionFactory:
     sessions: SessionFactory = request.app.state.sessions
     return sessions
 
 
-def get_model_router(request: Request) -> ModelRouter:
+async def get_model_router(request: Request) -> ModelRouter:
     router: ModelRouter = request.app.state.model_router
     return router
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_idempotency_keys(request: Request) -> IdempotencyKeys:
+async def get_idempotency_keys(request: Request) -> IdempotencyKeys:
     """Where this app keeps idempotency keys, and for how long."""
     return IdempotencyKeys(
         sessions=request.app.state.sessions,
@@ -91,7 +95,7 @@ IDEMPOTENCY_KEY_HEADER = Header(
 )
 
 
-def get_max_prompt_chars(request: Request) -> int:
+async def get_max_prompt_chars(request: Request) -> int:
     return int(request.app.state.settings.max_prompt_chars)
 
 

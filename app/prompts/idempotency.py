@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.base import utcnow
 from app.db.database import SessionFactory
@@ -109,7 +109,7 @@ async def find_key(session: AsyncSession, record: IdempotencyRecord) -> uuid.UUI
 
 
 async def insert_key(
-    session: AsyncSession, record: IdempotencyRecord, *, prompt_id: uuid.UUID
+    session: AsyncSession | AsyncConnection, record: IdempotencyRecord, *, prompt_id: uuid.UUID
 ) -> None:
     """Write the key row in the caller's transaction, after the prompt row it points at,
     replacing an expired row of the same key. If the key is taken (live) meanwhile, the
