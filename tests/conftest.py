@@ -131,6 +131,22 @@ async def database_url(backend: str, sqlite_dir: Path, postgres_server_url: str)
     return url
 
 
+@contextlib.asynccontextmanager
+async def throwaway_database(prefix: str) -> AsyncIterator[str]:
+    """A migrated database of its own on the shared server, dropped at the end (for tests
+    whose workers' sweepers must see only their own prompts)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{name}"
+        await migrate(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty (unmigrated) database of each kind for one test; the PostgreSQL one is dropped."""

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -130,8 +130,16 @@ class EmbeddedRunner:
             asyncio.create_task(self._work(), name=f"prompt-runner-{i}")
             for i in range(self._concurrency)
         ]
-        self._renewer = asyncio.create_task(self._renew(), name="prompt-lease-renewer")
-        self._watcher = asyncio.create_task(self._watch(), name="prompt-cancel-watcher")
+        self._renewer = asyncio.create_task(
+            keep_leases(self._recorder, self._held.keys, lease_seconds=self._lease_seconds),
+            name="prompt-lease-renewer",
+        )
+        self._watcher = asyncio.create_task(
+            watch_cancellations(
+                self._recorder, self._held.keys, self._stop_prompt, poll_seconds=self._cancel_poll
+            ),
+            name="prompt-cancel-watcher",
+        )
 
     async def cancel(self, prompt_id: uuid.UUID) -> None:
         """Stop the prompt if this process runs it, and wait (briefly) until it has ended, so
@@ -212,31 +220,49 @@ class EmbeddedRunner:
         if not self._held:
             self._drained.set()
 
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease_seconds / 3)
-            try:
-                await self._recorder.renew_leases(
-                    list(self._held), lease_seconds=self._lease_seconds
-                )
-            except Exception as exc:
-                logger.warning("could not renew leases; retrying", exc_info=_trace(exc))
+    def _stop_prompt(self, prompt_id: uuid.UUID) -> None:
+        held = self._held.get(prompt_id)
+        if held is not None:
+            _stop(held)
 
-    async def _watch(self) -> None:
-        """Stop the prompts held here whose cancellation was requested through any process."""
-        while True:
-            await asyncio.sleep(self._cancel_poll)
-            if not self._held:
-                continue
-            try:
-                requested = await self._recorder.cancel_requested(list(self._held))
-            except Exception as exc:
-                logger.warning("could not look for cancellations; retrying", exc_info=_trace(exc))
-                continue
-            for prompt_id in requested:
-                held = self._held.get(prompt_id)
-                if held is not None:
-                    _stop(held)
+
+async def keep_leases(
+    recorder: Recorder, held: Callable[[], Collection[uuid.UUID]], *, lease_seconds: float
+) -> None:
+    """Forever: every third of the lease, renew the leases of the prompts `held()` names, so
+    that only a process that stopped (or lost the database) lets its claims expire."""
+    while True:
+        await asyncio.sleep(lease_seconds / 3)
+        prompt_ids = list(held())
+        if not prompt_ids:
+            continue
+        try:
+            await recorder.renew_leases(prompt_ids, lease_seconds=lease_seconds)
+        except Exception as exc:
+            logger.warning("could not renew leases; retrying", exc_info=_trace(exc))
+
+
+async def watch_cancellations(
+    recorder: Recorder,
+    held: Callable[[], Collection[uuid.UUID]],
+    stop: Callable[[uuid.UUID], None],
+    *,
+    poll_seconds: float,
+) -> None:
+    """Forever: `stop` each prompt `held()` names whose cancellation was requested, through
+    whichever process (the request is in the database)."""
+    while True:
+        await asyncio.sleep(poll_seconds)
+        prompt_ids = list(held())
+        if not prompt_ids:
+            continue
+        try:
+            requested = await recorder.cancel_requested(prompt_ids)
+        except Exception as exc:
+            logger.warning("could not look for cancellations; retrying", exc_info=_trace(exc))
+            continue
+        for prompt_id in requested:
+            stop(prompt_id)
 
 
 def _stop(held: _Held) -> None:

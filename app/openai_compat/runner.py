@@ -19,8 +19,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from app.db.database import lost_connection
-from app.jobs.dispatcher import CANCEL_POLL_SECONDS
+from app.jobs.dispatcher import CANCEL_POLL_SECONDS, keep_leases, watch_cancellations
 from app.jobs.executor import DeltaSink, Execution, Outcome, carried_through, run_prompt
 from app.prompts.recorder import Claim
 from app.runtime import Runtime
@@ -43,9 +42,18 @@ class InlineRunner:
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        recorder = self._execution.recorder
         self._background = [
-            asyncio.create_task(self._renew(), name="inline-lease-renewer"),
-            asyncio.create_task(self._watch(), name="inline-cancel-watcher"),
+            asyncio.create_task(
+                keep_leases(recorder, self._held.keys, lease_seconds=self.lease_seconds),
+                name="inline-lease-renewer",
+            ),
+            asyncio.create_task(
+                watch_cancellations(
+                    recorder, self._held.keys, self._stop, poll_seconds=self._cancel_poll
+                ),
+                name="inline-cancel-watcher",
+            ),
         ]
 
     async def stop(self) -> None:
@@ -76,36 +84,10 @@ class InlineRunner:
         finally:
             self._held.pop(claim.prompt_id, None)
 
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            if not self._held:
-                continue
-            try:
-                await self._execution.recorder.renew_leases(
-                    list(self._held), lease_seconds=self.lease_seconds
-                )
-            except Exception as exc:
-                logger.warning("could not renew leases; retrying", exc_info=_trace(exc))
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._cancel_poll)
-            if not self._held:
-                continue
-            try:
-                requested = await self._execution.recorder.cancel_requested(list(self._held))
-            except Exception as exc:
-                logger.warning("could not look for cancellations; retrying", exc_info=_trace(exc))
-                continue
-            for prompt_id in requested:
-                task = self._held.get(prompt_id)
-                if task is not None and not task.done() and not task.cancelling():
-                    task.cancel()
-
-
-def _trace(exc: BaseException) -> BaseException | bool:
-    return False if lost_connection(exc) else exc
+    def _stop(self, prompt_id: uuid.UUID) -> None:
+        task = self._held.get(prompt_id)
+        if task is not None and not task.done() and not task.cancelling():
+            task.cancel()
 
 
 @contextlib.asynccontextmanager

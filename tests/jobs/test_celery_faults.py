@@ -28,7 +28,7 @@ import pytest
 from app.auth import service as auth_service
 from app.db.database import create_engine, create_session_factory
 from app.jobs.celery_app import EXECUTE_TASK, QUEUE, create_celery
-from tests.conftest import POSTGRES_ADMIN_URL, Api, make_settings, migrate, running_api
+from tests.conftest import Api, make_settings, migrate, running_api, throwaway_database
 from tests.jobs.services import Services, api_ready, free_port, worker_ready
 from tests.mocks.openai_server import MOCK_API_KEY, MockOpenAI
 
@@ -162,16 +162,8 @@ async def create_key(database_url: str) -> dict[str, str]:
 async def database() -> AsyncIterator[str]:
     """A migrated database of this test's own on the shared server: a worker's start-up sweep
     sees only this test's prompts."""
-    name = f"pm_faults_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_dsn(POSTGRES_ADMIN_URL), timeout=10)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{name}"
-        await migrate(url)
+    async with throwaway_database("pm_faults") as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_URL, migrate
+from tests.conftest import throwaway_database
 from tests.jobs.services import Process, Services, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,17 +21,8 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture(scope="module")
 async def database() -> AsyncIterator[str]:
     """Migrated, and seen only by these workers (their sweepers run on it)."""
-    name = f"pm_health_{uuid.uuid4().hex[:10]}"
-    dsn = POSTGRES_ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-    admin = await asyncpg.connect(dsn, timeout=10)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{name}"
-        await migrate(url)
+    async with throwaway_database("pm_health") as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
