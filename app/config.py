@@ -103,6 +103,14 @@ class Settings(BaseSettings):
         description="Redis for live prompt events across processes (`Prefer: wait`, "
         "/ai/prompts/{id}/events) in Celery mode; unset: the broker's, when it is Redis.",
     )
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a process trusts a key it has verified before asking the "
+        "database again: revoking a key or disabling a user takes effect within this time "
+        "(expiry is exact). 0: every request asks the database.",
+    )
     prefer_wait_max_seconds: float = Field(
         60.0, gt=0, le=600, description="The longest `Prefer: wait=N` honoured."
     )

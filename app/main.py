@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.auth.bootstrap import create_first_admin, first_run_message
+from app.auth.dependencies import KeyCache
 from app.config import Settings
 from app.docs import install_docs
 from app.errors import document_body_errors, install_error_handlers
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
+    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     install_error_handlers(app)
     document_body_errors(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -213,6 +213,9 @@ def make_settings(
         # Several apps and workers of the session stay up at once against one PostgreSQL
         # server (100 connections): each keeps few idle ones.
         "database_pool_size": 4,
+        # Verified keys are trusted this long (AUTH_CACHE_SECONDS): short, so that the tests
+        # of revocation wait little, yet every functional test goes through the cache.
+        "auth_cache_seconds": 0.5,
     }
     values.update(overrides)
     return IsolatedSettings(**values)

@@ -82,8 +82,11 @@ async def revoke_api_key(session: AsyncSession, *, prefix: str) -> ApiKey:
     return key
 
 
-async def authenticate(session: AsyncSession, *, plaintext: str | None) -> User:
-    """The user a bearer key belongs to, or a 401 that says what is wrong with the key."""
+async def authenticate(
+    session: AsyncSession, *, plaintext: str | None
+) -> tuple[User, datetime | None]:
+    """The user a bearer key belongs to and the key's expiry, or a 401 that says what is wrong
+    with the key."""
     if not plaintext:
         raise Unauthorized(
             "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
@@ -109,4 +112,4 @@ async def authenticate(session: AsyncSession, *, plaintext: str | None) -> User:
         raise Unauthorized("This user is disabled.", code="user_disabled")
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-    return user
+    return user, key.expires_at

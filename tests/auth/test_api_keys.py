@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -10,7 +11,7 @@ from app.auth import service
 from app.auth.keys import hash_key
 from app.db.base import utcnow
 from app.models import ApiKey, User
-from tests.conftest import Api
+from tests.conftest import Api, make_settings, migrate, running_api
 from tests.prompts.test_validation import assert_problem
 
 
@@ -35,12 +36,15 @@ async def test_unknown_key(api: Api):
 
 
 async def test_revoked_key(api: Api):
+    """A key used just before it is revoked keeps working for at most AUTH_CACHE_SECONDS in
+    the process that verified it (the documented trade-off), then is refused."""
     headers = await api.new_user()
     plaintext = headers["Authorization"].removeprefix("Bearer ")
     assert (await api.client.get("/ai/prompts/", headers=headers)).status_code == 200
     async with api.sessions() as session:
         await service.revoke_api_key(session, prefix=plaintext[:11])
         await session.commit()
+    await asyncio.sleep(api.app.state.settings.auth_cache_seconds + 0.05)
     body = assert_problem(
         await api.client.get("/ai/prompts/", headers=headers), 401, "revoked_api_key"
     )
@@ -87,3 +91,18 @@ async def test_key_is_stored_only_as_a_hash_and_use_is_recorded(api: Api):
 async def test_keys_are_unique_and_random(api: Api):
     keys = {(await api.new_user())["Authorization"] for _ in range(5)}
     assert len(keys) == 5
+
+
+async def test_a_verified_key_is_trusted_for_the_cache_window(fresh_database: str):
+    """Within AUTH_CACHE_SECONDS a verified key costs no database lookup, so a key revoked
+    meanwhile still passes in the process that verified it (test_revoked_key shows it is
+    refused once the window has passed)."""
+    await migrate(fresh_database)
+    async with running_api(make_settings(fresh_database, auth_cache_seconds=30)) as api:
+        headers = await api.new_user()
+        plaintext = headers["Authorization"].removeprefix("Bearer ")
+        assert (await api.client.get("/ai/prompts/", headers=headers)).status_code == 200
+        async with api.sessions() as session:
+            await service.revoke_api_key(session, prefix=plaintext[:11])
+            await session.commit()
+        assert (await api.client.get("/ai/prompts/", headers=headers)).status_code == 200

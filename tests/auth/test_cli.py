@@ -77,7 +77,8 @@ async def test_create_key_and_revoke_it(cli_db: str):
     key = created.stdout.strip().splitlines()[-1]
     assert "expires" in created.stdout
 
-    async with running_api(make_settings(cli_db)) as api:
+    # With AUTH_CACHE_SECONDS=0 a revocation applies to the very next request.
+    async with running_api(make_settings(cli_db, auth_cache_seconds=0)) as api:
         headers = {"Authorization": f"Bearer {key}"}
         assert (await api.client.get("/ai/prompts/", headers=headers)).status_code == 200
         revoked = await run_cli(cli_db, "revoke-key", key[:11])

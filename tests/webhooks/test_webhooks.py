@@ -338,7 +338,7 @@ async def test_a_prompt_finished_anywhere_is_found_in_the_database_once_by_any_n
     hook = receiver.hook()
     created = await register(api, headers, hook)
     async with api.sessions() as session:
-        user = await auth_service.authenticate(
+        user, _ = await auth_service.authenticate(
             session, plaintext=headers["Authorization"].removeprefix("Bearer ")
         )
         now = utcnow()
