@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import service
+from app.auth.keys import hash_key
 from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.models import User
@@ -26,7 +27,8 @@ class KeyCache:
     Only successful lookups are kept, each for AUTH_CACHE_SECONDS: a new key works at once,
     while revoking a key or disabling a user takes effect within that time in a process that
     had just seen the key (expiry is still checked on every request). 0 turns caching off.
-    The cached `User` is detached and read-only (its id, email and admin flag)."""
+    The cached `User` is detached and read-only (its id, email and admin flag). Entries are
+    keyed by the key's SHA-256, as in the database: no plaintext key is kept."""
 
     MAX_ENTRIES = 10_000
 
@@ -35,14 +37,15 @@ class KeyCache:
         self._entries: dict[str, tuple[float, User, datetime | None]] = {}
 
     def get(self, plaintext: str) -> User | None:
-        entry = self._entries.get(plaintext)
+        digest = hash_key(plaintext)
+        entry = self._entries.get(digest)
         if entry is None:
             return None
         cached_at, user, expires_at = entry
         if time.monotonic() - cached_at > self._ttl or (
             expires_at is not None and expires_at <= utcnow()
         ):
-            del self._entries[plaintext]
+            del self._entries[digest]
             return None
         return user
 
@@ -51,7 +54,7 @@ class KeyCache:
             return
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()  # a burst of distinct keys: start over rather than grow
-        self._entries[plaintext] = (time.monotonic(), user, expires_at)
+        self._entries[hash_key(plaintext)] = (time.monotonic(), user, expires_at)
 
 
 async def current_user(

@@ -179,16 +179,17 @@ def test_a_vendor_message_echoing_the_key_is_redacted():
     assert mapped.message == "anthropic: bad [redacted]"
 
 
-@pytest.mark.parametrize("model", ["slow-2000", "hang", "trickle-1500"])
+@pytest.mark.parametrize("model", ["slow-5000", "hang", "trickle-4000"])
 async def test_per_request_timeout_is_a_deadline_for_the_call(
     mock_anthropic: MockAnthropic, model: str
 ):
     """`trickle` never leaves a read waiting long: only a deadline for the whole call stops
-    it before the body is complete."""
+    it before the body is complete. (The deadline leaves a loaded machine time to send the
+    request; the answer would take far longer.)"""
     started = time.monotonic()
-    caught = await _fails(mock_anthropic, _request(model, timeout=0.3))
+    caught = await _fails(mock_anthropic, _request(model, timeout=1.0))
     assert type(caught) is ProviderTimeout and caught.retryable
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 3.0
     assert len(mock_anthropic.calls_for(model)) >= 1
 
 
