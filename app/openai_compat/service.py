@@ -51,12 +51,6 @@ _ROLES: dict[str, Literal["system", "user", "assistant"]] = {
 }
 
 
-class CouldNotStart(AppError):
-    status_code = 503
-    code = "not_started"
-    title = "Service unavailable"
-
-
 class PromptCancelled(AppError):
     """The execution was stopped before it answered: its cancellation was requested through
     /ai/prompts/{id}/cancel, or this server is stopping."""
@@ -121,15 +115,14 @@ async def start_chat(
     max_prompt_chars: int,
     idempotency: IdempotencyRecord | None = None,
 ) -> ChatRun:
-    """Record the chat as a prompt (with its idempotency key, in the same transaction), claim
-    it here and start executing it."""
+    """Record the chat as a prompt already claimed by this process (with its idempotency key,
+    in the same transaction) and start executing it."""
     prompt = build_prompt(
         user_id=user_id, data=data, router=router, max_prompt_chars=max_prompt_chars
     )
-    await recorder.create_prompt(prompt, idempotency=idempotency)
-    claim = await recorder.claim(prompt.id, lease_seconds=runner.lease_seconds)
-    if claim is None:  # only if someone else ended it in between (e.g. cancelled it)
-        raise CouldNotStart(f"Prompt {prompt.id} was recorded but could not be started.")
+    claim = await recorder.create_claimed(
+        prompt, lease_seconds=runner.lease_seconds, idempotency=idempotency
+    )
     options = data.stream_options
     run = ChatRun(
         prompt,

@@ -223,6 +223,33 @@ class Recorder:
             if idempotency is not None:
                 await insert_key(connection, idempotency, prompt_id=prompt.id)
 
+    async def create_claimed(
+        self,
+        prompt: PromptRequest,
+        *,
+        lease_seconds: float,
+        idempotency: IdempotencyRecord | None = None,
+    ) -> Claim:
+        """Insert a prompt that this process runs at once (a /v1 call its client waits for):
+        stored already `running` under a first claim, in one transaction instead of an insert
+        and then a claim. Nothing else can have seen it pending, so the result is the same."""
+        now = utcnow()
+        prompt.status = PromptStatus.RUNNING
+        prompt.attempts = 1
+        prompt.started_at = now
+        prompt.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        await self.create_prompt(prompt, idempotency=idempotency)
+        await self._published([prompt.id], PromptStatus.RUNNING)
+        return Claim(
+            prompt.id,
+            1,
+            prompt.model,
+            prompt.provider,
+            prompt.upstream_model,
+            prompt.prompt_text,
+            prompt.parameters,
+        )
+
     async def purge_idempotency_keys(self) -> int:
         """Delete a bounded batch of expired idempotency keys (the sweeper's pass)."""
         async with self._sessions() as session, session.begin():
