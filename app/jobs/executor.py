@@ -46,6 +46,7 @@ from app.providers.base import (
     Provider,
     ProviderError,
     ProviderNotConfigured,
+    estimate_prompt_tokens,
     estimate_tokens,
 )
 from app.providers.catalogue import Price
@@ -297,7 +298,7 @@ class _Usage:
 def _estimated_usage(route: Route, request: CompletionRequest, streamed: _Streamed) -> _Usage:
     """A streamed call cut short read the prompt and generated the text received so far (and
     the provider bills both), but never reported its usage: estimate it."""
-    input_tokens = estimate_tokens("\n".join(m["content"] for m in request.messages))
+    input_tokens = estimate_prompt_tokens(request)
     output_tokens = estimate_tokens("".join(streamed.parts))
     return _Usage(input_tokens, output_tokens, _cost(route.price, input_tokens, output_tokens))
 

@@ -47,6 +47,7 @@ from app.providers.base import (
     ProviderTimeout,
     RateLimited,
     Unavailable,
+    estimate_prompt_tokens,
     estimate_tokens,
     retry_after_seconds,
 )
@@ -296,7 +297,7 @@ def _completion(
         output_tokens, reported = usage.output_tokens, True
     else:
         cache_read = 0
-        input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
+        input_tokens = estimate_prompt_tokens(request)
         output_tokens, reported = estimate_tokens(answer.text), False
     reason = str(answer.stop_reason) if answer.stop_reason else None
     return Completion(

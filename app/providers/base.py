@@ -136,3 +136,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 def estimate_tokens(text: str) -> int:
     """A rough count (about four characters a token) for providers that report no usage."""
     return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def estimate_prompt_tokens(request: CompletionRequest) -> int:
+    """`estimate_tokens` of everything the request sends (its messages, one separator apart)."""
+    return estimate_tokens(" ".join(m["content"] for m in request.messages))

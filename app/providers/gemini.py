@@ -43,6 +43,7 @@ from app.providers.base import (
     ProviderTimeout,
     RateLimited,
     Unavailable,
+    estimate_prompt_tokens,
     estimate_tokens,
     retry_after_seconds,
 )
@@ -328,7 +329,7 @@ def _result(
         cached = usage.cached_content_token_count or 0
         reported = True
     else:
-        input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
+        input_tokens = estimate_prompt_tokens(request)
         output_tokens = estimate_tokens(text)
         cached, reported = 0, False
     return Completion(

@@ -32,6 +32,7 @@ from app.providers.base import (
     ProviderTimeout,
     RateLimited,
     Unavailable,
+    estimate_prompt_tokens,
     estimate_tokens,
     retry_after_seconds,
 )
@@ -185,7 +186,7 @@ def _result(
         cached = (details.cached_tokens or 0) if details is not None else 0
         reported = True
     else:
-        input_tokens = estimate_tokens(" ".join(m["content"] for m in request.messages))
+        input_tokens = estimate_prompt_tokens(request)
         output_tokens = estimate_tokens(text)
         reported = False
     return Completion(

@@ -44,6 +44,7 @@ from app.providers.base import (
     ProviderTimeout,
     RateLimited,
     Unavailable,
+    estimate_prompt_tokens,
     estimate_tokens,
     retry_after_seconds,
 )
@@ -351,8 +352,7 @@ class _StreamedAnswer:
 
 def _usage(usage: object, request: CompletionRequest, text: str) -> _Usage:
     if usage is None:  # some compatible servers report none: estimate, and say so
-        prompt = " ".join(m["content"] for m in request.messages)
-        return _Usage(estimate_tokens(prompt), estimate_tokens(text), 0, reported=False)
+        return _Usage(estimate_prompt_tokens(request), estimate_tokens(text), 0, reported=False)
     details = _field(usage, "prompt_tokens_details")
     cached = _count(_field(details, "cached_tokens")) if details is not None else None
     return _Usage(
