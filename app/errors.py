@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from app.db.database import lost_connection
 
@@ -130,6 +131,17 @@ def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     where = ".".join(str(part) for part in loc if part != "body") or "request"
     more = f" (and {len(cleaned) - 1} more)" if len(cleaned) > 1 else ""
     return f"{where}: {cleaned[0]['msg']}{more}", cleaned
+
+
+async def handled(request: Request, exc: Exception) -> Response:
+    """What the app's handler for `exc` answers (the one Starlette would pick), for code that
+    answers outside the routes (app/fast_paths.py, a response already under way)."""
+    handlers = request.app.exception_handlers
+    handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
+    if handler is None:  # no handler at all: the app was built without install_error_handlers
+        raise exc
+    response: Response = await handler(request, exc)
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -14,6 +14,7 @@ from app.auth.dependencies import KeyCache
 from app.config import Settings
 from app.docs import install_docs
 from app.errors import document_body_errors, install_error_handlers
+from app.fast_paths import FastPaths
 from app.health import database_check
 from app.health import router as health_router
 from app.jobs.celery_app import CeleryDispatcher, create_celery
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     document_body_errors(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(FastPaths, max_bytes=settings.max_body_bytes)  # outside the limit
     install_docs(app)
     app.include_router(prompts_router)
     app.include_router(prompt_types_router)

@@ -77,15 +77,18 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 EXPECTED_TEXT = "echo: hello from the mock upstream of OpenAI."  # bench.mock_upstream.WORDS
 FULL_POINTS = "0:1,16,64 50:1,16,64,256 1000:64,256"
 QUICK_POINTS = "0:1,64 50:64"
-SYSTEMS = ("direct", "litellm", "portkey", "pm")
+SYSTEMS = ("direct", "litellm", "portkey", "pm", "pm1")
 LABELS = {
     "direct": "Mock upstream, direct",
     "litellm": "LiteLLM proxy",
     "portkey": "Portkey gateway",
     "pm-v1": "Prompt Manager /v1",
+    "pm1-v1": "Prompt Manager /v1, 1 worker",
     "pm-202": "Prompt Manager /ai/prompts/ (202)",
 }
-SCENARIO = {"direct": "1", "litellm": "2", "portkey": "2", "pm-v1": "3", "pm-202": "4"}
+SCENARIO = {
+    "direct": "1", "litellm": "2", "portkey": "2", "pm-v1": "3", "pm1-v1": "3", "pm-202": "4",
+}  # fmt: skip
 
 
 # --- results ----------------------------------------------------------------------------
@@ -139,7 +142,7 @@ class Results:
 
 @dataclass
 class Target:
-    key: str  # "direct", "litellm", "portkey", "pm-v1", "pm-202"
+    key: str  # "direct", "litellm", "portkey", "pm-v1", "pm1-v1", "pm-202"
     url: Callable[[int], str]  # upstream delay (ms) → URL
     headers: Callable[[int], dict[str, str]]
     roots: list[int]  # its processes (with their descendants)
@@ -744,12 +747,12 @@ async def ttft(ctx: Ctx, target: Target) -> None:
     )
 
 
-async def run_target(ctx: Ctx, target: Target, *, stream: bool = True) -> None:
+async def run_target(ctx: Ctx, target: Target, *, stream: bool = True, long: bool = True) -> None:
     ctx.res.startup[f"{target.key}:rss"] = family_rss(target.roots)[0]
     for delay, clients_list in ctx.cfg.points:
         for clients in clients_list:
             ctx.res.points.append(await measure_point(ctx, target, delay, clients))
-    if ctx.cfg.long:
+    if long and ctx.cfg.long:
         await long_run(ctx, target)
     if stream and ctx.cfg.ttft_calls:
         await ttft(ctx, target)
@@ -855,7 +858,9 @@ async def portkey_phase(ctx: Ctx) -> None:
         stop_tree(proc)
 
 
-async def pm_phase(ctx: Ctx, db: str) -> None:
+async def pm_phase(ctx: Ctx, db: str, *, workers: int | None = None) -> None:
+    """Prompt Manager with PM_WORKERS (2) API workers, both scenarios; with `workers` (1, to
+    compare with Portkey's one process), its /v1 throughput points only."""
     cfg = ctx.cfg
     api_port, redis_port = free_port(), free_port()
     delays = sorted({0, *(d for d, _ in cfg.points)} - {0})
@@ -869,13 +874,13 @@ async def pm_phase(ctx: Ctx, db: str) -> None:
         "OPENAI_API_KEY": MOCK_KEY, "OPENAI_BASE_URL": mock_base(ctx.mock_port, 0),
         "OPENAI_COMPATIBLE_ENDPOINTS": json.dumps(endpoints),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "WORKERS": os.environ.get("PM_WORKERS", "2"), "PORT": str(api_port),
+        "WORKERS": str(workers or os.environ.get("PM_WORKERS", "2")), "PORT": str(api_port),
     }  # fmt: skip
     redis_proc = start_redis(ctx.kids, redis_port, str(ctx.logs))
     ctx.started.append(redis_proc)
     run_cmd(env, str(BIN / "alembic"), "upgrade", "head")
-    out = run_cmd(env, str(BIN / "python"), "-m", "app", "create-user", "bench@example.com",
-                  "--admin")  # fmt: skip
+    out = run_cmd(env, str(BIN / "python"), "-m", "app", "create-user",
+                  f"bench{workers or ''}@example.com", "--admin")  # fmt: skip
     key = out.split()[-1]
     pg = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{db}")
     others = await pg.fetchval(
@@ -884,11 +889,13 @@ async def pm_phase(ctx: Ctx, db: str) -> None:
         db,
     )
     pool = int(os.environ.get("DATABASE_POOL_SIZE") or 20)
+    api_workers = int(env["WORKERS"])
     ctx.res.notes.append(
         f"PostgreSQL max_connections {await pg.fetchval('SHOW max_connections')}; {others} "
         "client connections to other databases were open when Prompt Manager's phase began; "
         f"its pools may open up to {2 * pool} per process (DATABASE_POOL_SIZE {pool}, as many "
-        "again in overflow) in each of its 3 processes (2 API workers, the Celery worker)"
+        f"again in overflow) in each of its {api_workers + 1} processes ({api_workers} API "
+        "worker(s), the Celery worker)"
     )
     api = worker = None
     try:
@@ -903,15 +910,18 @@ async def pm_phase(ctx: Ctx, db: str) -> None:
         await settle([api.pid, worker.pid])
         auth = {"Authorization": f"Bearer {key}"}
         base = f"http://127.0.0.1:{api_port}"
-        v1 = Target("pm-v1", lambda d: f"{base}/v1/chat/completions", lambda d: auth,
-                    [api.pid], pg, db)  # fmt: skip
+        v1 = Target("pm1-v1" if workers else "pm-v1", lambda d: f"{base}/v1/chat/completions",
+                    lambda d: auth, [api.pid], pg, db)  # fmt: skip
         why = await sanity(ctx.http, v1)
         if why:
             missing = why.startswith("HTTP 404")
-            ctx.res.unavailable["pm-v1"] = (
+            ctx.res.unavailable[v1.key] = (
                 "not available in this build (HTTP 404)" if missing else f"failing: {why}"
             )
-            print(f"  pm-v1    {ctx.res.unavailable['pm-v1']}", file=sys.stderr)
+            print(f"  {v1.key}    {ctx.res.unavailable[v1.key]}", file=sys.stderr)
+        elif workers:
+            await run_target(ctx, v1, stream=False, long=False)
+            return
         else:
             await run_target(ctx, v1)
         accepted = Target("pm-202", lambda d: f"{base}/ai/prompts/", lambda d: auth,
@@ -1017,6 +1027,7 @@ async def measure(
                 "litellm": lambda: litellm_phase(ctx),
                 "portkey": lambda: portkey_phase(ctx),
                 "pm": lambda: pm_phase(ctx, db),
+                "pm1": lambda: pm_phase(ctx, db, workers=1),
             }
             for name in cfg.systems:
                 res.loadavg[name] = loadavg()
@@ -1201,12 +1212,14 @@ def report(res: Results, cfg: argparse.Namespace, setup: dict[str, Any], pg_vers
     text += [
         "## Ratios within this run",
         "",
-        "ours = Prompt Manager `/v1/chat/completions` (scenario 3). req/s: above 1x means ours "
-        "serves more; latency and CPU: below 1x means ours is quicker or cheaper. "
+        "ours = Prompt Manager `/v1/chat/completions` (scenario 3), with as many processes as "
+        "the peer: 2 API workers against LiteLLM's 2 workers, 1 against Portkey's one Node "
+        "process (its 2-worker figures when the 1-worker run is missing). req/s: above 1x "
+        "means ours serves more; latency and CPU: below 1x means ours is quicker or cheaper. "
         '"÷ direct" compares with the mock alone (scenario 1).',
         "",
-        "| Upstream ms | Clients | metric | ours ÷ LiteLLM | ours ÷ Portkey | LiteLLM ÷ direct "
-        "| Portkey ÷ direct | ours ÷ direct |",
+        "| Upstream ms | Clients | metric | ours ÷ LiteLLM (2 workers each) | ours ÷ Portkey "
+        "(1 process each) | LiteLLM ÷ direct | Portkey ÷ direct | ours ÷ direct |",
         "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for delay, clients_list in cfg.points:
@@ -1221,7 +1234,8 @@ def report(res: Results, cfg: argparse.Namespace, setup: dict[str, Any], pg_vers
                 direct = metric in ("rps", "p50", "p99")
                 text.append(
                     f"| {delay} | {clients} | {metric.replace('cpu_ms', 'CPU/req')} | "
-                    f"{ratio(v('pm-v1'), v('litellm'))} | {ratio(v('pm-v1'), v('portkey'))} | "
+                    f"{ratio(v('pm-v1'), v('litellm'))} | "
+                    f"{ratio(v('pm1-v1') or v('pm-v1'), v('portkey'))} | "
                     f"{ratio(v('litellm'), v('direct')) if direct else '-'} | "
                     f"{ratio(v('portkey'), v('direct')) if direct else '-'} | "
                     f"{ratio(v('pm-v1'), v('direct')) if direct else '-'} |"
@@ -1307,7 +1321,9 @@ def report(res: Results, cfg: argparse.Namespace, setup: dict[str, Any], pg_vers
         "- Prompt Manager: `python -m app serve`, WORKERS=2, ENVIRONMENT=production, LOG_LEVEL="
         "warning, Celery mode (CELERY_BROKER_URL = a redis-server of this script's own) with "
         "one `python -m app worker`; `/v1/chat/completions` runs in the API process itself. "
-        "API key checked on every call. Gateway CPU = `serve` and its two uvicorn workers.",
+        "API key checked on every call. Gateway CPU = `serve` and its two uvicorn workers. "
+        "`Prompt Manager /v1, 1 worker`: the same with WORKERS=1 (`serve` is then the one "
+        "uvicorn process), /v1 points only, for the comparison with Portkey's one process.",
         "- LiteLLM: `litellm --config … --num_workers 2`, master key set (checked on every "
         "call), no database (so no spend logs, no key store), LITELLM_LOCAL_MODEL_COST_MAP=True"
         " (never reaches the internet), LITELLM_LOG=ERROR. Gateway CPU = the parent, its two "

@@ -22,6 +22,7 @@ STYLE = {
     "litellm": ("tab:red", "-"),
     "portkey": ("tab:purple", "-"),
     "pm-v1": ("tab:blue", "-"),
+    "pm1-v1": ("tab:blue", "-."),
     "pm-202": ("tab:cyan", "--"),
 }
 METRICS = {"rps": ("requests/s", "throughput"), "p99": ("p99 latency, ms", "p99")}

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated
 
@@ -35,6 +37,7 @@ class KeyCache:
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[float, User, datetime | None]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[User, datetime | None]]] = {}
 
     def get(self, plaintext: str) -> User | None:
         digest = hash_key(plaintext)
@@ -47,6 +50,21 @@ class KeyCache:
         ):
             del self._entries[digest]
             return None
+        return user
+
+    async def verify(
+        self, plaintext: str, lookup: Callable[[], Awaitable[tuple[User, datetime | None]]]
+    ) -> User:
+        """The key's user from `lookup`, kept for next time. Requests that arrive with the same
+        key while it is being looked up share that lookup: when an entry expires under load,
+        one query refreshes it rather than one per request in flight."""
+        digest = hash_key(plaintext)
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = self._pending[digest] = asyncio.ensure_future(lookup())
+            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
+        user, expires_at = await asyncio.shield(pending)
+        self.put(plaintext, user, expires_at)
         return user
 
     def put(self, plaintext: str, user: User, expires_at: datetime | None) -> None:
@@ -68,12 +86,17 @@ async def current_user(
     if plaintext and (cached := cache.get(plaintext)) is not None:
         return cached
     sessions: SessionFactory = request.app.state.sessions
-    async with sessions() as session:
-        user, expires_at = await service.authenticate(session, plaintext=plaintext)
-        await session.commit()
-    if plaintext:
-        cache.put(plaintext, user, expires_at)
-    return user
+
+    async def lookup() -> tuple[User, datetime | None]:
+        async with sessions() as session:
+            found = await service.authenticate(session, plaintext=plaintext)
+            await session.commit()
+        return found
+
+    if not plaintext:
+        user, _ = await lookup()  # raises: no key
+        return user
+    return await cache.verify(plaintext, lookup)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

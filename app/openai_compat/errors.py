@@ -21,7 +21,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from app.errors import AppError
+from app.errors import AppError, handled
 from app.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -115,11 +115,7 @@ def from_problem(problem: Response) -> JSONResponse:
 
 async def handle(request: Request, exc: Exception) -> Response:
     """The app's handler for this exception (as Starlette would pick it), re-rendered."""
-    handlers = request.app.exception_handlers
-    handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
-    if handler is None:  # no handler at all: the app was built without app.errors
-        raise exc
-    problem: Response = await handler(request, exc)
+    problem = await handled(request, exc)
     if problem.status_code == 413:
         # The body limit answers in the problem shape before any route when the body declares
         # its length (app.middleware): the same shape when it is counted as it streams.

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from fastapi import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.errors import AppError
@@ -79,8 +79,10 @@ class ChatCompletionResponse(_WatchedResponse):
     async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             outcome = await _outcome(self.run)
-            body = completion_body(self.run, outcome).model_dump(mode="json")
-            response: Response = JSONResponse(body, headers=self.headers_out)
+            body = completion_body(self.run, outcome).model_dump_json()
+            response: Response = Response(
+                body, media_type="application/json", headers=self.headers_out
+            )
         except Exception as exc:
             response = await self.error(scope, exc)
         await response(scope, receive, send)

@@ -36,7 +36,7 @@ from app.prompts import live
 from app.prompts.events import EventBus
 from app.prompts.idempotency import IdempotencyRecord
 from app.prompts.recorder import Recorder
-from app.prompts.schemas import PromptCreate, PromptDetail
+from app.prompts.schemas import PromptDetail
 from app.prompts.service import check_parameters
 from app.providers.base import Completion, Message, ProviderError
 from app.providers.registry import ModelRouter
@@ -115,11 +115,23 @@ async def start_chat(
     max_prompt_chars: int,
     idempotency: IdempotencyRecord | None = None,
 ) -> ChatRun:
-    """Record the chat as a prompt already claimed by this process (with its idempotency key,
-    in the same transaction) and start executing it."""
+    """Check the chat, record it as a prompt already claimed by this process (with its
+    idempotency key, in the same transaction) and start executing it."""
     prompt = build_prompt(
         user_id=user_id, data=data, router=router, max_prompt_chars=max_prompt_chars
     )
+    return await run_chat(recorder, runner, prompt=prompt, data=data, idempotency=idempotency)
+
+
+async def run_chat(
+    recorder: Recorder,
+    runner: InlineRunner,
+    *,
+    prompt: PromptRequest,
+    data: ChatCompletionCreate,
+    idempotency: IdempotencyRecord | None = None,
+) -> ChatRun:
+    """Record a checked chat (`build_prompt`) as claimed by this process and start it."""
     claim = await recorder.create_claimed(
         prompt, lease_seconds=runner.lease_seconds, idempotency=idempotency
     )
@@ -236,16 +248,8 @@ def build_prompt(
     max_tokens = data.max_completion_tokens or data.max_tokens
     route = router.resolve(data.model)
     fallbacks = router.fallbacks(route, None)
-    # The same checks as /ai/prompts, which read only these two fields.
-    limits = PromptCreate.model_construct(
-        model=data.model,
-        prompt_type=CHAT_PROMPT_TYPE,
-        prompt_text=last_user,
-        temperature=data.temperature,
-        max_tokens=max_tokens,
-    )
-    for candidate in (route, *fallbacks):
-        check_parameters(candidate, router, limits)
+    for candidate in (route, *fallbacks):  # the same checks as /ai/prompts
+        check_parameters(candidate, router, temperature=data.temperature, max_tokens=max_tokens)
     parameters: dict[str, Any] = {"messages": messages}
     if data.temperature is not None:
         parameters["temperature"] = data.temperature

@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from app.prompts.group_commit import GroupCommit
+
 logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "pm:prompt:"
@@ -158,10 +160,16 @@ class RedisBus:
         self._fanout = _Fanout()
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._outbox = GroupCommit(self._publish_many)
 
     async def publish(self, events: Sequence[PromptEvent]) -> None:
-        if not events:
-            return
+        if events:
+            await self._outbox.submit(events)
+
+    async def _publish_many(self, batches: Sequence[Sequence[PromptEvent]]) -> list[None]:
+        """Everything published meanwhile, in order, in one pipeline: a round trip per
+        request's event cost about 4 % of a /v1 request's CPU (py-spy, `bench/gateways.py`)."""
+        events = [event for batch in batches for event in batch]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for event in events:
@@ -169,6 +177,7 @@ class RedisBus:
                 await pipe.execute()
         except Exception as exc:
             logger.warning("could not publish %d prompt events (%s)", len(events), exc)
+        return [None] * len(batches)
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -207,6 +216,7 @@ class RedisBus:
             return False
 
     async def aclose(self) -> None:
+        await self._outbox.aclose()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)

@@ -64,18 +64,13 @@ async def submit_prompt(
     prompt records its version (`prompt_types` is the process's cache of the definitions)."""
 
     async def create(idempotency: IdempotencyRecord | None) -> PromptRequest:
-        applied = apply_prompt_type(
-            data,
-            await prompt_types.get(data.prompt_type),
+        prompt = await prepare_prompt(
+            user_id=user_id,
+            data=data,
             router=router,
             max_prompt_chars=max_prompt_chars,
+            prompt_types=prompt_types,
         )
-        prompt = _new_prompt(
-            user_id=user_id, data=applied.data, router=router, max_prompt_chars=max_prompt_chars
-        )
-        prompt.prompt_type_version = applied.version
-        if applied.template_input is not None:
-            prompt.parameters["template_input"] = applied.template_input
         await recorder.create_prompt(prompt, idempotency=idempotency)
         return prompt
 
@@ -106,6 +101,31 @@ async def submit_prompt(
     return Submission(prompt)
 
 
+async def prepare_prompt(
+    *,
+    user_id: uuid.UUID,
+    data: PromptCreate,
+    router: ModelRouter,
+    max_prompt_chars: int,
+    prompt_types: PromptTypeCache,
+) -> PromptRequest:
+    """The checked `pending` prompt that a submission stores, its prompt type's policy
+    applied. Whatever is wrong with the request is raised here, before anything is written."""
+    applied = apply_prompt_type(
+        data,
+        await prompt_types.get(data.prompt_type),
+        router=router,
+        max_prompt_chars=max_prompt_chars,
+    )
+    prompt = _new_prompt(
+        user_id=user_id, data=applied.data, router=router, max_prompt_chars=max_prompt_chars
+    )
+    prompt.prompt_type_version = applied.version
+    if applied.template_input is not None:
+        prompt.parameters["template_input"] = applied.template_input
+    return prompt
+
+
 def _new_prompt(
     *, user_id: uuid.UUID, data: PromptCreate, router: ModelRouter, max_prompt_chars: int
 ) -> PromptRequest:
@@ -126,7 +146,9 @@ def _new_prompt(
     route = router.resolve(data.model)
     fallbacks = router.fallbacks(route, data.fallbacks)
     for candidate in (route, *fallbacks):
-        check_parameters(candidate, router, data)
+        check_parameters(
+            candidate, router, temperature=data.temperature, max_tokens=data.max_tokens
+        )
     parameters = data.model_dump(
         include={"system_prompt", "temperature", "max_tokens", "timeout_seconds"},
         exclude_none=True,
@@ -149,22 +171,23 @@ def _new_prompt(
     )
 
 
-def check_parameters(route: Route, router: ModelRouter, data: PromptCreate) -> None:
+def check_parameters(
+    route: Route, router: ModelRouter, *, temperature: float | None, max_tokens: int | None
+) -> None:
     """Refuse what a provider cannot honour, rather than dropping it silently."""
     highest = router.providers[route.provider].max_temperature
-    if data.temperature is not None and (highest is None or data.temperature > highest):
+    if temperature is not None and (highest is None or temperature > highest):
         accepted = "no temperature" if highest is None else f"at most {highest:g}"
         raise InvalidInput(
-            f"temperature {data.temperature} cannot be honoured by {route.provider} "
+            f"temperature {temperature} cannot be honoured by {route.provider} "
             f"({accepted}) for model {route.model}.",
             code="unsupported_parameter",
             extra={"parameter": "temperature", "model": route.model},
         )
     limit = route.entry.max_output_tokens if route.entry else None
-    if data.max_tokens is not None and limit is not None and data.max_tokens > limit:
+    if max_tokens is not None and limit is not None and max_tokens > limit:
         raise InvalidInput(
-            f"max_tokens {data.max_tokens} is above the {limit} that model {route.model} can "
-            "produce.",
+            f"max_tokens {max_tokens} is above the {limit} that model {route.model} can produce.",
             code="unsupported_parameter",
             extra={"parameter": "max_tokens", "model": route.model},
         )

@@ -1,0 +1,177 @@
+"""The common case of the two busiest routes, served without FastAPI's request machinery.
+
+A gateway is judged by what it adds to every call. Measured with py-spy under
+`bench/gateways.py`, routing, dependency solving, body parsing and validation through FastAPI
+were about a third of a /v1 request's CPU, more than the database writes and the provider call
+together. So this ASGI middleware takes the requests that need none of it, on
+`POST /v1/chat/completions` and `POST /ai/prompts/`: an API key this process verified
+recently (`KeyCache`), a JSON body with a Content-Length within MAX_BODY_BYTES that validates
+as the route's model, no `Idempotency-Key` (nor `Prefer`, on /ai/prompts/), and a request the
+service's own checks accept. It then runs the very code the route runs
+(`openai_compat.service.build_prompt` and `run_chat` with the route's responses;
+`prompts.service.prepare_prompt`, `Recorder.create_prompt`, the dispatcher), so the answer, the
+record and the streaming are the route's.
+
+Anything else is handed, body and all, to the app as if this middleware were not there: the
+route answers it, errors included, so every error keeps one renderer and `/openapi.json`
+stays the routes'. Nothing has been written when that happens: each service raises what is
+wrong with a request before it records anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.auth.dependencies import KeyCache
+from app.errors import AppError, handled
+from app.models import User
+from app.openai_compat import errors as openai_errors
+from app.openai_compat import service as chat_service
+from app.openai_compat.responses import ChatCompletionResponse, ChatStreamResponse
+from app.openai_compat.schemas import ChatCompletionCreate
+from app.prompts import service as prompt_service
+from app.prompts.schemas import PromptCreate, PromptOut
+
+# None: the route must answer (the request is not the common case, or it is refused).
+Handler = Callable[[Scope, User, bytes], Awaitable[Response | None]]
+
+
+async def _chat(scope: Scope, user: User, body: bytes) -> Response | None:
+    state = scope["app"].state
+    try:
+        data = ChatCompletionCreate.model_validate_json(body)
+        prompt = chat_service.build_prompt(
+            user_id=user.id,
+            data=data,
+            router=state.model_router,
+            max_prompt_chars=state.settings.max_prompt_chars,
+        )
+    except (pydantic.ValidationError, AppError):
+        return None
+    try:
+        run = await chat_service.run_chat(
+            state.recorder, state.inline_runner, prompt=prompt, data=data
+        )
+    except Exception as exc:  # the database, say: rendered as the route renders it
+        return await openai_errors.handle(Request(scope), exc)
+    return ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
+
+
+async def _submit(scope: Scope, user: User, body: bytes) -> Response | None:
+    state = scope["app"].state
+    try:
+        data = PromptCreate.model_validate_json(body)
+        prompt = await prompt_service.prepare_prompt(
+            user_id=user.id,
+            data=data,
+            router=state.model_router,
+            max_prompt_chars=state.settings.max_prompt_chars,
+            prompt_types=state.prompt_types,
+        )
+    except (pydantic.ValidationError, AppError):
+        return None
+    try:
+        await state.recorder.create_prompt(prompt)
+    except Exception as exc:
+        return await handled(Request(scope), exc)
+    await state.dispatcher.dispatch(prompt.id)  # (never raises: the sweeper has it otherwise)
+    return Response(
+        PromptOut.model_validate(prompt).model_dump_json(),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"/ai/prompts/{prompt.id}"},
+    )
+
+
+# path → (its handler, the headers that send a request to the route)
+ROUTES: dict[str, tuple[Handler, frozenset[bytes]]] = {
+    "/v1/chat/completions": (_chat, frozenset({b"idempotency-key"})),
+    "/ai/prompts/": (_submit, frozenset({b"idempotency-key", b"prefer"})),
+}
+
+
+class FastPaths:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = ROUTES.get(scope["path"])
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        handler, routed_headers = route
+        state = scope["app"].state
+        token = _plain_request(scope["headers"], self.max_bytes, routed_headers)
+        cache: KeyCache = state.key_cache
+        user = cache.get(token) if token is not None else None
+        if user is None or not hasattr(state, "recorder"):  # (no lifespan: the route says so)
+            await self.app(scope, receive, send)
+            return
+        body, complete = await _read_body(receive, self.max_bytes)
+        response = await handler(scope, user, body) if complete else None
+        if response is None:
+            await self.app(scope, _replaying(body, receive, more=not complete), send)
+        else:
+            await response(scope, receive, send)
+
+
+def _plain_request(
+    headers: list[tuple[bytes, bytes]], max_bytes: int, routed: frozenset[bytes]
+) -> str | None:
+    """The bearer key of a request the fast path can take: JSON, with a Content-Length within
+    the limit, and none of the `routed` headers. None for any other."""
+    token: str | None = None
+    json_body = length_ok = False
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                return None
+            token = credentials.strip()
+        elif name == b"content-type":
+            json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
+        elif name == b"content-length":
+            length_ok = value.isdigit() and int(value) <= max_bytes
+        elif name in routed:
+            return None
+    return token if json_body and length_ok else None
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> tuple[bytes, bool]:
+    """The whole body, and whether it arrived whole (not cut off by a disconnect, and within
+    `max_bytes`)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > max_bytes:
+            return b"".join(chunks), False
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _replaying(body: bytes, receive: Receive, *, more: bool) -> Receive:
+    """`receive` for the app: the body already read, then (`more`) what follows."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
