@@ -72,3 +72,58 @@ async def test_concurrent_claims_and_outcomes_each_get_their_own_result(fresh_da
     half = PROMPTS // 2
     assert statuses == {PromptStatus.COMPLETED: half, PromptStatus.FAILED: half}
     assert responses == half and attempts == PROMPTS
+
+
+async def test_new_prompts_and_lost_claims_in_shared_batches(fresh_database: str):
+    """Prompts inserted together are stored whole (JSON columns, defaults); in an outcome batch,
+    a claim that was lost still gets its attempt row, but neither a status nor a response."""
+    await migrate(fresh_database)
+    engine = create_engine(make_settings(fresh_database))
+    sessions = create_session_factory(engine)
+    owner = [openai_prompt("owner")]
+    await seed(sessions, owner)
+    recorder = Recorder(engine)
+    try:
+        new = [
+            openai_prompt(
+                f"new-{i}",
+                user_id=owner[0].user_id,
+                parameters={"messages": [{"role": "user", "content": f"é {i}"}], "n": i},
+                meta={"team": f"t{i}"},
+            )
+            for i in range(50)
+        ]
+        for prompt in new[::2]:  # left to their columns' defaults
+            prompt.attempts = None  # type: ignore[assignment]
+            prompt.status = None  # type: ignore[assignment]
+        await asyncio.gather(*(recorder.create_prompt(p) for p in new))
+        claims = await asyncio.gather(*(recorder.claim(p.id, lease_seconds=30) for p in new))
+        held = [c for c in claims if c is not None]
+        assert len(held) == len(new)
+        lost = [dataclasses.replace(c, fence=c.fence + 1) for c in held[:10]]
+        attempt, response = successful_call("batch")
+        finished = await asyncio.gather(
+            *(recorder.finish(c, attempt=attempt, response=response) for c in lost + held[10:])
+        )
+        assert finished == [False] * 10 + [True] * (len(held) - 10)
+
+        async with sessions() as session:
+            stored = {
+                p.id: p
+                for p in await session.scalars(
+                    select(PromptRequest).where(PromptRequest.id.in_([p.id for p in new]))
+                )
+            }
+            with_response = set(await session.scalars(select(PromptResponse.prompt_id)))
+            attempts = await session.scalar(select(func.count()).select_from(PromptAttempt))
+    finally:
+        await recorder.aclose()
+        await engine.dispose()
+    for i, prompt in enumerate(new):
+        row = stored[prompt.id]
+        assert row.parameters == {"messages": [{"role": "user", "content": f"é {i}"}], "n": i}
+        assert row.meta == {"team": f"t{i}"} and row.attempts == 1
+    lost_ids = {c.prompt_id for c in lost}
+    assert {p.id for p in new if stored[p.id].status == PromptStatus.RUNNING} == lost_ids
+    assert with_response == {p.id for p in new} - lost_ids
+    assert attempts == len(new)
