@@ -15,7 +15,8 @@ record and the streaming are the route's.
 Anything else is handed, body and all, to the app as if this middleware were not there: the
 route answers it, errors included, so every error keeps one renderer and `/openapi.json`
 stays the routes'. Nothing has been written when that happens: each service raises what is
-wrong with a request before it records anything.
+wrong with a request before it records anything. A failure past that point (the database is
+down, say) is answered with the route's error handlers, in the route's shape.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from app.prompts.schemas import PromptCreate, PromptOut
 
 # None: the route must answer (the request is not the common case, or it is refused).
 Handler = Callable[[Scope, User, bytes], Awaitable[Response | None]]
+ErrorRenderer = Callable[[Request, Exception], Awaitable[Response]]
 
 
 async def _chat(scope: Scope, user: User, body: bytes) -> Response | None:
@@ -53,12 +55,7 @@ async def _chat(scope: Scope, user: User, body: bytes) -> Response | None:
         )
     except (pydantic.ValidationError, AppError):
         return None
-    try:
-        run = await chat_service.run_chat(
-            state.recorder, state.inline_runner, prompt=prompt, data=data
-        )
-    except Exception as exc:  # the database, say: rendered as the route renders it
-        return await openai_errors.handle(Request(scope), exc)
+    run = await chat_service.run_chat(state.recorder, state.inline_runner, prompt=prompt, data=data)
     return ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
 
 
@@ -75,10 +72,7 @@ async def _submit(scope: Scope, user: User, body: bytes) -> Response | None:
         )
     except (pydantic.ValidationError, AppError):
         return None
-    try:
-        await state.recorder.create_prompt(prompt)
-    except Exception as exc:
-        return await handled(Request(scope), exc)
+    await state.recorder.create_prompt(prompt)
     await state.dispatcher.dispatch(prompt.id)  # (never raises: the sweeper has it otherwise)
     return Response(
         PromptOut.model_validate(prompt).model_dump_json(),
@@ -88,10 +82,11 @@ async def _submit(scope: Scope, user: User, body: bytes) -> Response | None:
     )
 
 
-# path → (its handler, the headers that send a request to the route)
-ROUTES: dict[str, tuple[Handler, frozenset[bytes]]] = {
-    "/v1/chat/completions": (_chat, frozenset({b"idempotency-key"})),
-    "/ai/prompts/": (_submit, frozenset({b"idempotency-key", b"prefer"})),
+# path → (its handler, the headers that send a request to the route, how the route renders
+# an exception: OpenAI's error shape under /v1, the app's problem+json elsewhere)
+ROUTES: dict[str, tuple[Handler, frozenset[bytes], ErrorRenderer]] = {
+    "/v1/chat/completions": (_chat, frozenset({b"idempotency-key"}), openai_errors.handle),
+    "/ai/prompts/": (_submit, frozenset({b"idempotency-key", b"prefer"}), handled),
 }
 
 
@@ -107,7 +102,7 @@ class FastPaths:
         if route is None:
             await self.app(scope, receive, send)
             return
-        handler, routed_headers = route
+        handler, routed_headers, render_error = route
         state = scope["app"].state
         token = _plain_request(scope["headers"], self.max_bytes, routed_headers)
         cache: KeyCache = state.key_cache
@@ -116,7 +111,10 @@ class FastPaths:
             await self.app(scope, receive, send)
             return
         body, complete = await _read_body(receive, self.max_bytes)
-        response = await handler(scope, user, body) if complete else None
+        try:
+            response = await handler(scope, user, body) if complete else None
+        except Exception as exc:  # the database is down, say: answered as the route would
+            response = await render_error(Request(scope), exc)
         if response is None:
             await self.app(scope, _replaying(body, receive, more=not complete), send)
         else:

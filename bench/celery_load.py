@@ -29,6 +29,7 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -189,26 +190,44 @@ async def enqueue_phase(
     clients: int, args: argparse.Namespace,
 ) -> Rows:  # fmt: skip
     await reset(s)
-    samples = Samples()
-    start = time.perf_counter()
-    measure_from, end = start + args.warmup, start + args.warmup + args.enqueue_duration
-    cpu0: list[float] = []
+    if wrk := shutil.which("wrk"):
+        # wrk, as in bench.gateways: an aiohttp client in this process costs about 0.2 ms of
+        # CPU per request, on the same cores as the API, and caps the rate it can measure.
+        from bench.gateways import wrk_load  # (it imports this module)
 
-    async def loop() -> None:
-        while (now := time.perf_counter()) < end:
-            if now >= measure_from and not cpu0:
-                cpu0.append(family_cpu(api.pid))
-            await post_only(http, url, samples, now >= measure_from)
+        headers = dict(http.headers)
+        await wrk_load(wrk, f"{url}/ai/prompts/", headers, PROMPT, clients, args.warmup)
+        cpu = family_cpu(api.pid)
+        load = await wrk_load(
+            wrk, f"{url}/ai/prompts/", headers, PROMPT, clients, args.enqueue_duration
+        )
+        used, done = family_cpu(api.pid) - cpu, load.ok
+        latency = f"{load.p50:.1f} / {load.p99:.1f} ms"
+        errors = ", ".join(f"{k} {v}" for k, v in load.errors.items()) or "0"
+        seconds = load.seconds
+    else:
+        samples = Samples()
+        start = time.perf_counter()
+        measure_from, end = start + args.warmup, start + args.warmup + args.enqueue_duration
+        cpu0: list[float] = []
 
-    await asyncio.gather(*(loop() for _ in range(clients)))
-    used = family_cpu(api.pid) - (cpu0[0] if cpu0 else 0.0)
-    done = len(samples.latency)
+        async def loop() -> None:
+            while (now := time.perf_counter()) < end:
+                if now >= measure_from and not cpu0:
+                    cpu0.append(family_cpu(api.pid))
+                await post_only(http, url, samples, now >= measure_from)
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        used = family_cpu(api.pid) - (cpu0[0] if cpu0 else 0.0)
+        done = len(samples.latency)
+        latency, errors = p50_p99(samples.latency), errors_text(samples.errors)
+        seconds = args.enqueue_duration
     rows = await s.pg.fetchval("SELECT count(*) FROM prompt_requests")
     name = f"1. Enqueue, {clients} clients"
     return [(name, m, v) for m, v in (
-        ("**POST /ai/prompts/ per s**", f"**{done / args.enqueue_duration:,.0f}**"),
-        ("POST p50 / p99", p50_p99(samples.latency)),
-        ("errors", errors_text(samples.errors)),
+        ("**POST /ai/prompts/ per s**", f"**{done / seconds:,.0f}**"),
+        ("POST p50 / p99", latency),
+        ("errors", errors),
         ("API CPU (2 uvicorn workers) per POST", f"{used * 1000 / max(1, done):.2f} ms"),
         ("rows written / messages in Redis after", f"{rows:,} / {queue_length(s):,}"),
     )]  # fmt: skip
@@ -424,7 +443,8 @@ HEADER = """# Prompt Manager Celery-mode benchmark
   worker: `python -m app worker`, WORKER_CONCURRENCY={wc}, WORKER_PREFETCH_MULTIPLIER default
   (200); broker: our own redis-server; the client, API, worker, Redis, PostgreSQL and the mocks
   share these CPUs
-- Phase 1: no worker running; {w:g} s warm-up then {d:g} s measured per concurrency.
+- Phase 1: no worker running; {w:g} s warm-up then {d:g} s measured per concurrency, load from
+  `wrk -t1` (an aiohttp loop in this process when wrk is missing).
   Phase 2: mock answers after {delay:g} ms. Phase 3: {seq} prompts, mock answers at once,
   GET every 2 ms
 

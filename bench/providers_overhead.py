@@ -6,7 +6,8 @@ loopback ports, so their CPU is not counted here. For openai, gemini and anthrop
 
 - adapter: our `Provider.complete()` on the client our `build_client()` makes (the SDK);
 - direct (openai only): `OpenAIHTTPProvider.complete()`, our adapter that speaks the wire
-  format itself over aiohttp (OPENAI_TRANSPORT=direct, the default);
+  format itself over its HTTP/1.1 client, `app.providers.http1` (OPENAI_TRANSPORT=direct, the
+  default);
 - SDK: the vendor SDK as a user creates it (`openai.AsyncOpenAI(...)`, `genai.Client(...).aio`,
   `anthropic.AsyncAnthropic(...)`), with its default transport;
 - raw: an aiohttp POST of the same JSON body, the answer parsed with `json.loads` (the floor).

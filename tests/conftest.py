@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,22 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def count_calls(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, label: Callable[..., Any]
+) -> list[Any]:
+    """Wrap the async function `owner.name` so that each call is recorded (as
+    `label(*args, **kwargs)`) and then runs as before; the list of labels fills up as it goes."""
+    calls: list[Any] = []
+    original = getattr(owner, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(label(*args, **kwargs))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
 
 
 def _asyncpg_dsn(url: str) -> str:

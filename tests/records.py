@@ -11,7 +11,7 @@ from app.auth import service as auth_service
 from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.models import PromptRequest, PromptStatus
-from app.prompts.recorder import AttemptRecord, ResponseRecord
+from app.prompts.batch_writes import AttemptRecord, ResponseRecord
 
 
 def openai_prompt(upstream: str, **fields: Any) -> PromptRequest:

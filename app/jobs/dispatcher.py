@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.db.database import lost_connection
-from app.prompts.recorder import Claim, Recorder
+from app.prompts.batch_writes import Claim
+from app.prompts.recorder import Recorder
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,9 @@ from typing import Any, TypeVar
 
 from app.db.base import utcnow
 from app.errors import InvalidInput
+from app.prompts.batch_writes import AttemptRecord, Claim, ResponseRecord
 from app.prompts.events import EventBus, PromptEvent
-from app.prompts.recorder import AttemptRecord, Claim, Recorder, ResponseRecord
+from app.prompts.recorder import Recorder
 from app.providers.base import (
     AdapterFailed,
     AuthenticationFailed,

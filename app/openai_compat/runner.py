@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 
 from app.jobs.dispatcher import CANCEL_POLL_SECONDS, keep_leases, watch_cancellations
 from app.jobs.executor import DeltaSink, Execution, Outcome, carried_through, run_prompt
-from app.prompts.recorder import Claim
+from app.prompts.batch_writes import Claim
 from app.runtime import Runtime
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ parameter per column whatever the batch size, and the outcome's three tables are
 one statement with data-modifying CTEs, which PostgreSQL runs on one snapshot: the responses
 go in only for the prompts whose status change matched its claim, as before.
 
-SQLite keeps the Core statements (recorder.py), which the same tests hold to the same results.
+SQLite keeps the Core statements (batch_writes.py); the same tests hold both to the same results.
 """
 
 from __future__ import annotations

@@ -11,91 +11,48 @@ would hand the prompt back to `pending` (shutdown, expired lease) ends it `cance
 A prompt that finishes before its runner stops it keeps that outcome: `finish` and
 `finish_cancelled` are both fenced on the claim, so exactly one of them wins.
 
-The two writes every execution makes, the claim and the outcome (with its attempt rows), go
-through group commit (`group_commit.py`): each caller still returns only once its rows are
-committed, but a busy worker writes hundreds of them per transaction, in a few statements on
-the table directly rather than through the ORM (ARCHITECTURE §5).
+The writes every request and every execution make (a new prompt, its claim, its outcome with
+the attempt rows) go through group commit (`group_commit.py`): each caller still returns only
+once its rows are committed, but a busy process writes hundreds of them per transaction, in a
+few statements on the tables rather than through the ORM, one on PostgreSQL
+(`batch_writes.py`, ARCHITECTURE §5).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, update
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.base import utcnow
 from app.db.database import create_session_factory
-from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.models import PromptRequest, PromptStatus
+from app.prompts.batch_writes import (
+    INSERT_ATTEMPTS,
+    INSERT_PROMPT,
+    AttemptRecord,
+    BatchWrites,
+    Claim,
+    ClaimRequest,
+    OutcomeWrite,
+    ResponseRecord,
+    prompt_row,
+)
 from app.prompts.events import EventBus, LocalBus, PromptEvent
 from app.prompts.group_commit import GroupCommit
 from app.prompts.idempotency import IdempotencyRecord, insert_key, purge_expired_keys
-from app.prompts.pg_batches import PromptBatches
 
 _P = PromptRequest
-_REQUESTS: Table = PromptRequest.__table__  # type: ignore[assignment]
-_ATTEMPTS: Table = PromptAttempt.__table__  # type: ignore[assignment]
-_RESPONSES: Table = PromptResponse.__table__  # type: ignore[assignment]
 _CANCEL_REQUESTED = _P.cancel_requested_at.is_not(None)
 LOST_MESSAGE = (
     "Its runner stopped (killed, or cut off from the database) before recording what this "
     "execution did; a provider call may have been made, and billed."
 )
 FINAL_STATUSES = frozenset({PromptStatus.COMPLETED, PromptStatus.FAILED, PromptStatus.CANCELLED})
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """What a runner needs to execute a prompt it has claimed. `fence` is the execution
-    number: only the holder of the current one may finish the prompt."""
-
-    prompt_id: uuid.UUID
-    fence: int
-    model: str
-    provider: str
-    upstream_model: str
-    prompt_text: str
-    parameters: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    provider: str
-    model: str
-    started_at: datetime
-    ended_at: datetime
-    outcome: str
-    http_status: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cached_input_tokens: int | None = None
-    usage_estimated: bool = False
-    cost_usd: Decimal | None = None
-    catalogue_version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseRecord:
-    response_text: str
-    duration_ms: int
-    provider: str
-    upstream_model: str
-    input_tokens: int
-    output_tokens: int
-    usage_estimated: bool
-    cost_usd: Decimal
-    finish_reason: str | None
-    catalogue_version: str | None
-    # Streamed answers only: from the start of the call that answered to its first text.
-    time_to_first_token_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,27 +64,6 @@ class Recovered:
     cancelled: int
 
 
-_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (AttemptRecord, ResponseRecord)}
-
-
-def _values(record: AttemptRecord | ResponseRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in _FIELDS[type(record)]}
-
-
-def _attempt_row(claim: Claim, attempt: AttemptRecord) -> dict[str, Any]:
-    return {"id": uuid.uuid4(), "prompt_id": claim.prompt_id, **_values(attempt)}
-
-
-def _response_row(outcome: _Outcome, now: datetime) -> dict[str, Any]:
-    assert outcome.response is not None
-    return {
-        "id": uuid.uuid4(),
-        "prompt_id": outcome.claim.prompt_id,
-        "created_at": now,
-        **_values(outcome.response),
-    }
-
-
 def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
     """The prompt is still running under this claim (the fence is the execution number)."""
     return (
@@ -137,98 +73,15 @@ def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _ClaimRequest:
-    prompt_id: uuid.UUID
-    lease_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """A provider call's attempt row and/or the prompt's final status, written together."""
-
-    claim: Claim
-    attempt: AttemptRecord | None
-    status: PromptStatus | None = None  # None: record the attempt, leave the status alone
-    response: ResponseRecord | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-
-
-# Statements built once: with parameters bound per call, SQLAlchemy compiles each only once.
-_CLAIM_MANY = (
-    update(_REQUESTS)
-    .where(
-        _REQUESTS.c.id.in_(bindparam("b_ids", expanding=True)),
-        _REQUESTS.c.status == PromptStatus.PENDING,
-    )
-    .values(
-        status=PromptStatus.RUNNING,
-        attempts=_REQUESTS.c.attempts + 1,
-        started_at=bindparam("b_now"),
-        lease_expires_at=bindparam("b_lease"),
-    )
-    .returning(
-        _REQUESTS.c.id,
-        _REQUESTS.c.attempts,
-        _REQUESTS.c.model,
-        _REQUESTS.c.provider,
-        _REQUESTS.c.upstream_model,
-        _REQUESTS.c.prompt_text,
-        _REQUESTS.c.parameters,
-    )
-)
-_FINISH_HELD = (
-    update(_REQUESTS)
-    .where(
-        _REQUESTS.c.id == bindparam("b_id"),
-        _REQUESTS.c.status == PromptStatus.RUNNING,
-        _REQUESTS.c.attempts == bindparam("b_fence"),
-    )
-    .values(
-        status=bindparam("b_status"),
-        finished_at=bindparam("b_now"),
-        lease_expires_at=None,
-        error_code=bindparam("b_code"),
-        error_message=bindparam("b_message"),
-    )
-)
-_INSERT_ATTEMPTS = insert(_ATTEMPTS)
-_INSERT_PROMPT = insert(_REQUESTS)
-# (attribute, column) of each mapped column: `meta` is stored as `metadata`.
-_PROMPT_COLUMNS = [(a.key, a.columns[0]) for a in sa_inspect(PromptRequest).column_attrs]
-
-
-def _prompt_row(prompt: PromptRequest) -> dict[str, Any]:
-    """A value for every column; one left unset gets its column's default, as the ORM would
-    give it."""
-    row: dict[str, Any] = {}
-    for attribute, column in _PROMPT_COLUMNS:
-        value = getattr(prompt, attribute)
-        if value is None and (default := column.default) is not None:
-            value = default.arg(None) if default.is_callable else default.arg
-        row[column.key] = value
-    return row
-
-
-_INSERT_RESPONSES = insert(_RESPONSES)
-# PostgreSQL: each batch of new prompts, and of outcomes, in one statement.
-_PG_BATCHES = PromptBatches(_REQUESTS, _ATTEMPTS, _RESPONSES)
-
-
 class Recorder:
     def __init__(self, engine: AsyncEngine, *, bus: EventBus | None = None) -> None:
         self._engine = engine
         self._bus: EventBus = bus if bus is not None else LocalBus()
         self._sessions = create_session_factory(engine)
+        self._writes = BatchWrites(engine)
         self._claims = GroupCommit(self._claim_many, orphaned=self._release_orphan)
         self._outcomes = GroupCommit(self._write_outcomes)
-        self._inserts = GroupCommit(self._insert_many)
-        # PostgreSQL: a batch is one statement (pg_batches.py), atomic and durable on its own,
-        # so it runs without BEGIN and COMMIT (two round trips fewer per batch).
-        self._single_statements: AsyncEngine | None = None
-        if engine.dialect.name == "postgresql":
-            self._single_statements = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._inserts = GroupCommit(self._writes.insert_prompts)
 
     async def aclose(self) -> None:
         """Wait for the writes already queued (before the engine is disposed)."""
@@ -241,24 +94,15 @@ class Recorder:
     ) -> None:
         """Insert the prompt and, with `idempotency`, its key row in the same transaction
         (an IntegrityError then means the key was taken meanwhile: see idempotency.py).
-        A Core insert of the row's values: the ORM's unit of work cost a fifth of a /v1
-        request's CPU (py-spy, `bench/gateways.py`)."""
+        Without a key, the insert joins the next batch of new prompts (group commit); the
+        ORM's unit of work, which this replaced, cost a fifth of a /v1 request's CPU (py-spy,
+        `bench/gateways.py`)."""
         if idempotency is None:
-            await self._inserts.submit(_prompt_row(prompt))
+            await self._inserts.submit(prompt_row(prompt))
             return
         async with self._engine.begin() as connection:
-            await connection.execute(_INSERT_PROMPT, _prompt_row(prompt))
+            await connection.execute(INSERT_PROMPT, prompt_row(prompt))
             await insert_key(connection, idempotency, prompt_id=prompt.id)
-
-    async def _insert_many(self, rows: Sequence[dict[str, Any]]) -> list[None]:
-        """One transaction for a batch of new prompts."""
-        if self._single_statements is not None:
-            async with self._single_statements.connect() as connection:
-                await _PG_BATCHES.insert_prompts(connection, rows)
-        else:
-            async with self._engine.begin() as connection:
-                await connection.execute(_INSERT_PROMPT, rows)
-        return [None] * len(rows)
 
     async def create_claimed(
         self,
@@ -296,25 +140,10 @@ class Recorder:
 
     async def claim(self, prompt_id: uuid.UUID, *, lease_seconds: float) -> Claim | None:
         """`pending → running` with a lease; None if someone else has it or it is finished."""
-        return await self._claims.submit(_ClaimRequest(prompt_id, lease_seconds))
+        return await self._claims.submit(ClaimRequest(prompt_id, lease_seconds))
 
-    async def _claim_many(self, requests: Sequence[_ClaimRequest]) -> list[Claim | None]:
-        now = utcnow()
-        claims: dict[uuid.UUID, Claim] = {}
-        async with self._engine.begin() as connection:
-            for lease_seconds in {r.lease_seconds for r in requests}:
-                rows = await connection.execute(
-                    _CLAIM_MANY,
-                    {
-                        "b_ids": list(
-                            {r.prompt_id for r in requests if r.lease_seconds == lease_seconds}
-                        ),
-                        "b_now": now,
-                        "b_lease": now + timedelta(seconds=lease_seconds),
-                    },
-                )
-                for prompt_id, *rest in rows:
-                    claims[prompt_id] = Claim(prompt_id, *rest)
+    async def _claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim | None]:
+        claims = await self._writes.claim(requests)
         await self._published(claims, PromptStatus.RUNNING)
         # The same prompt asked for twice in one batch (a duplicate delivery): one claim.
         return [claims.pop(r.prompt_id, None) for r in requests]
@@ -327,17 +156,8 @@ class Recorder:
         if claim is not None:
             await self.release([claim])
 
-    async def _write_outcomes(self, outcomes: Sequence[_Outcome]) -> list[bool]:
-        """One transaction: every attempt row, then each status change fenced on its claim,
-        then the responses of the prompts whose claim held."""
-        now = utcnow()
-        attempts = [_attempt_row(o.claim, o.attempt) for o in outcomes if o.attempt is not None]
-        if self._single_statements is not None:
-            async with self._single_statements.connect() as connection:
-                won = await self._write_outcomes_pg(connection, outcomes, attempts, now)
-        else:
-            async with self._engine.begin() as connection:
-                won = await self._write_outcomes_core(connection, outcomes, attempts, now)
+    async def _write_outcomes(self, outcomes: Sequence[OutcomeWrite]) -> list[bool]:
+        won = await self._writes.outcomes(outcomes)
         await self._bus.publish(
             [
                 PromptEvent(o.claim.prompt_id, "status", status=o.status)
@@ -345,66 +165,6 @@ class Recorder:
                 if held and o.status is not None
             ]
         )
-        return won
-
-    @staticmethod
-    async def _write_outcomes_pg(
-        connection: AsyncConnection,
-        outcomes: Sequence[_Outcome],
-        attempts: list[dict[str, Any]],
-        now: datetime,
-    ) -> list[bool]:
-        finishing = [o for o in outcomes if o.status is not None]
-        held = await _PG_BATCHES.write_outcomes(
-            connection,
-            now=now,
-            attempts=attempts,
-            finishing=[
-                (o.claim.prompt_id, o.claim.fence, str(o.status), o.error_code, o.error_message)
-                for o in finishing
-            ],
-            responses=[_response_row(o, now) for o in finishing if o.response is not None],
-        )
-        won = []
-        for outcome in outcomes:  # (one prompt finished twice in a batch: the first one won)
-            won.append(outcome.status is not None and outcome.claim.prompt_id in held)
-            if won[-1]:
-                held.discard(outcome.claim.prompt_id)
-        return won
-
-    @staticmethod
-    async def _write_outcomes_core(
-        connection: AsyncConnection,
-        outcomes: Sequence[_Outcome],
-        attempts: list[dict[str, Any]],
-        now: datetime,
-    ) -> list[bool]:
-        if attempts:
-            await connection.execute(_INSERT_ATTEMPTS, attempts)
-        won: list[bool] = []
-        for outcome in outcomes:
-            if outcome.status is None:
-                won.append(False)
-                continue
-            result = await connection.execute(
-                _FINISH_HELD,
-                {
-                    "b_id": outcome.claim.prompt_id,
-                    "b_fence": outcome.claim.fence,
-                    "b_status": outcome.status,
-                    "b_now": now,
-                    "b_code": outcome.error_code,
-                    "b_message": outcome.error_message,
-                },
-            )
-            won.append(bool(result.rowcount))
-        responses = [
-            _response_row(outcome, now)
-            for outcome, held in zip(outcomes, won, strict=True)
-            if held and outcome.response is not None
-        ]
-        if responses:
-            await connection.execute(_INSERT_RESPONSES, responses)
         return won
 
     async def renew_leases(self, prompt_ids: list[uuid.UUID], *, lease_seconds: float) -> None:
@@ -428,7 +188,7 @@ class Recorder:
 
     async def record_attempt(self, claim: Claim, attempt: AttemptRecord) -> None:
         """A provider call that leaves the prompt's status alone (e.g. abandoned at shutdown)."""
-        await self._outcomes.submit(_Outcome(claim, attempt))
+        await self._outcomes.submit(OutcomeWrite(claim, attempt))
 
     async def finish(
         self,
@@ -446,7 +206,7 @@ class Recorder:
         """
         status = PromptStatus.COMPLETED if response is not None else PromptStatus.FAILED
         return await self._outcomes.submit(
-            _Outcome(claim, attempt, status, response, error_code, error_message)
+            OutcomeWrite(claim, attempt, status, response, error_code, error_message)
         )
 
     async def finish_cancelled(self, claim: Claim) -> bool:
@@ -556,7 +316,7 @@ class Recorder:
                 )
             ]
             if attempts:
-                await session.execute(_INSERT_ATTEMPTS, attempts)
+                await session.execute(INSERT_ATTEMPTS, attempts)
         await self._published([row[0] for row in cancelled_rows], PromptStatus.CANCELLED)
         await self._published([row[0] for row in failed_rows], PromptStatus.FAILED)
         return Recovered(

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app.openai_compat import service
+from tests.conftest import count_calls
 from tests.openai_compat.conftest import V1
 
 BODY: dict[str, Any] = {
@@ -24,15 +25,8 @@ BODY: dict[str, Any] = {
 
 @pytest.fixture
 def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    start_chat = service.start_chat
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs["data"].model)
-        return await start_chat(*args, **kwargs)
-
-    monkeypatch.setattr(service, "start_chat", counted)
-    return calls
+    """The models of the chats that the route started."""
+    return count_calls(monkeypatch, service, "start_chat", lambda *_, **kw: kw["data"].model)
 
 
 async def _chunked(body: bytes) -> AsyncIterator[bytes]:

@@ -18,7 +18,8 @@ from app.db.database import SessionFactory, create_engine, create_session_factor
 from app.jobs.dispatcher import EmbeddedRunner
 from app.jobs.executor import execute_prompt
 from app.models import PromptRequest, PromptResponse, PromptStatus
-from app.prompts.recorder import Claim, Recorder
+from app.prompts.batch_writes import Claim
+from app.prompts.recorder import Recorder
 from app.runtime import open_runtime
 from tests.conftest import Api, make_settings, migrate, running_api
 from tests.mocks.openai_server import MockOpenAI

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.prompts import service
-from tests.conftest import Api
+from tests.conftest import Api, count_calls
 
 BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
@@ -27,15 +27,10 @@ BODY: dict[str, Any] = {
 
 @pytest.fixture
 def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    submit_prompt = service.submit_prompt
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs["data"].prompt_text)
-        return await submit_prompt(*args, **kwargs)
-
-    monkeypatch.setattr(service, "submit_prompt", counted)
-    return calls
+    """The prompt texts of the submissions that the route handled."""
+    return count_calls(
+        monkeypatch, service, "submit_prompt", lambda *_, **kw: kw["data"].prompt_text
+    )
 
 
 async def _chunked(body: bytes) -> AsyncIterator[bytes]:
