@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from app.prompts.group_commit import GroupCommit
+
 logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "pm:prompt:"
@@ -160,6 +162,7 @@ class RedisBus:
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._outbox: list[PromptEvent] = []
+        self._lookups = GroupCommit(self._watched_many)
         self._sender: asyncio.Task[None] | None = None
 
     async def publish(self, events: Sequence[PromptEvent]) -> None:
@@ -215,12 +218,21 @@ class RedisBus:
             await self._redis.set(f"{WATCH_PREFIX}{prompt_id}", b"1", ex=WATCH_TTL_SECONDS)
 
     async def watched(self, prompt_id: uuid.UUID) -> bool:
+        return await self._lookups.submit(prompt_id)
+
+    async def _watched_many(self, prompt_ids: Sequence[uuid.UUID]) -> list[bool]:
+        """One pipeline for every prompt asked about meanwhile: a worker starting a thousand
+        executions at once would otherwise want a thousand connections (the pool has 100)."""
         try:
-            return bool(await self._redis.exists(f"{WATCH_PREFIX}{prompt_id}"))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for prompt_id in prompt_ids:
+                    pipe.exists(f"{WATCH_PREFIX}{prompt_id}")
+                return [bool(found) for found in await pipe.execute()]
         except Exception:
-            return False
+            return [False] * len(prompt_ids)
 
     async def aclose(self) -> None:
+        await self._lookups.aclose()
         if self._sender is not None:  # what is queued still goes out
             await asyncio.gather(self._sender, return_exceptions=True)
         if self._reader is not None:

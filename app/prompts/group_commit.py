@@ -10,8 +10,9 @@ while it was writing: a lone caller pays one transaction and no timer, and under
 batches grow by themselves (ARCHITECTURE §5). Durability is unchanged: a waiter is woken only
 after the commit.
 
-The same shape serves the broker: `CeleryDispatcher` publishes the prompts committed during
-one publish together, in the next message.
+The same shape serves the broker (`CeleryDispatcher` publishes the prompts committed during
+one publish together, in the next message) and Redis (`RedisBus.watched` asks about all the
+prompts starting meanwhile in one pipeline).
 
 A failed batch fails only its own items' waiters. When the failure is not a lost database
 (that would fail every item alike), its items are written again one at a time, so that one bad
