@@ -41,8 +41,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +51,7 @@ from tests.mocks.server import (
     BackgroundServer,
     Frame,
     Releasable,
+    reset_connection,
     send_stream,
     serve_standalone,
 )
@@ -136,7 +135,8 @@ class MockAnthropic:
             await self._hanging.wait()  # released when the server stops
             return _error(500, "the mock server stopped")
         if model == "reset" or (model.startswith("break-") and not streamed):
-            raise _reset(request)
+            reset_connection(request)
+            raise web.HTTPInternalServerError()  # never sent: the connection is gone
         if model == "overloaded-mid-stream" and not streamed:
             return _error(529, "Overloaded", {"Retry-After": "1"})
         if model.startswith("error-"):
@@ -299,18 +299,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.Response(
         status=status, text=json.dumps(body), content_type="application/json", headers=headers
     )
-
-
-def _reset(request: web.Request) -> web.HTTPException:
-    """Abort the connection with a TCP RST (SO_LINGER 0), as a crashing upstream or a
-    middlebox would; aiohttp then has nothing to write, and the client sees a reset."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    if transport is not None:
-        transport.abort()
-    return web.HTTPInternalServerError()  # never sent: the connection is gone
 
 
 def main() -> None:

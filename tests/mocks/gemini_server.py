@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +45,7 @@ from tests.mocks.server import (
     BackgroundServer,
     Frame,
     Releasable,
+    reset_connection,
     send_stream,
     serve_standalone,
 )
@@ -129,7 +128,7 @@ class MockGemini:
             await self._hanging.wait()  # or cancelled when the client hangs up
             return _error(503, "The mock server is shutting down.")
         if model == "reset" or (model.startswith("break-") and unary):
-            _reset_connection(request)
+            reset_connection(request)
             await self._hanging.wait()  # cancelled at once: the connection is gone
             raise web.HTTPServiceUnavailable
         if model.startswith("error-"):
@@ -281,17 +280,6 @@ def _error(
         content_type="application/json",
         headers=headers,
     )
-
-
-def _reset_connection(request: web.Request) -> None:
-    """Close with SO_LINGER 0, so the client sees a TCP reset rather than a clean close."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 def main() -> None:

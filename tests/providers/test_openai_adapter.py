@@ -240,9 +240,10 @@ async def test_direct_transport_conforms_to_the_sdk(mock_openai: MockOpenAI, mod
     assert got == expected
 
 
-async def test_both_transports_send_the_same_request(mock_openai: MockOpenAI):
-    request = CompletionRequest(
-        model="same-body",
+def _sent_request(model: str) -> CompletionRequest:
+    """A request with every field the body can carry, for comparing what is sent."""
+    return CompletionRequest(
+        model=model,
         messages=[
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": "one two three four"},
@@ -250,6 +251,10 @@ async def test_both_transports_send_the_same_request(mock_openai: MockOpenAI):
         temperature=0.25,
         max_tokens=2,
     )
+
+
+async def test_both_transports_send_the_same_request(mock_openai: MockOpenAI):
+    request = _sent_request("same-body")
     results = []
     for transport in TRANSPORTS:
         provider = _provider(transport, mock_openai.base_url)
@@ -461,15 +466,7 @@ async def test_direct_stream_conforms_to_the_sdk(mock_openai: MockOpenAI, model:
 async def test_a_stream_asks_for_its_usage_and_both_transports_send_the_same_body(
     mock_openai: MockOpenAI,
 ):
-    request = CompletionRequest(
-        model="same-stream-body",
-        messages=[
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": "one two three four"},
-        ],
-        temperature=0.25,
-        max_tokens=2,
-    )
+    request = _sent_request("same-stream-body")
     results = []
     for transport in TRANSPORTS:
         provider = _provider(transport, mock_openai.base_url)

@@ -18,19 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
 from tests.conftest import (
-    POSTGRES_ADMIN_URL,
     ROOT,
     Api,
     celery_worker,
     make_settings,
     migrate,
     running_api,
+    throwaway_database,
 )
 from tests.jobs.services import RedisServer
 from tests.mocks.openai_server import MockOpenAI
@@ -47,24 +46,12 @@ WEBHOOK_SETTINGS = {
 }
 
 
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 @pytest.fixture(scope="session")
 async def webhook_postgres() -> AsyncIterator[str]:
     """A migrated PostgreSQL database for these tests only (the embedded and the Celery runs
     take turns on it), dropped after."""
-    name = f"pm_webhooks_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_dsn(POSTGRES_ADMIN_URL), timeout=10)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"{POSTGRES_ADMIN_URL.rpartition('/')[0]}/{name}"
-        await migrate(url)
+    async with throwaway_database("pm_webhooks") as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(scope="session")
