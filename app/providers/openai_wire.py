@@ -1,0 +1,235 @@
+"""OpenAI's chat-completions wire format, read: an answer's JSON, a stream's
+`chat.completion.chunk`s, and an error body, each turned into what the SDK adapter
+(`openai.py`) makes of the same bytes: a `Completion` or a `ProviderError`.
+
+The transport that fetches those bytes is `openai_http.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from app.providers.base import (
+    AuthenticationFailed,
+    BadRequest,
+    Completion,
+    CompletionRequest,
+    ContentFiltered,
+    ContextLengthExceeded,
+    MalformedResponse,
+    ProviderError,
+    RateLimited,
+    Unavailable,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    retry_after_seconds,
+)
+
+MAX_VENDOR_MESSAGE = 500
+
+
+class _WrongShape(Exception):
+    """The reply is JSON, but not shaped like a chat completion."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    reported: bool
+
+
+def parse_completion(raw: bytes, request: CompletionRequest, *, provider: str) -> Completion:
+    """A 2xx body → a Completion, read as `OpenAIProvider.complete` reads the SDK's model."""
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
+    try:
+        return _completion(reply, request, provider=provider)
+    except _WrongShape:
+        raise MalformedResponse(f"{provider} sent a response that could not be read") from None
+
+
+def _completion(reply: object, request: CompletionRequest, *, provider: str) -> Completion:
+    choices = _field(reply, "choices")
+    if not choices:
+        raise MalformedResponse(f"{provider} answered with no choices")
+    if not isinstance(choices, list):
+        raise _WrongShape("choices")
+    choice = choices[0]
+    finish_reason = _finish_reason(choice, provider=provider)
+    text = _text(_field(_field(choice, "message"), "content")) or ""
+    model = _text(_field(reply, "model"))
+    return _result(request, text, finish_reason, model, _field(reply, "usage"))
+
+
+def _finish_reason(choice: object, *, provider: str) -> str | None:
+    finish_reason = _text(_field(choice, "finish_reason"))
+    if finish_reason == "content_filter":
+        raise ContentFiltered(f"{provider} withheld the answer under its content policy")
+    return finish_reason
+
+
+def _result(
+    request: CompletionRequest,
+    text: str,
+    finish_reason: str | None,
+    model: str | None,
+    usage: object,
+) -> Completion:
+    counted = _usage(usage, request, text)
+    return Completion(
+        text=text,
+        input_tokens=counted.input_tokens,
+        output_tokens=counted.output_tokens,
+        usage_reported=counted.reported,
+        finish_reason=finish_reason,
+        upstream_model=model or request.model,
+        cached_input_tokens=counted.cached_input_tokens,
+    )
+
+
+class StreamedAnswer:
+    """What the `chat.completion.chunk`s of a stream add up to, read as `parse_completion`
+    reads a whole reply: the text of `choices[0].delta.content`, the last `finish_reason` and
+    `model`, and the usage of the chunk that carries one (without it, an estimate)."""
+
+    def __init__(self, request: CompletionRequest, *, provider: str) -> None:
+        self._request = request
+        self._provider = provider
+        self._pieces: list[str] = []
+        self._finish_reason: str | None = None
+        self._model: str | None = None
+        self._usage: object = None
+        self.done = False  # `[DONE]` was read: what follows is not the answer's
+
+    def add(self, data: str) -> str | None:
+        """One event's data; returns the text it adds to the answer, if any."""
+        if self.done or data.startswith("[DONE]"):  # the SDK's test, kept
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            raise MalformedResponse(f"{self._provider} sent a response that is not JSON") from None
+        try:
+            return self._take(chunk)
+        except _WrongShape:
+            raise self._unreadable() from None
+
+    def completion(self) -> Completion:
+        if self._finish_reason is None:  # cut off, though the connection ended cleanly
+            raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
+        text = "".join(self._pieces)
+        try:
+            return _result(self._request, text, self._finish_reason, self._model, self._usage)
+        except _WrongShape:
+            raise self._unreadable() from None
+
+    def _take(self, chunk: object) -> str | None:
+        if _field(chunk, "error"):  # an error reported inside the stream, as the SDK reads it
+            raise _WrongShape("error")
+        self._model = _text(_field(chunk, "model")) or self._model
+        if (usage := _field(chunk, "usage")) is not None:
+            self._usage = usage
+        choices = _field(chunk, "choices")
+        if not choices:  # the usage chunk has none
+            return None
+        if not isinstance(choices, list):
+            raise _WrongShape("choices")
+        finish_reason = _finish_reason(choices[0], provider=self._provider)
+        self._finish_reason = finish_reason or self._finish_reason
+        delta = _field(choices[0], "delta")
+        text = _text(_field(delta, "content")) if delta is not None else None
+        if text:
+            self._pieces.append(text)
+        return text or None
+
+    def _unreadable(self) -> MalformedResponse:
+        return MalformedResponse(f"{self._provider} sent a response that could not be read")
+
+
+def _usage(usage: object, request: CompletionRequest, text: str) -> _Usage:
+    if usage is None:  # some compatible servers report none: estimate, and say so
+        return _Usage(estimate_prompt_tokens(request), estimate_tokens(text), 0, reported=False)
+    details = _field(usage, "prompt_tokens_details")
+    cached = _count(_field(details, "cached_tokens")) if details is not None else None
+    return _Usage(
+        input_tokens=_required_count(_field(usage, "prompt_tokens")),
+        output_tokens=_required_count(_field(usage, "completion_tokens")),
+        cached_input_tokens=cached or 0,
+        reported=True,
+    )
+
+
+def _field(obj: object, key: str) -> object:
+    """`obj[key]` of a JSON object, None when absent."""
+    if not isinstance(obj, dict):
+        raise _WrongShape(key)
+    return obj.get(key)
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _WrongShape("expected a string")
+
+
+def _count(value: object) -> int | None:
+    if value is None:
+        return None
+    return _required_count(value)
+
+
+def _required_count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _WrongShape("expected a token count")
+
+
+def status_error(
+    status: int, raw: bytes, retry_after: str | None, *, provider: str
+) -> ProviderError:
+    """A non-2xx answer → our error tree, exactly as `map_openai_error` maps the SDK's
+    APIStatusError. Messages come from the vendor's error body or are written here: they
+    never include the API key."""
+    error = _error_object(raw)
+    vendor = _vendor_message(error, status)
+    message = f"{provider}: {vendor}"
+    if status in (401, 403):
+        return AuthenticationFailed(
+            f"{provider} rejected the gateway's credentials ({vendor})", status=status
+        )
+    wait = retry_after_seconds(retry_after)
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=wait)
+    if status >= 500:
+        return Unavailable(message, status=status, retry_after=wait)
+    code = str(error.get("code") or "") if isinstance(error, dict) else ""
+    if code == "context_length_exceeded":
+        return ContextLengthExceeded(message, status=status)
+    if code in ("content_filter", "content_policy_violation"):
+        return ContentFiltered(message, status=status)
+    return BadRequest(message, status=status)
+
+
+def _error_object(raw: bytes) -> object:
+    """The vendor's `error` object. The SDK keeps `body.get("error", body)` as the exception's
+    body and `map_openai_error` unwraps `error` once more: both steps are repeated here."""
+    try:
+        body: object = json.loads(raw.decode("utf-8", errors="replace").strip())
+    except (ValueError, RecursionError):
+        return None
+    for _ in range(2):
+        if isinstance(body, dict):
+            body = body.get("error", body)
+    return body
+
+
+def _vendor_message(error: object, status: int) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:MAX_VENDOR_MESSAGE]
+    return f"HTTP {status}"
