@@ -17,6 +17,10 @@ route answers it, errors included, so every error keeps one renderer and `/opena
 stays the routes'. Nothing has been written when that happens: each service raises what is
 wrong with a request before it records anything. A failure past that point (the database is
 down, say) is answered with the route's error handlers, in the route's shape.
+
+It sits in front of the whole app (`main.PromptManagerApp`), outside Starlette's own error,
+telemetry and body-limit layers, which the requests it takes do not need: it checks the body's
+size itself, and renders its failures as above.
 """
 
 from __future__ import annotations
@@ -117,8 +121,20 @@ class FastPaths:
             response = await render_error(Request(scope), exc)
         if response is None:
             await self.app(scope, _replaying(body, receive, more=not complete), send)
-        else:
-            await response(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await response(scope, receive, sending)
+        except Exception as exc:
+            if started:  # (the server logs it and closes the connection)
+                raise
+            await (await render_error(Request(scope), exc))(scope, receive, send)
 
 
 def _plain_request(

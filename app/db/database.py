@@ -91,7 +91,8 @@ def lost_connection(exc: BaseException | None) -> bool:
             | TimeoutError
             | asyncpg.exceptions.PostgresConnectionError
             | asyncpg.exceptions.OperatorInterventionError
-            | asyncpg.exceptions.InterfaceError,
+            | asyncpg.exceptions.InterfaceError
+            | asyncpg.exceptions.InternalClientError,
         ):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -36,7 +37,11 @@ PROMPT_ID_HEADER = "X-Prompt-Id"
 
 class _WatchedResponse(Response):
     """Runs `respond` until it ends or the client goes away, whichever is first; in both
-    cases the execution has ended (and is recorded) when this returns."""
+    cases the execution has ended (and is recorded) when this returns.
+
+    `respond` runs in the request's own task, which a watcher cancels if the client leaves:
+    one extra task per request rather than three (a task each for `respond`, the watcher and
+    the clean-up measured about 5 % of a /v1 request's CPU, py-spy)."""
 
     def __init__(self, run: ChatRun) -> None:
         super().__init__()  # the attributes a Response has; what it sends is `respond`'s
@@ -44,21 +49,27 @@ class _WatchedResponse(Response):
         self.headers_out = {PROMPT_ID_HEADER: str(run.prompt.id)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        respond = asyncio.create_task(self.respond(scope, receive, send))
-        gone = asyncio.create_task(_disconnected(receive))
-        try:
-            await asyncio.wait({respond, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            respond.cancel()  # a no-op once it has answered
-            await carried_through(self._ended(respond, gone))
-        failure = None if respond.cancelled() else respond.exception()
-        if failure is not None and not isinstance(failure, OSError):
-            raise failure  # (an OSError: the client went away while it was written to)
+        task = asyncio.current_task()
+        assert task is not None
+        left = False
 
-    async def _ended(self, respond: asyncio.Task[None], gone: asyncio.Task[None]) -> None:
-        await asyncio.gather(respond, gone, return_exceptions=True)
-        await self.run.cancel()
+        def gone() -> None:
+            nonlocal left
+            left = True
+            task.cancel()
+
+        watcher = asyncio.create_task(_disconnected(receive, gone))
+        try:
+            await self.respond(scope, receive, send)
+        except asyncio.CancelledError:
+            if not left or task.uncancel() > 0:
+                raise  # cancelled from elsewhere (the server is stopping): let it through
+        except OSError:
+            pass  # the client went away while it was written to
+        finally:
+            watcher.cancel()
+            if self.run.task is not None and not self.run.task.done():
+                await carried_through(self.run.cancel())
 
     async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
@@ -163,6 +174,7 @@ async def _outcome(run: ChatRun) -> Outcome:
             return item
 
 
-async def _disconnected(receive: Receive) -> None:
+async def _disconnected(receive: Receive, then: Callable[[], None]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    then()

@@ -9,6 +9,9 @@ parameter per column whatever the batch size, and the outcome's three tables are
 one statement with data-modifying CTEs, which PostgreSQL runs on one snapshot: the responses
 go in only for the prompts whose status change matched its claim, as before.
 
+The statements go straight to asyncpg, on a connection of the writer's own
+(`db/dedicated.py`), since SQLAlchemy's execution around each cost more than the statement.
+
 SQLite keeps the Core statements (batch_writes.py); the same tests hold both to the same results.
 """
 
@@ -16,20 +19,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from itertools import count
 from typing import Any
 
-from sqlalchemy import Table, text
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.dedicated import DedicatedConnection
 
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
-def _unnest(columns: Sequence[tuple[str, str]], prefix: str) -> str:
-    """`unnest(CAST(:p_col AS type[]), …)` over `columns` (name, PostgreSQL type)."""
-    return "unnest(" + ", ".join(f"CAST(:{prefix}{c} AS {t}[])" for c, t in columns) + ")"
+def _unnest(columns: Sequence[tuple[str, str]], numbers: Iterator[int]) -> str:
+    """`unnest($n::type[], …)` over `columns` (name, PostgreSQL type), one parameter each."""
+    return "unnest(" + ", ".join(f"${next(numbers)}::{t}[]" for _, t in columns) + ")"
 
 
 def _columns(table: Table) -> list[tuple[str, str]]:
@@ -57,15 +62,16 @@ def _jsonb_columns(table: Table) -> set[str]:
 
 
 def _arrays(
-    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], prefix: str, jsonb: set[str]
-) -> dict[str, list[Any]]:
-    return {
-        f"{prefix}{name}": [
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], jsonb: set[str]
+) -> list[list[Any]]:
+    """One array per column, in `columns` order."""
+    return [
+        [
             json.dumps(row[name]) if name in jsonb and row[name] is not None else row[name]
             for row in rows
         ]
         for name, _ in columns
-    }
+    ]
 
 
 class PromptBatches:
@@ -78,52 +84,54 @@ class PromptBatches:
         self._response_columns = _columns(responses)
         # The SQL is made of the tables' own names, never of a value (values are parameters).
         names = ", ".join(c for c, _ in self._prompt_columns)
-        self._insert_prompts = text(
+        self._insert_prompts = (
             f"INSERT INTO {requests.name} ({names}) "  # noqa: S608
             f"SELECT {_select(self._prompt_columns, self._prompt_jsonb, 'v')} "
-            f"FROM {_unnest(self._prompt_columns, 'p_')} AS v({names})"
+            f"FROM {_unnest(self._prompt_columns, count(1))} AS v({names})"
         )
+        # Parameters: $1 the time, then the attempts' arrays, the responses', the changes'.
+        numbers = count(2)
         attempt_names = ", ".join(c for c, _ in self._attempt_columns)
+        attempt_rows = _unnest(self._attempt_columns, numbers)
         response_names = ", ".join(c for c, _ in self._response_columns)
-        self._write_outcomes = text(
-            f"""
+        response_rows = _unnest(self._response_columns, numbers)
+        changes = _unnest(
+            [("id", "uuid"), ("fence", "integer"), ("status", "text"), ("code", "text"),
+             ("message", "text")],
+            numbers,
+        )  # fmt: skip
+        self._write_outcomes = f"""
             WITH attempt_rows AS (
                 INSERT INTO {attempts.name} ({attempt_names})
-                SELECT * FROM {_unnest(self._attempt_columns, "a_")}
+                SELECT * FROM {attempt_rows}
             ),
             finished AS (
                 UPDATE {requests.name} AS p
-                SET status = v.status, finished_at = :now, lease_expires_at = NULL,
+                SET status = v.status, finished_at = $1, lease_expires_at = NULL,
                     error_code = v.code, error_message = v.message
-                FROM unnest(CAST(:f_id AS uuid[]), CAST(:f_fence AS integer[]),
-                            CAST(:f_status AS text[]), CAST(:f_code AS text[]),
-                            CAST(:f_message AS text[]))
-                     AS v(id, fence, status, code, message)
+                FROM {changes} AS v(id, fence, status, code, message)
                 WHERE p.id = v.id AND p.status = 'running' AND p.attempts = v.fence
                 RETURNING p.id
             ),
             response_rows AS (
                 INSERT INTO {responses.name} ({response_names})
-                SELECT r.* FROM {_unnest(self._response_columns, "r_")}
-                     AS r({response_names})
+                SELECT r.* FROM {response_rows} AS r({response_names})
                 WHERE r.prompt_id IN (SELECT id FROM finished)
             )
             SELECT id FROM finished
             """  # noqa: S608
-        )
 
     async def insert_prompts(
-        self, connection: AsyncConnection, rows: Sequence[dict[str, Any]]
+        self, connection: DedicatedConnection, rows: Sequence[dict[str, Any]]
     ) -> None:
         """New prompts, each row with a value (or None) for every column."""
-        await connection.execute(
-            self._insert_prompts,
-            _arrays(rows, self._prompt_columns, "p_", self._prompt_jsonb),
+        await connection.fetch(
+            self._insert_prompts, *_arrays(rows, self._prompt_columns, self._prompt_jsonb)
         )
 
     async def write_outcomes(
         self,
-        connection: AsyncConnection,
+        connection: DedicatedConnection,
         *,
         now: datetime,
         attempts: Sequence[dict[str, Any]],
@@ -133,10 +141,11 @@ class PromptBatches:
         """Attempt rows; `finishing` = (prompt id, fence, status, error code, error message)
         status changes, each fenced on its claim; then the `responses` of the prompts whose
         change matched. Returns those prompts' ids."""
-        params: dict[str, Any] = {"now": now}
-        params |= _arrays(attempts, self._attempt_columns, "a_", set())
-        params |= _arrays(responses, self._response_columns, "r_", set())
-        for i, name in enumerate(("f_id", "f_fence", "f_status", "f_code", "f_message")):
-            params[name] = [row[i] for row in finishing]
-        result = await connection.execute(self._write_outcomes, params)
-        return {row[0] for row in result}
+        rows = await connection.fetch(
+            self._write_outcomes,
+            now,
+            *_arrays(attempts, self._attempt_columns, set()),
+            *_arrays(responses, self._response_columns, set()),
+            *([change[i] for change in finishing] for i in range(5)),
+        )
+        return {row[0] for row in rows}

@@ -84,10 +84,12 @@ class Recorder:
         self._inserts = GroupCommit(self._writes.insert_prompts)
 
     async def aclose(self) -> None:
-        """Wait for the writes already queued (before the engine is disposed)."""
+        """Wait for the writes already queued, then close the writers' own connections
+        (before the engine is disposed)."""
         await self._inserts.aclose()
         await self._claims.aclose()
         await self._outcomes.aclose()
+        await self._writes.aclose()
 
     async def create_prompt(
         self, prompt: PromptRequest, *, idempotency: IdempotencyRecord | None = None

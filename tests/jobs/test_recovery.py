@@ -103,6 +103,7 @@ async def test_a_stale_claim_cannot_finish_after_the_prompt_moved_on(fresh_datab
                 .where(PromptAttempt.prompt_id == prompt.id)
             )
     finally:
+        await recorder.aclose()
         await engine.dispose()
     assert row is not None and row.status == PromptStatus.COMPLETED
     assert responses == 1  # only the current claim answered
@@ -179,4 +180,5 @@ async def test_the_sweeper_hands_a_full_runner_no_more_than_it_has_room_for(fres
         assert (first.redispatched, runner.backlog, runner.room) == (5, 5, 0)
         assert (await sweeper.sweep_once()).redispatched == 0  # full: nothing more
     finally:
+        await recorder.aclose()
         await engine.dispose()

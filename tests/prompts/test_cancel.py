@@ -235,6 +235,7 @@ async def test_a_cancelled_prompt_is_never_handed_back_to_pending(fresh_database
         assert await recorder.cancel(lost.id, user_id=user_id) == PromptStatus.CANCELLED
         assert await recorder.cancel(lost.id, user_id=uuid.uuid4()) is None
     finally:
+        await recorder.aclose()
         await engine.dispose()
 
 
@@ -255,6 +256,7 @@ async def test_a_cancel_and_an_answer_never_both_win(fresh_database: str):
         assert await _status(sessions, cancelled_first.id) == (PromptStatus.CANCELLED, 0)
         assert await _status(sessions, answered_first.id) == (PromptStatus.COMPLETED, 1)
     finally:
+        await recorder.aclose()
         await engine.dispose()
 
 
