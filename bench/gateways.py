@@ -893,9 +893,9 @@ async def pm_phase(ctx: Ctx, db: str, *, workers: int | None = None) -> None:
     ctx.res.notes.append(
         f"PostgreSQL max_connections {await pg.fetchval('SHOW max_connections')}; {others} "
         "client connections to other databases were open when Prompt Manager's phase began; "
-        f"its pools may open up to {2 * pool} per process (DATABASE_POOL_SIZE {pool}, as many "
-        f"again in overflow) in each of its {api_workers + 1} processes ({api_workers} API "
-        "worker(s), the Celery worker)"
+        f"its pools may open up to {2 * pool + 2} per process (DATABASE_POOL_SIZE {pool}, as "
+        "many again in overflow, and the group-commit writers' two) in each of its "
+        f"{api_workers + 1} processes ({api_workers} API worker(s), the Celery worker)"
     )
     api = worker = None
     try:
