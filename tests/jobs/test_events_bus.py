@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from app.prompts.events import PromptEvent, RedisBus, Subscription
 from tests.jobs.services import RedisServer, Services
-
-
-@pytest.fixture
-def services() -> Iterator[Services]:
-    started = Services()
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 async def _first(subscription: Subscription, publisher: RedisBus, prompt_id: uuid.UUID) -> str:

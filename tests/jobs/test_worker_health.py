@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,16 +23,6 @@ async def database() -> AsyncIterator[str]:
     """Migrated, and seen only by these workers (their sweepers run on it)."""
     async with throwaway_database("pm_health") as url:
         yield url
-
-
-@pytest.fixture
-def services() -> Iterator[Services]:
-    started = Services()
-    try:
-        yield started
-    finally:
-        print(started.logs())  # shown by pytest when the test failed
-        started.close()
 
 
 def worker_env(database_url: str, broker_url: str, health_port: int) -> dict[str, str]:
