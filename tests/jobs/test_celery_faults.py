@@ -17,7 +17,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -167,15 +167,10 @@ async def database() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def services(database: str) -> Iterator[Services]:
-    """Every process the test starts; stopped (by PID) before its database is dropped. The
-    tail of each process's output is printed, which pytest shows when the test failed."""
-    started = Services()
-    try:
-        yield started
-    finally:
-        print(started.logs())
-        started.close()
+def services(database: str, services: Services) -> Services:
+    """conftest's, set up after the database so that its processes stop before the database
+    is dropped."""
+    return services
 
 
 def celery_api(
