@@ -99,6 +99,15 @@ def lost_connection(exc: BaseException | None) -> bool:
     return False
 
 
+async def read_one_snapshot(session: AsyncSession) -> None:
+    """Make the session's transaction, not begun yet, read one snapshot: rows read by separate
+    statements (a delivery, then its attempts) then agree even while a writer commits in
+    between. PostgreSQL needs REPEATABLE READ for that (READ COMMITTED takes a snapshot per
+    statement); a SQLite transaction already reads one."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

@@ -15,6 +15,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
+from app.db.database import read_one_snapshot
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.webhooks.schemas import (
@@ -179,7 +180,9 @@ async def _attempts(
 async def list_deliveries(
     session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID, limit: int
 ) -> list[DeliveryOut]:
-    """The endpoint's deliveries, newest first, each with every attempt made."""
+    """The endpoint's deliveries, newest first, each with every attempt made, as of one
+    moment (an attempt is never listed without the delivery state it left)."""
+    await read_one_snapshot(session)
     await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
     deliveries = list(
         await session.scalars(
