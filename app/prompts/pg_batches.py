@@ -73,8 +73,7 @@ def _parameters(
     *,
     one: bool,
 ) -> list[Any]:
-    """One array per column, in `columns` order; with `one`, the single row's values instead
-    (all None when there is no row: the statement then writes none)."""
+    """The statement's parameters for `rows` (dicts by column name), in `columns` order."""
     arrays = [
         [
             json.dumps(row[name]) if name in jsonb and row[name] is not None else row[name]
@@ -82,6 +81,12 @@ def _parameters(
         ]
         for name, _ in columns
     ]
+    return _shaped(arrays, one=one)
+
+
+def _shaped(arrays: list[list[Any]], *, one: bool) -> list[Any]:
+    """One array per column; with `one`, the single row's values instead (all None when there
+    is no row: the statement then writes none)."""
     if one:
         return [values[0] if values else None for values in arrays]
     return arrays
@@ -171,12 +176,12 @@ class PromptBatches:
         status changes, each fenced on its claim; then the `responses` of the prompts whose
         change matched. Returns those prompts' ids."""
         one = max(len(attempts), len(finishing), len(responses)) == 1
-        changes = [dict(zip((c for c, _ in _CHANGE_COLUMNS), f, strict=True)) for f in finishing]
+        changes = [[change[i] for change in finishing] for i in range(len(_CHANGE_COLUMNS))]
         rows = await connection.fetch(
             self._write_outcomes[one],
             now,
             *_parameters(attempts, self._attempt_columns, set(), one=one),
             *_parameters(responses, self._response_columns, set(), one=one),
-            *_parameters(changes, _CHANGE_COLUMNS, set(), one=one),
+            *_shaped(changes, one=one),
         )
         return {row[0] for row in rows}
