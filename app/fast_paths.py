@@ -56,6 +56,7 @@ async def _chat(scope: Scope, user: User, body: bytes) -> Response | None:
             data=data,
             router=state.model_router,
             max_prompt_chars=state.settings.max_prompt_chars,
+            policy=await state.prompt_types.get(data.prompt_type or chat_service.CHAT_PROMPT_TYPE),
         )
     except (pydantic.ValidationError, AppError):
         return None

@@ -22,6 +22,7 @@ from app.openai_compat.schemas import (
     Model,
     ModelList,
 )
+from app.prompt_types.dependencies import PromptTypeCacheDep
 from app.prompts.dependencies import (
     BusDep,
     IdempotencyKeyHeader,
@@ -96,6 +97,7 @@ async def create_chat_completion(
     bus: BusDep,
     sessions: SessionsDep,
     settings: SettingsDep,
+    prompt_types: PromptTypeCacheDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """OpenAI's chat completions on any model of the catalogue, whatever its provider.
@@ -103,10 +105,11 @@ async def create_chat_completion(
     Executed at once by this server while the client waits, with the usual retries,
     fallbacks and circuit breaker; recorded like every prompt (`prompt_type` `chat`, the
     messages in `parameters.messages`), so it is listed in `GET /ai/prompts/` with its
-    response, tokens, cost and duration. A client that disconnects cancels the call (the
-    prompt ends `cancelled`). Not supported: `n` > 1, tools and function calling,
-    `response_format`, logprobs, non-text content, and other sampling options than
-    `temperature` and `max_tokens` (refused by name with a 400).
+    response, tokens, cost and duration. A defined prompt type (`chat`, or the one the
+    `prompt_type` extension names) applies its policy, as on `/ai/prompts/`. A client that
+    disconnects cancels the call (the prompt ends `cancelled`). Not supported: `n` > 1, tools
+    and function calling, `response_format`, logprobs, non-text content, and other sampling
+    options than `temperature` and `max_tokens` (refused by name with a 400).
 
     With an `Idempotency-Key`, a retry of the same body gets the first call's answer (waiting
     for it if it is still running), with `Idempotent-Replayed: true`, and no second prompt or
@@ -121,6 +124,7 @@ async def create_chat_completion(
             data=data,
             router=model_router,
             max_prompt_chars=max_prompt_chars,
+            prompt_types=prompt_types,
             idempotency=record,
         )
 

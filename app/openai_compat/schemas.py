@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.prompts.schemas import MetadataKey, MetadataValue, Name, Text
+from app.prompts.schemas import (
+    MetadataKey,
+    MetadataValue,
+    Name,
+    Text,
+    VariableName,
+    VariableValue,
+)
 
 
 def _is(neutral: Any) -> Callable[[Any], bool]:
@@ -119,7 +126,14 @@ class ChatCompletionCreate(BaseModel):
     prompt_type: Name | None = Field(
         None,
         description="Prompt Manager extension (`extra_body`): the prompt's type in "
-        "`/ai/prompts`; default `chat`.",
+        "`/ai/prompts`; default `chat`. A defined type's policy applies (ceilings, fallbacks, "
+        "system instruction; its template wraps the last user message).",
+    )
+    variables: dict[VariableName, VariableValue] | None = Field(
+        None,
+        max_length=50,
+        description="Prompt Manager extension (`extra_body`): values for the `{name}` fields "
+        "of the prompt type's template, as in `POST /ai/prompts/`.",
     )
 
 

@@ -32,6 +32,8 @@ from app.openai_compat.schemas import (
     ResponseMessage,
     Usage,
 )
+from app.prompt_types.cache import PromptTypeCache, PromptTypePolicy
+from app.prompt_types.policy import apply_to_chat
 from app.prompts import live
 from app.prompts.events import EventBus
 from app.prompts.idempotency import IdempotencyRecord
@@ -113,12 +115,17 @@ async def start_chat(
     data: ChatCompletionCreate,
     router: ModelRouter,
     max_prompt_chars: int,
+    prompt_types: PromptTypeCache,
     idempotency: IdempotencyRecord | None = None,
 ) -> ChatRun:
     """Check the chat, record it as a prompt already claimed by this process (with its
     idempotency key, in the same transaction) and start executing it."""
     prompt = build_prompt(
-        user_id=user_id, data=data, router=router, max_prompt_chars=max_prompt_chars
+        user_id=user_id,
+        data=data,
+        router=router,
+        max_prompt_chars=max_prompt_chars,
+        policy=await prompt_types.get(data.prompt_type or CHAT_PROMPT_TYPE),
     )
     return await run_chat(recorder, runner, prompt=prompt, data=data, idempotency=idempotency)
 
@@ -225,48 +232,73 @@ _ERRORS_BY_CODE = {cls.code: cls for cls in reversed(_subclasses(ProviderError))
 
 
 def build_prompt(
-    *, user_id: uuid.UUID, data: ChatCompletionCreate, router: ModelRouter, max_prompt_chars: int
+    *,
+    user_id: uuid.UUID,
+    data: ChatCompletionCreate,
+    router: ModelRouter,
+    max_prompt_chars: int,
+    policy: PromptTypePolicy | None,
 ) -> PromptRequest:
-    """The prompt row for a chat request, after refusing what cannot be honoured."""
+    """The prompt row for a chat request, after refusing what cannot be honoured. `policy` is
+    the current version of its prompt type (`chat` unless it names another), if defined."""
     refuse_unsupported(data)
+    prompt_type = data.prompt_type or CHAT_PROMPT_TYPE
     messages = [_message(i, m) for i, m in enumerate(data.messages)]
-    total = sum(len(m["content"]) for m in messages)
-    if total > max_prompt_chars:
-        raise InvalidInput(
-            f"The messages have {total:,} characters; the limit here is {max_prompt_chars:,} "
-            "(MAX_PROMPT_CHARS).",
-            code="prompt_too_large",
-            extra={"limit": max_prompt_chars, "parameter": "messages"},
-        )
-    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
-    if last_user is None:
+    last = next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "user"), None)
+    if last is None:
         raise InvalidInput(
             "messages must contain at least one user message.",
             code="invalid_messages",
             extra={"parameter": "messages"},
         )
-    max_tokens = data.max_completion_tokens or data.max_tokens
+    applied = apply_to_chat(
+        policy,
+        prompt_type=prompt_type,
+        text=messages[last]["content"],
+        variables=data.variables,
+        model=data.model,
+        max_tokens=data.max_completion_tokens or data.max_tokens,
+        router=router,
+        max_prompt_chars=max_prompt_chars,
+    )
+    messages[last] = {"role": "user", "content": applied.text}
+    total, limit = sum(len(m["content"]) for m in messages), applied.max_prompt_chars
+    if total > limit:
+        whose = f"prompt type '{prompt_type}'" if limit < max_prompt_chars else "MAX_PROMPT_CHARS"
+        raise InvalidInput(
+            f"The messages have {total:,} characters; the limit here is {limit:,} ({whose}).",
+            code="prompt_too_large",
+            extra={"limit": limit, "parameter": "messages"},
+        )
     route = router.resolve(data.model)
-    fallbacks = router.fallbacks(route, None)
+    fallbacks = router.fallbacks(route, applied.fallbacks)
+    max_tokens = applied.max_tokens
     for candidate in (route, *fallbacks):  # the same checks as /ai/prompts
         check_parameters(candidate, router, temperature=data.temperature, max_tokens=max_tokens)
     parameters: dict[str, Any] = {"messages": messages}
+    if applied.system_instruction:  # sent before the conversation (executor.build_messages)
+        parameters["system_prompt"] = applied.system_instruction
     if data.temperature is not None:
         parameters["temperature"] = data.temperature
     if max_tokens is not None:
         parameters["max_tokens"] = max_tokens
+    if applied.timeout_seconds is not None:
+        parameters["timeout_seconds"] = applied.timeout_seconds
     if fallbacks:
         parameters["fallbacks"] = [f.model for f in fallbacks]
     if data.user:
         parameters["user"] = data.user
     if data.stream:
         parameters["stream"] = True
+    if applied.template_input is not None:
+        parameters["template_input"] = applied.template_input
     return PromptRequest(
         id=uuid.uuid4(),
         user_id=user_id,
         model=data.model,
-        prompt_type=data.prompt_type or CHAT_PROMPT_TYPE,
-        prompt_text=last_user,
+        prompt_type=prompt_type,
+        prompt_type_version=applied.version,
+        prompt_text=applied.text,
         status=PromptStatus.PENDING,
         created_at=utcnow(),
         provider=route.provider,

@@ -8,6 +8,10 @@ request's text. The prompt then stores the rendered text as `prompt_text` (what 
 is sent) and the request's own text and variables in `parameters["template_input"]`, so the
 executor needs to know nothing about types. An undefined `prompt_type` is free text as
 before: no policy, no version.
+
+A chat through `/v1/chat/completions` is a prompt of type `chat` (or the one its
+`prompt_type` extension names), and a defined type governs it the same way
+(`apply_to_chat`): an admin's ceilings hold whichever endpoint a client uses.
 """
 
 from __future__ import annotations
@@ -38,22 +42,10 @@ def apply_prompt_type(
 ) -> Applied:
     """The request as it runs under `policy` (the current version of its type, if any)."""
     if policy is None:
-        if data.variables:
-            raise InvalidInput(
-                f"variables were given, but prompt type '{data.prompt_type}' is not defined "
-                "here, so there is no template to fill.",
-                code="unknown_template_variable",
-                extra={"unknown": sorted(data.variables), "expected": []},
-            )
+        _refuse_variables(data.prompt_type, data.variables)
         return Applied(data)
     name = policy.name
-    if policy.retired:
-        raise InvalidInput(
-            f"Prompt type '{name}' was retired (version {policy.version}); use another type, "
-            "or ask an admin to define it again.",
-            code="prompt_type_retired",
-            extra={"prompt_type": name, "prompt_type_version": policy.version},
-        )
+    _refuse_retired(policy)
     where = {"prompt_type": name, "prompt_type_version": policy.version}
     model = data.model or policy.default_model
     if model is None:
@@ -63,7 +55,7 @@ def apply_prompt_type(
             extra=where,
         )
     fallbacks = data.fallbacks if data.fallbacks is not None else policy.fallbacks
-    text = _render(data, policy)
+    text = _render(data.prompt_text, data.variables, policy)
     limit = min(policy.max_prompt_chars or max_prompt_chars, max_prompt_chars)
     if len(text) > limit:
         rendered = " as rendered by its template" if policy.template else ""
@@ -81,7 +73,7 @@ def apply_prompt_type(
             part for part in (policy.system_instruction, data.system_prompt) if part
         )
         or None,
-        "max_tokens": _max_tokens(data, policy, router, model, fallbacks),
+        "max_tokens": _max_tokens(data.max_tokens, policy, router, model, fallbacks),
         "timeout_seconds": _ceiling(
             "timeout_seconds", data.timeout_seconds, policy.timeout_seconds, where
         ),
@@ -94,8 +86,74 @@ def apply_prompt_type(
     return Applied(data.model_copy(update=update), policy.version, template_input)
 
 
-def _render(data: PromptCreate, policy: PromptTypePolicy) -> str:
-    given = data.variables or {}
+@dataclass(frozen=True, slots=True)
+class ChatApplied:
+    """What a prompt type makes of a chat (`/v1/chat/completions`)."""
+
+    text: str  # the last user message as the model gets it (rendered by the template)
+    max_prompt_chars: int  # the limit on the whole conversation's characters
+    max_tokens: int | None
+    fallbacks: list[str] | None  # None: the catalogue's
+    system_instruction: str | None
+    timeout_seconds: float | None
+    version: int | None = None
+    template_input: dict[str, Any] | None = None
+
+
+def apply_to_chat(
+    policy: PromptTypePolicy | None,
+    *,
+    prompt_type: str,
+    text: str,
+    variables: dict[str, str] | None,
+    model: str,
+    max_tokens: int | None,
+    router: ModelRouter,
+    max_prompt_chars: int,
+) -> ChatApplied:
+    """A chat under `policy`, the current version of its type: the same ceilings, fallbacks,
+    instruction and template as a prompt of `/ai/prompts/` gets. The template wraps the last
+    user message (`text`). A chat always names its model, so the default model is unused."""
+    if policy is None:
+        _refuse_variables(prompt_type, variables)
+        return ChatApplied(text, max_prompt_chars, max_tokens, None, None, None)
+    _refuse_retired(policy)
+    return ChatApplied(
+        text=_render(text, variables, policy),
+        max_prompt_chars=min(policy.max_prompt_chars or max_prompt_chars, max_prompt_chars),
+        max_tokens=_max_tokens(max_tokens, policy, router, model, policy.fallbacks),
+        fallbacks=policy.fallbacks,
+        system_instruction=policy.system_instruction,
+        timeout_seconds=policy.timeout_seconds,  # (a chat asks for none: the type's is its own)
+        version=policy.version,
+        template_input=(
+            {PROMPT_TEXT: text, "variables": dict(variables or {})} if policy.template else None
+        ),
+    )
+
+
+def _refuse_retired(policy: PromptTypePolicy) -> None:
+    if policy.retired:
+        raise InvalidInput(
+            f"Prompt type '{policy.name}' was retired (version {policy.version}); use another "
+            "type, or ask an admin to define it again.",
+            code="prompt_type_retired",
+            extra={"prompt_type": policy.name, "prompt_type_version": policy.version},
+        )
+
+
+def _refuse_variables(name: str | None, variables: dict[str, str] | None) -> None:
+    if variables:
+        raise InvalidInput(
+            f"variables were given, but prompt type '{name}' is not defined here, so there "
+            "is no template to fill.",
+            code="unknown_template_variable",
+            extra={"unknown": sorted(variables), "expected": []},
+        )
+
+
+def _render(text: str, variables: dict[str, str] | None, policy: PromptTypePolicy) -> str:
+    given = variables or {}
     expected = policy.template.variables if policy.template else ()
     unknown = sorted(set(given) - set(expected))
     if unknown:
@@ -107,7 +165,7 @@ def _render(data: PromptCreate, policy: PromptTypePolicy) -> str:
             extra={"unknown": unknown, "expected": list(expected)},
         )
     if policy.template is None:
-        return data.prompt_text
+        return text
     missing = [v for v in expected if v not in given]
     if missing:
         raise InvalidInput(
@@ -116,7 +174,7 @@ def _render(data: PromptCreate, policy: PromptTypePolicy) -> str:
             code="missing_template_variable",
             extra={"missing": missing, "expected": list(expected)},
         )
-    return policy.template.render({**given, PROMPT_TEXT: data.prompt_text})
+    return policy.template.render({**given, PROMPT_TEXT: text})
 
 
 def _ceiling(field: str, asked: float | None, ceiling: float | None, where: dict[str, Any]) -> Any:
@@ -134,7 +192,7 @@ def _ceiling(field: str, asked: float | None, ceiling: float | None, where: dict
 
 
 def _max_tokens(
-    data: PromptCreate,
+    asked: int | None,
     policy: PromptTypePolicy,
     router: ModelRouter,
     model: str,
@@ -143,8 +201,8 @@ def _max_tokens(
     """The request's max_tokens within the type's ceiling; without one, the ceiling lowered
     to what the model and its fallbacks can produce (so a default never fails a request)."""
     where = {"prompt_type": policy.name, "prompt_type_version": policy.version}
-    tokens: int | None = _ceiling("max_tokens", data.max_tokens, policy.max_output_tokens, where)
-    if data.max_tokens is not None or tokens is None:
+    tokens: int | None = _ceiling("max_tokens", asked, policy.max_output_tokens, where)
+    if asked is not None or tokens is None:
         return tokens
     route = router.resolve(model)
     for candidate in (route, *router.fallbacks(route, fallbacks)):

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 
 from app.db.base import utcnow
 from app.errors import Conflict, InvalidInput, NotFound
@@ -253,12 +253,17 @@ async def list_prompts(
 async def get_prompt(
     session: AsyncSession, *, user_id: uuid.UUID, prompt_id: uuid.UUID
 ) -> PromptDetail:
-    """One of the user's prompts. Someone else's is exactly as missing as a missing one."""
-    prompt = await session.scalar(
+    """One of the user's prompts. Someone else's is exactly as missing as a missing one.
+
+    The prompt, its response and its attempts come from one statement (joined), so they agree
+    even while the outcome is being committed: separate statements read separate snapshots
+    on PostgreSQL, and a poll could see `running` with the response already there."""
+    result = await session.execute(
         select(PromptRequest)
         .where(PromptRequest.id == prompt_id, PromptRequest.user_id == user_id)
-        .options(selectinload(PromptRequest.response), selectinload(PromptRequest.attempt_log))
+        .options(joinedload(PromptRequest.response), joinedload(PromptRequest.attempt_log))
     )
+    prompt = result.unique().scalar_one_or_none()
     if prompt is None:
         raise NotFound("No prompt with this id.")
     return PromptDetail.from_prompt(prompt)
