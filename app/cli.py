@@ -1,4 +1,5 @@
-"""`python -m app …`: serve the API and administer users and keys.
+"""`python -m app …`: serve the API, administer users and keys, and the keys that seal
+stored webhook secrets (`app/sealing.py`).
 
 The commands that create keys print the new key as the last line of their output, alone, so
 scripts can take it with `tail -n 1`.
@@ -12,6 +13,7 @@ import copy
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 
 from pydantic import ValidationError
 
@@ -21,6 +23,8 @@ from app.db.base import utcnow
 from app.db.database import SessionFactory, create_engine, create_session_factory
 from app.errors import AppError
 from app.providers.catalogue import CatalogueError, load_catalogue
+from app.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key, load_box
+from app.webhooks.service import reseal_secrets
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
 
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its prefix")
     revoke.add_argument("prefix", help="the first 11 characters of the key (pm_…)")
+
+    commands.add_parser(
+        "generate-key", help="print a new key for ENCRYPTION_KEYS (it seals webhook secrets)"
+    )
+    commands.add_parser(
+        "reseal-secrets",
+        help="seal every stored webhook secret under the first of ENCRYPTION_KEYS (after "
+        "putting a new key first; the old one can then be dropped)",
+    )
     return parser
 
 
@@ -96,6 +109,15 @@ async def _revoke_key(sessions: SessionFactory, args: argparse.Namespace) -> Non
     print(f"Revoked API key {key.prefix}….")
 
 
+async def _reseal_secrets(box: SecretBox, sessions: SessionFactory, _: argparse.Namespace) -> None:
+    try:
+        async with sessions() as session, session.begin():
+            count = await reseal_secrets(session, box)
+    except UnreadableSecret as exc:
+        raise AppError(f"{exc}; nothing was changed.") from None
+    print(f"{count} webhook secret(s) resealed under the first key of ENCRYPTION_KEYS.")
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
@@ -128,6 +150,22 @@ def main(argv: list[str] | None = None) -> int:
             field = ".".join(str(p) for p in error["loc"]).upper() or "settings"
             print(f"Configuration error: {field}: {error['msg']}", file=sys.stderr)
         return 2
+    if args.command == "generate-key":
+        print(generate_key())
+        return 0
+    commands: dict[str, Callable[[SessionFactory, argparse.Namespace], Awaitable[None]]] = {
+        "create-user": _create_user,
+        "create-key": _create_key,
+        "revoke-key": _revoke_key,
+    }
+    if args.command in ("serve", "worker", "reseal-secrets"):
+        try:
+            # Here, so that a key file is created once, before uvicorn's workers start.
+            box = load_box(settings)
+        except SealingKeyError as exc:
+            print(f"Configuration error: {exc}", file=sys.stderr)
+            return 2
+        commands["reseal-secrets"] = partial(_reseal_secrets, box)
     if args.command in ("serve", "worker"):
         try:
             load_catalogue(settings.model_catalogue_path)  # fail before uvicorn, readably
@@ -140,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
             return run_worker(settings)
         _serve(settings)
         return 0
-    commands = {"create-user": _create_user, "create-key": _create_key, "revoke-key": _revoke_key}
     command = commands[args.command]
     try:
         asyncio.run(_with_session(settings, lambda sessions: command(sessions, args)))

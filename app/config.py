@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.sealing import SealingKeyError, SecretBox, split_keys
+
 _SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 BUILT_IN_PROVIDERS = ("openai", "gemini", "anthropic", "local")
 
@@ -160,6 +162,16 @@ class Settings(BaseSettings):
         16, ge=1, le=1000, description="Webhook POSTs one process makes at once."
     )
 
+    encryption_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated keys that seal stored webhook secrets: the first seals, "
+        "every one opens (`python -m app generate-key` makes one). Set the same on every "
+        "process. Unset: the key in ENCRYPTION_KEY_FILE.",
+    )
+    encryption_key_file: Path = Field(
+        Path("prompt_manager.key"),
+        description="The key used when ENCRYPTION_KEYS is unset; created on first use.",
+    )
     provider_timeout_seconds: float = Field(
         60.0,
         gt=0,
@@ -249,11 +261,22 @@ class Settings(BaseSettings):
         "model_catalogue_path",
         "celery_broker_url",
         "worker_health_port",
+        "encryption_keys",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _sealing_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                SecretBox(split_keys(value.get_secret_value()))
+            except SealingKeyError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("openai_base_url", "gemini_base_url", "anthropic_base_url")
     @classmethod

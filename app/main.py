@@ -56,6 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.recorder = runtime.recorder
         app.state.bus = runtime.bus
         app.state.prompt_types = PromptTypeCache(runtime.sessions)
+        app.state.secret_box = runtime.box
         app.state.model_router = runtime.router
         app.state.readiness_checks = {"database": database_check(runtime.sessions)}
         if settings.is_embedded:
@@ -78,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             stack.push_async_callback(runner.stop)
             await sweeper.start()
             stack.push_async_callback(sweeper.stop)
-            pump = create_pump(settings, runtime.sessions)
+            pump = create_pump(settings, runtime.sessions, runtime.box)
             await pump.start()
             stack.push_async_callback(pump.stop)
             dispatcher = runner

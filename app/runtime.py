@@ -24,6 +24,7 @@ from app.prompts.recorder import Recorder
 from app.providers.catalogue import load_catalogue
 from app.providers.registry import ModelRouter, build_providers
 from app.providers.resilience import CircuitBreaker, RetryPolicy
+from app.sealing import SecretBox, load_box
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class Runtime:
     bus: EventBus
     router: ModelRouter
     execution: Execution
+    box: SecretBox  # opens and seals the stored webhook secrets
 
     def runner(
         self,
@@ -67,6 +69,7 @@ class Runtime:
 
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    box = load_box(settings)
     engine = create_engine(settings)
     try:
         await ensure_migrated(engine)
@@ -92,7 +95,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             bus=bus,
         )
         try:
-            yield Runtime(settings, engine, sessions, recorder, bus, router, execution)
+            yield Runtime(settings, engine, sessions, recorder, bus, router, execution, box)
         finally:
             await recorder.aclose()
             await bus.aclose()

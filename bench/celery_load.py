@@ -42,6 +42,7 @@ import aiohttp
 import asyncpg
 import redis
 
+from app.sealing import generate_key
 from bench.prompts_load import (
     BIN,
     MOCK_KEY,
@@ -376,7 +377,7 @@ async def measure(
     env = os.environ | {
         "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}",
         "ENVIRONMENT": "production", "LOG_LEVEL": "warning", "LOCAL_MODEL_ENABLED": "false",
-        "OPENAI_API_KEY": MOCK_KEY,
+        "OPENAI_API_KEY": MOCK_KEY, "ENCRYPTION_KEYS": generate_key(),
     }  # fmt: skip
     fast = kids.start("mock-fast", env, "-m", "tests.mocks.openai_server", "--port", str(fast_port))
     slow = kids.start(

@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from app.sealing import generate_key
 from bench.celery_load import pg_backend_cpu, start_redis
 from bench.prompts_load import (
     BIN,
@@ -875,6 +876,7 @@ async def pm_phase(ctx: Ctx, db: str, *, workers: int | None = None) -> None:
         "OPENAI_COMPATIBLE_ENDPOINTS": json.dumps(endpoints),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
         "WORKERS": str(workers or os.environ.get("PM_WORKERS", "2")), "PORT": str(api_port),
+        "ENCRYPTION_KEYS": generate_key(),
     }  # fmt: skip
     redis_proc = start_redis(ctx.kids, redis_port, str(ctx.logs))
     ctx.started.append(redis_proc)

@@ -41,6 +41,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from app.sealing import generate_key
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
 RESULTS = ROOT / "bench" / "results" / "prompts_load.md"
@@ -325,6 +327,7 @@ async def measure(args: argparse.Namespace, kids: Children, db: str) -> tuple[Ro
         "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}",
         "ENVIRONMENT": "production", "WORKERS": "1", "LOG_LEVEL": "warning",
         "OPENAI_API_KEY": MOCK_KEY, "OPENAI_BASE_URL": mock_url,
+        "ENCRYPTION_KEYS": generate_key(),
     }  # fmt: skip
     mock = kids.start("mock", env, "-m", "tests.mocks.openai_server", "--port", str(mock_port))
     run_cmd(env, str(BIN / "alembic"), "upgrade", "head")

@@ -36,6 +36,7 @@ from app.config import CompatibleEndpoint, Settings
 from app.db.database import SessionFactory
 from app.db.migrations import alembic_config
 from app.main import create_app
+from app.sealing import generate_key
 from tests.mocks import anthropic_server, gemini_server
 from tests.mocks.anthropic_server import MockAnthropic
 from tests.mocks.gemini_server import MockGemini
@@ -179,6 +180,9 @@ async def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
         await admin.close()
 
 
+SUITE_ENCRYPTION_KEY = generate_key()
+
+
 class IsolatedSettings(Settings):
     """Settings from the test's arguments only: no environment variable or .env file leaks in."""
 
@@ -232,6 +236,9 @@ def make_settings(
         # Verified keys are trusted this long (AUTH_CACHE_SECONDS): short, so that the tests
         # of revocation wait little, yet every functional test goes through the cache.
         "auth_cache_seconds": 0.5,
+        # The same key for the in-process apps and their worker subprocesses (settings_env),
+        # and no key file written into the checkout.
+        "encryption_keys": SecretStr(SUITE_ENCRYPTION_KEY),
     }
     values.update(overrides)
     return IsolatedSettings(**values)

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from app.config import Settings
+from app.sealing import generate_key
 from tests.conftest import ROOT, migrate
 from tests.jobs.services import free_port
 from tests.mocks.openai_server import MOCK_API_KEY, MockOpenAI
@@ -41,6 +42,7 @@ def _env(database_url: str, port: int, mock: MockOpenAI) -> dict[str, str]:
             "OPENAI_BASE_URL": mock.base_url,
             "LOCAL_MODEL_ENABLED": "false",
             "RETRY_BASE_DELAY_SECONDS": "0.01",
+            "ENCRYPTION_KEYS": generate_key(),
         }
     )
     return env

@@ -139,7 +139,7 @@ class EventLoopBridge:
             sweeper = runtime.sweeper(runner)
             await runner.start()
             await sweeper.start()
-            pump = create_pump(settings, runtime.sessions)
+            pump = create_pump(settings, runtime.sessions, runtime.box)
             await pump.start()
             self._runner = runner
             checks = {"database": database_check(runtime.sessions)}

@@ -52,8 +52,9 @@ class WebhookEndpoint(Base):
     """A URL of a user's that is told when their prompts finish.
 
     The events are one boolean each, not a list, so that the pump's query can match a prompt's
-    final status to them in plain SQL on both databases. `secret` signs the deliveries; it is
-    returned once, when created or rotated, and never again.
+    final status to them in plain SQL on both databases. The secret signs the deliveries; it is
+    returned once, when created or rotated, and never again, and stored sealed under the
+    server's keys (`app/sealing.py`), so the database alone does not reveal it.
     """
 
     __tablename__ = "webhook_endpoints"
@@ -64,7 +65,7 @@ class WebhookEndpoint(Base):
     )
     url: Mapped[str] = mapped_column(String(2048))
     description: Mapped[str | None] = mapped_column(String(500))
-    secret: Mapped[str] = mapped_column(String(64))
+    sealed_secret: Mapped[str] = mapped_column(String(255))
     on_prompt_completed: Mapped[bool] = mapped_column(Boolean, default=False)
     on_prompt_failed: Mapped[bool] = mapped_column(Boolean, default=False)
     on_prompt_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -27,6 +27,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.database import SessionFactory, lost_connection
 from app.providers.openai_http import env_proxy
+from app.sealing import SecretBox, UnreadableSecret
 from app.webhooks import queue
 from app.webhooks.queue import DeliveryClaim, Message, Outcome
 from app.webhooks.signing import sign
@@ -44,6 +45,7 @@ class WebhookPump:
     def __init__(
         self,
         sessions: SessionFactory,
+        box: SecretBox,
         *,
         poll_seconds: float,
         timeout_seconds: float,
@@ -52,6 +54,7 @@ class WebhookPump:
         concurrency: int,
     ) -> None:
         self._sessions = sessions
+        self._box = box
         self._poll = poll_seconds
         self._timeout = timeout_seconds
         self._max_attempts = max_attempts
@@ -122,10 +125,14 @@ class WebhookPump:
 
     async def _deliver(self, claim: DeliveryClaim) -> None:
         try:
-            message = await queue.load_message(self._sessions, claim)
-            if message is None:
-                return  # the endpoint or the prompt was deleted meanwhile, and the delivery too
-            outcome = await self._post(claim, message)
+            try:
+                message = await queue.load_message(self._sessions, self._box, claim)
+            except UnreadableSecret as exc:  # not sent unsigned: failed, and retried later
+                outcome = Outcome(utcnow(), 0, None, f"secret_unreadable: {exc}")
+            else:
+                if message is None:
+                    return  # the endpoint or the prompt was deleted meanwhile, the delivery too
+                outcome = await self._post(claim, message)
             await queue.record_outcome(
                 self._sessions,
                 claim,
@@ -181,9 +188,10 @@ class WebhookPump:
         return Outcome(attempted_at, duration // timedelta(milliseconds=1), status, error)
 
 
-def create_pump(settings: Settings, sessions: SessionFactory) -> WebhookPump:
+def create_pump(settings: Settings, sessions: SessionFactory, box: SecretBox) -> WebhookPump:
     return WebhookPump(
         sessions,
+        box,
         poll_seconds=settings.webhook_poll_seconds,
         timeout_seconds=settings.webhook_timeout_seconds,
         max_attempts=settings.webhook_max_attempts,

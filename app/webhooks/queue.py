@@ -43,6 +43,7 @@ from app.models import (
 )
 from app.models.webhook import EVENT_OF_STATUS
 from app.prompts.service import get_prompt
+from app.sealing import SecretBox
 from app.webhooks.schemas import WebhookMessage
 
 SETTLE_SECONDS = 60.0  # the longest a finished prompt may take to become visible
@@ -195,9 +196,12 @@ async def claim_due(
         return [DeliveryClaim(*row) for row in rows]
 
 
-async def load_message(sessions: SessionFactory, claim: DeliveryClaim) -> Message | None:
+async def load_message(
+    sessions: SessionFactory, box: SecretBox, claim: DeliveryClaim
+) -> Message | None:
     """Where to send the claimed delivery, the secret to sign it with, and its body: the
-    prompt as its owner reads it. None if the endpoint or the prompt is gone."""
+    prompt as its owner reads it. None if the endpoint or the prompt is gone. Raises
+    `UnreadableSecret` if this process's keys cannot open the endpoint's secret."""
     async with sessions() as session:
         endpoint = await session.get(_E, claim.endpoint_id)
         if endpoint is None:
@@ -209,7 +213,8 @@ async def load_message(sessions: SessionFactory, claim: DeliveryClaim) -> Messag
         message = WebhookMessage.model_validate(
             {"id": claim.id, "type": claim.event, "created_at": claim.created_at, "data": detail}
         )
-        return Message(endpoint.url, endpoint.secret, message.model_dump_json().encode())
+        secret = box.open(endpoint.sealed_secret)
+        return Message(endpoint.url, secret, message.model_dump_json().encode())
 
 
 def _held(claim: DeliveryClaim) -> tuple[ColumnElement[bool], ...]:

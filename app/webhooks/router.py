@@ -3,12 +3,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from app.auth.dependencies import CurrentUser
 from app.db.database import Session
 from app.errors import problem_responses
 from app.models import WebhookEvent
+from app.sealing import SecretBox
 from app.webhooks import service
 from app.webhooks.schemas import (
     DeliveryOut,
@@ -22,6 +23,14 @@ from app.webhooks.schemas import (
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
+def get_secret_box(request: Request) -> SecretBox:
+    box: SecretBox = request.app.state.secret_box
+    return box
+
+
+SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
+
+
 @router.post(
     "",
     status_code=201,
@@ -30,7 +39,7 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
     responses=problem_responses(401, 422, 503),
 )
 async def create_webhook(
-    session: Session, user: CurrentUser, data: WebhookCreate
+    session: Session, box: SecretBoxDep, user: CurrentUser, data: WebhookCreate
 ) -> WebhookCreated:
     """Register a URL to be POSTed a signed message whenever one of your prompts reaches a
     final status you subscribed to (`prompt.completed`, `prompt.failed`, `prompt.cancelled`).
@@ -40,7 +49,7 @@ async def create_webhook(
     (`Webhook-Signature`, see the README's *Webhooks* section). It is never shown again: store
     it now, or rotate it later. An unusable URL is a 422 `invalid_webhook_url`.
     """
-    return await service.create_endpoint(session, user_id=user.id, data=data)
+    return await service.create_endpoint(session, box, user_id=user.id, data=data)
 
 
 @router.get("", summary="List your webhook endpoints", responses=problem_responses(401, 503))
@@ -95,11 +104,11 @@ async def delete_webhook(session: Session, user: CurrentUser, webhook_id: uuid.U
     responses=problem_responses(401, 404, 422, 503),
 )
 async def rotate_webhook_secret(
-    session: Session, user: CurrentUser, webhook_id: uuid.UUID
+    session: Session, box: SecretBoxDep, user: CurrentUser, webhook_id: uuid.UUID
 ) -> WebhookCreated:
     """Generate a new secret. Every POST from now on is signed with it (a retry of an older
     delivery too); the old one stops working at once."""
-    return await service.rotate_secret(session, user_id=user.id, endpoint_id=webhook_id)
+    return await service.rotate_secret(session, box, user_id=user.id, endpoint_id=webhook_id)
 
 
 @router.get(

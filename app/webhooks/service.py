@@ -18,6 +18,7 @@ from app.db.base import utcnow
 from app.db.database import read_one_snapshot
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.sealing import SecretBox
 from app.webhooks.schemas import (
     MAX_URL_CHARS,
     DeliveryOut,
@@ -70,7 +71,7 @@ async def _endpoint(
 
 
 async def create_endpoint(
-    session: AsyncSession, *, user_id: uuid.UUID, data: WebhookCreate
+    session: AsyncSession, box: SecretBox, *, user_id: uuid.UUID, data: WebhookCreate
 ) -> WebhookCreated:
     """Register an endpoint; its secret is in this answer only. Prompts that finish from now
     on are announced to it (none from before)."""
@@ -83,13 +84,13 @@ async def create_endpoint(
             code="too_many_webhooks",
             extra={"limit": MAX_ENDPOINTS_PER_USER},
         )
-    now = utcnow()
+    now, secret = utcnow(), new_secret()
     endpoint = WebhookEndpoint(
         id=uuid.uuid4(),
         user_id=user_id,
         url=check_url(data.url),
         description=data.description,
-        secret=new_secret(),
+        sealed_secret=box.seal(secret),
         enabled=True,
         created_at=now,
         updated_at=now,
@@ -98,9 +99,7 @@ async def create_endpoint(
     endpoint.subscribe(data.events)
     session.add(endpoint)
     await session.flush()
-    return WebhookCreated(
-        **WebhookOut.model_validate(endpoint).model_dump(), secret=endpoint.secret
-    )
+    return WebhookCreated(**WebhookOut.model_validate(endpoint).model_dump(), secret=secret)
 
 
 async def list_endpoints(session: AsyncSession, *, user_id: uuid.UUID) -> list[WebhookOut]:
@@ -150,16 +149,29 @@ async def delete_endpoint(
 
 
 async def rotate_secret(
-    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
+    session: AsyncSession, box: SecretBox, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
 ) -> WebhookCreated:
     """A new secret, in this answer only; every POST from now on is signed with it."""
     endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
-    endpoint.secret = new_secret()
+    secret = new_secret()
+    endpoint.sealed_secret = box.seal(secret)
     endpoint.updated_at = utcnow()
     await session.flush()
-    return WebhookCreated(
-        **WebhookOut.model_validate(endpoint).model_dump(), secret=endpoint.secret
-    )
+    return WebhookCreated(**WebhookOut.model_validate(endpoint).model_dump(), secret=secret)
+
+
+async def reseal_secrets(session: AsyncSession, box: SecretBox) -> int:
+    """Seal every endpoint's secret under the first key (rotating ENCRYPTION_KEYS); returns
+    how many changed. A secret that no key opens raises `UnreadableSecret`: the caller rolls
+    back, so nothing is half done."""
+    count = 0
+    for endpoint in await session.scalars(select(WebhookEndpoint)):
+        resealed = box.resealed(endpoint.sealed_secret)
+        if resealed is not None:
+            endpoint.sealed_secret = resealed
+            count += 1
+    await session.flush()
+    return count
 
 
 async def _attempts(

@@ -28,7 +28,14 @@ import pytest
 from app.auth import service as auth_service
 from app.db.database import create_engine, create_session_factory
 from app.jobs.celery_app import EXECUTE_TASK, QUEUE, create_celery
-from tests.conftest import Api, make_settings, migrate, running_api, throwaway_database
+from tests.conftest import (
+    SUITE_ENCRYPTION_KEY,
+    Api,
+    make_settings,
+    migrate,
+    running_api,
+    throwaway_database,
+)
 from tests.jobs.services import Services, api_ready, free_port, worker_ready
 from tests.mocks.openai_server import MOCK_API_KEY, MockOpenAI
 
@@ -52,6 +59,7 @@ def app_env(database_url: str, broker_url: str, mock: MockOpenAI, **overrides: o
         "openai_base_url": mock.base_url,
         "local_model_enabled": "false",
         "environment": "production",
+        "encryption_keys": SUITE_ENCRYPTION_KEY,
         "lease_seconds": LEASE_SECONDS,
         "sweep_interval_seconds": 0.5,
         "redispatch_after_seconds": 1,

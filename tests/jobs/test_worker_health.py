@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import throwaway_database
+from tests.conftest import SUITE_ENCRYPTION_KEY, throwaway_database
 from tests.jobs.services import Process, Services, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,6 +30,7 @@ def worker_env(database_url: str, broker_url: str, health_port: int) -> dict[str
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": broker_url,
         "ENVIRONMENT": "production",
+        "ENCRYPTION_KEYS": SUITE_ENCRYPTION_KEY,  # as production sets it (else a warning)
         "LOCAL_MODEL_ENABLED": "false",
         "WORKER_HEALTH_PORT": str(health_port),
         "LOG_LEVEL": "info",

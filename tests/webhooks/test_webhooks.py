@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.auth import service as auth_service
 from app.db.base import utcnow
-from app.models import PromptRequest, PromptStatus, WebhookDelivery
+from app.models import PromptRequest, PromptStatus, WebhookDelivery, WebhookEndpoint
+from app.sealing import SecretBox, generate_key
 from app.webhooks import queue
-from tests.conftest import Api
+from tests.conftest import SUITE_ENCRYPTION_KEY, Api
 from tests.webhooks.conftest import (
     POLL_SECONDS,
     RETRY_BASE_SECONDS,
@@ -372,3 +373,73 @@ async def test_a_prompt_finished_anywhere_is_found_in_the_database_once_by_any_n
     await settled_log(api, headers, created["id"])
     await asyncio.sleep(3 * POLL_SECONDS)
     assert len(receiver.received(hook)) == 1
+
+
+async def _sealed_secret(api: Api, webhook_id: str) -> str:
+    async with api.sessions() as session:
+        row = (
+            await session.execute(
+                select(WebhookEndpoint.__table__).where(WebhookEndpoint.id == uuid.UUID(webhook_id))
+            )
+        ).one()
+    assert set(row._mapping) >= {"sealed_secret", "url"} and "secret" not in row._mapping
+    return str(row.sealed_secret)
+
+
+async def test_the_database_holds_each_secret_sealed_never_in_the_clear(
+    api: Api, receiver: Receiver
+):
+    headers = await api.new_user()
+    created = await register(api, headers, receiver.hook())
+    webhook = f"/webhooks/{created['id']}"
+    rotated = (await api.client.post(f"{webhook}/rotate-secret", headers=headers)).json()
+
+    async with api.sessions() as session:
+        rows = (await session.execute(select(WebhookEndpoint.__table__))).all()
+    stored = json.dumps([[str(value) for value in row] for row in rows])
+    assert created["secret"] not in stored and rotated["secret"] not in stored
+    sealed = await _sealed_secret(api, created["id"])
+    assert SecretBox([SUITE_ENCRYPTION_KEY]).open(sealed) == rotated["secret"]
+
+
+async def test_a_secret_this_server_cannot_open_fails_the_delivery_and_sends_nothing_unsigned(
+    api: Api, receiver: Receiver
+):
+    """An endpoint sealed under a key the pump does not hold (ENCRYPTION_KEYS differing
+    between processes, say) is not POSTed; its delivery log says why, and once the keys
+    agree again the retry goes out, signed."""
+    headers = await api.new_user()
+    hook = receiver.hook()
+    created = await register(api, headers, hook)
+    right = await _sealed_secret(api, created["id"])
+    wrong = SecretBox([generate_key()]).seal(created["secret"])
+    endpoint_id = uuid.UUID(created["id"])
+
+    async def reseal(value: str) -> None:
+        async with api.sessions() as session, session.begin():
+            await session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == endpoint_id)
+                .values(sealed_secret=value)
+            )
+
+    await reseal(wrong)
+    prompt = await api.submit(headers, model="gpt-4o-mini", prompt_text="sealed away")
+    await api.wait_final(headers, prompt["id"])
+
+    async def refused() -> list[dict[str, Any]] | None:
+        log = await deliveries(api, headers, created["id"])
+        errors = [a["error"] or "" for d in log for a in d["attempt_log"]]
+        return log if any(e.startswith("secret_unreadable:") for e in errors) else None
+
+    [delivery] = await until(refused)
+    assert delivery["last_error"].startswith("secret_unreadable:")
+    assert "ENCRYPTION_KEYS" in delivery["last_error"]
+    assert created["secret"] not in json.dumps(delivery)
+    assert receiver.received(hook) == []
+
+    await reseal(right)
+    [post] = await receiver.wait(hook, 1)
+    assert verify(created["secret"], post.headers, post.body)
+    [delivered] = await settled_log(api, headers, created["id"])
+    assert delivered["attempts"] >= 2
