@@ -10,13 +10,22 @@ from typing import Any
 from app.auth import service as auth_service
 from app.db.base import utcnow
 from app.db.database import SessionFactory
-from app.models import PromptRequest, PromptStatus
+from app.models import NewPrompt, PromptRequest, PromptStatus
 from app.prompts.batch_writes import AttemptRecord, ResponseRecord
 
 
 def openai_prompt(upstream: str, **fields: Any) -> PromptRequest:
-    """A pending prompt for `openai/<upstream>` (the mock decides its behaviour by the name);
-    its owner is set by `seed`."""
+    """A pending prompt for `openai/<upstream>` (the mock decides its behaviour by the name),
+    to store with `seed`, which sets its owner."""
+    return PromptRequest(**_values(upstream, fields))
+
+
+def new_prompt(upstream: str, **fields: Any) -> NewPrompt:
+    """The same as a submission makes it, for `Recorder.create_prompt`."""
+    return NewPrompt(**_values(upstream, fields))
+
+
+def _values(upstream: str, fields: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {
         "id": uuid.uuid4(),
         "user_id": uuid.uuid4(),
@@ -32,7 +41,7 @@ def openai_prompt(upstream: str, **fields: Any) -> PromptRequest:
         "attempts": 0,
     }
     values.update(fields)
-    return PromptRequest(**values)
+    return values
 
 
 async def seed(sessions: SessionFactory, prompts: list[PromptRequest]) -> dict[str, str]:

@@ -3,7 +3,7 @@
 from app.models.api_key import ApiKey
 from app.models.idempotency_key import IdempotencyKey
 from app.models.prompt_attempt import PromptAttempt
-from app.models.prompt_request import PromptRequest, PromptStatus
+from app.models.prompt_request import NewPrompt, PromptRequest, PromptStatus
 from app.models.prompt_response import PromptResponse
 from app.models.prompt_type import PromptType
 from app.models.user import User
@@ -19,6 +19,7 @@ __all__ = [
     "ApiKey",
     "DeliveryStatus",
     "IdempotencyKey",
+    "NewPrompt",
     "PromptAttempt",
     "PromptRequest",
     "PromptResponse",

@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.errors import AppError, Conflict, InvalidInput, NotFound
 from app.jobs.executor import Outcome
-from app.models import PromptRequest, PromptStatus
+from app.models import NewPrompt, PromptRequest, PromptStatus
 from app.openai_compat.errors import UpstreamFailed
 from app.openai_compat.runner import InlineRunner
 from app.openai_compat.schemas import (
@@ -67,7 +67,7 @@ class ChatRun:
     """A chat completion under way in this process: what it answers with comes off `events`
     in order, text deltas (`str`) and then its `Outcome`."""
 
-    prompt: PromptRequest
+    prompt: NewPrompt | PromptRequest  # (a replay's is read back)
     stream: bool
     include_usage: bool
     task: asyncio.Task[Outcome] | None = None
@@ -134,7 +134,7 @@ async def run_chat(
     recorder: Recorder,
     runner: InlineRunner,
     *,
-    prompt: PromptRequest,
+    prompt: NewPrompt,
     data: ChatCompletionCreate,
     idempotency: IdempotencyRecord | None = None,
 ) -> ChatRun:
@@ -238,7 +238,7 @@ def build_prompt(
     router: ModelRouter,
     max_prompt_chars: int,
     policy: PromptTypePolicy | None,
-) -> PromptRequest:
+) -> NewPrompt:
     """The prompt row for a chat request, after refusing what cannot be honoured. `policy` is
     the current version of its prompt type (`chat` unless it names another), if defined."""
     refuse_unsupported(data)
@@ -292,20 +292,18 @@ def build_prompt(
         parameters["stream"] = True
     if applied.template_input is not None:
         parameters["template_input"] = applied.template_input
-    return PromptRequest(
+    return NewPrompt(
         id=uuid.uuid4(),
         user_id=user_id,
         model=data.model,
         prompt_type=prompt_type,
         prompt_type_version=applied.version,
         prompt_text=applied.text,
-        status=PromptStatus.PENDING,
         created_at=utcnow(),
         provider=route.provider,
         upstream_model=route.upstream_model,
         parameters=parameters,
         meta=dict(data.metadata or {}),
-        attempts=0,
     )
 
 

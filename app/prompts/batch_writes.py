@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.base import utcnow
 from app.db.dedicated import DedicatedConnection
-from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.models import NewPrompt, PromptAttempt, PromptRequest, PromptResponse, PromptStatus
 from app.prompts.pg_batches import PromptBatches
 
 _REQUESTS: Table = PromptRequest.__table__  # type: ignore[assignment]
@@ -164,10 +164,8 @@ INSERT_PROMPT = insert(_REQUESTS)
 _PROMPT_COLUMNS = [(a.key, a.columns[0]) for a in sa_inspect(PromptRequest).column_attrs]
 
 
-def prompt_row(prompt: PromptRequest) -> dict[str, Any]:
-    """A value for every column; one left unset gets its column's default, as the ORM would
-    give it. (A new prompt's values are read from its `__dict__`, where the ORM keeps them:
-    through the mapped attributes, this cost as much as the statement's own parameters.)"""
+def prompt_row(prompt: NewPrompt) -> dict[str, Any]:
+    """A value for every column, by column name; one left None gets its column's default."""
     values = vars(prompt)
     row: dict[str, Any] = {}
     for attribute, column in _PROMPT_COLUMNS:

@@ -17,13 +17,13 @@ SQLite keeps the Core statements (batch_writes.py); the same tests hold both to 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import count
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
@@ -73,10 +73,11 @@ def _parameters(
     *,
     one: bool,
 ) -> list[Any]:
-    """The statement's parameters for `rows` (dicts by column name), in `columns` order."""
+    """The statement's parameters for `rows` (dicts by column name), in `columns` order. JSON
+    values go as text, encoded by pydantic-core (several times faster than `json.dumps`)."""
     arrays = [
         [
-            json.dumps(row[name]) if name in jsonb and row[name] is not None else row[name]
+            to_json(row[name]).decode() if name in jsonb and row[name] is not None else row[name]
             for row in rows
         ]
         for name, _ in columns

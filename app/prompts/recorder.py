@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.base import utcnow
 from app.db.database import create_session_factory
-from app.models import PromptRequest, PromptStatus
+from app.models import NewPrompt, PromptRequest, PromptStatus
 from app.prompts.batch_writes import (
     INSERT_ATTEMPTS,
     INSERT_PROMPT,
@@ -92,7 +92,7 @@ class Recorder:
         await self._writes.aclose()
 
     async def create_prompt(
-        self, prompt: PromptRequest, *, idempotency: IdempotencyRecord | None = None
+        self, prompt: NewPrompt, *, idempotency: IdempotencyRecord | None = None
     ) -> None:
         """Insert the prompt and, with `idempotency`, its key row in the same transaction
         (an IntegrityError then means the key was taken meanwhile: see idempotency.py).
@@ -108,7 +108,7 @@ class Recorder:
 
     async def create_claimed(
         self,
-        prompt: PromptRequest,
+        prompt: NewPrompt,
         *,
         lease_seconds: float,
         idempotency: IdempotencyRecord | None = None,

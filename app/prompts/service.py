@@ -15,7 +15,7 @@ from sqlalchemy.orm import joinedload
 from app.db.base import utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs.dispatcher import Dispatcher
-from app.models import PromptRequest, PromptStatus
+from app.models import NewPrompt, PromptRequest, PromptStatus
 from app.prompt_types.cache import PromptTypeCache
 from app.prompt_types.policy import apply_prompt_type
 from app.prompts.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
@@ -35,7 +35,7 @@ class PromptFilters:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    prompt: PromptRequest
+    prompt: NewPrompt | PromptRequest
     replayed: bool = False  # an Idempotency-Key replay: the prompt an earlier request created
 
 
@@ -63,7 +63,7 @@ async def submit_prompt(
     A defined `prompt_type` applies its current policy (app/prompt_types/policy.py) and the
     prompt records its version (`prompt_types` is the process's cache of the definitions)."""
 
-    async def create(idempotency: IdempotencyRecord | None) -> PromptRequest:
+    async def create(idempotency: IdempotencyRecord | None) -> NewPrompt | PromptRequest:
         prompt = await prepare_prompt(
             user_id=user_id,
             data=data,
@@ -108,7 +108,7 @@ async def prepare_prompt(
     router: ModelRouter,
     max_prompt_chars: int,
     prompt_types: PromptTypeCache,
-) -> PromptRequest:
+) -> NewPrompt:
     """The checked `pending` prompt that a submission stores, its prompt type's policy
     applied. Whatever is wrong with the request is raised here, before anything is written."""
     applied = apply_prompt_type(
@@ -128,7 +128,7 @@ async def prepare_prompt(
 
 def _new_prompt(
     *, user_id: uuid.UUID, data: PromptCreate, router: ModelRouter, max_prompt_chars: int
-) -> PromptRequest:
+) -> NewPrompt:
     """A validated `pending` prompt, not yet stored."""
     if len(data.prompt_text) > max_prompt_chars:
         raise InvalidInput(
@@ -155,19 +155,17 @@ def _new_prompt(
     )
     if fallbacks:
         parameters["fallbacks"] = [f.model for f in fallbacks]
-    return PromptRequest(
+    return NewPrompt(
         id=uuid.uuid4(),
         user_id=user_id,
         model=data.model,
         prompt_type=data.prompt_type,
         prompt_text=data.prompt_text,
-        status=PromptStatus.PENDING,
         created_at=utcnow(),
         provider=route.provider,
         upstream_model=route.upstream_model,
         parameters=parameters,
         meta=data.metadata,
-        attempts=0,
     )
 
 

@@ -14,7 +14,7 @@ from app.db.database import create_engine, create_session_factory
 from app.db.dedicated import DedicatedConnection
 from app.prompts.recorder import Recorder
 from tests.conftest import make_settings, throwaway_database
-from tests.records import openai_prompt, seed
+from tests.records import new_prompt, openai_prompt, seed
 
 
 async def _backend(connection: DedicatedConnection) -> int:
@@ -75,12 +75,12 @@ async def test_the_recorder_writes_again_after_its_connections_were_cut():
         try:
             owner = openai_prompt("owner")
             await seed(create_session_factory(engine), [owner])
-            await recorder.create_prompt(openai_prompt("before", user_id=owner.user_id))
+            await recorder.create_prompt(new_prompt("before", user_id=owner.user_id))
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-            after = openai_prompt("after", user_id=owner.user_id)
+            after = new_prompt("after", user_id=owner.user_id)
             for _ in range(2):  # at most one write finds the dead connection
                 try:
                     await recorder.create_prompt(after)

@@ -8,13 +8,14 @@ import dataclasses
 import uuid
 
 from sqlalchemy import func, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 
 from app.db.database import create_engine, create_session_factory
-from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.models import NewPrompt, PromptAttempt, PromptRequest, PromptResponse, PromptStatus
 from app.prompts.recorder import Recorder
 from tests.conftest import make_settings, migrate
-from tests.records import openai_prompt, seed, successful_call
+from tests.records import new_prompt, openai_prompt, seed, successful_call
 
 PROMPTS = 200
 
@@ -85,7 +86,7 @@ async def test_new_prompts_and_lost_claims_in_shared_batches(fresh_database: str
     recorder = Recorder(engine)
     try:
         new = [
-            openai_prompt(
+            new_prompt(
                 f"new-{i}",
                 user_id=owner[0].user_id,
                 parameters={"messages": [{"role": "user", "content": f"é {i}"}], "n": i},
@@ -127,3 +128,10 @@ async def test_new_prompts_and_lost_claims_in_shared_batches(fresh_database: str
     assert {p.id for p in new if stored[p.id].status == PromptStatus.RUNNING} == lost_ids
     assert with_response == {p.id for p in new} - lost_ids
     assert attempts == len(new)
+
+
+def test_a_new_prompt_has_exactly_the_columns_of_a_stored_one():
+    """`NewPrompt` stands in for `PromptRequest` until the row is written (`prompt_row`): a
+    column added to one and not the other would be silently left to its default."""
+    columns = {attribute.key for attribute in sa_inspect(PromptRequest).column_attrs}
+    assert {f.name for f in dataclasses.fields(NewPrompt)} == columns

@@ -24,7 +24,7 @@ from app.runtime import open_runtime
 from tests.conftest import Api, make_settings, migrate, running_api
 from tests.mocks.openai_server import MockOpenAI
 from tests.prompts.test_validation import assert_problem
-from tests.records import openai_prompt, seed, successful_call
+from tests.records import new_prompt, openai_prompt, seed, successful_call
 
 
 async def _user(api: Api) -> tuple[uuid.UUID, dict[str, str]]:
@@ -137,7 +137,7 @@ async def test_someone_elses_or_a_missing_prompt_is_404(api: Api):
     owner_id, owner = await _user(api)
     _, stranger = await _user(api)
     # It hangs if it runs, so it is still pending or running when its owner cancels it.
-    prompt = openai_prompt(f"hang-owner-{uuid.uuid4().hex[:8]}", user_id=owner_id)
+    prompt = new_prompt(f"hang-owner-{uuid.uuid4().hex[:8]}", user_id=owner_id)
     await api.app.state.recorder.create_prompt(prompt)
 
     assert_problem(await _cancel(api, stranger, str(prompt.id)), 404, "not_found")
@@ -291,7 +291,7 @@ async def test_a_cancel_that_arrives_while_the_answer_is_stored_keeps_the_answer
                 session, email=f"{uuid.uuid4().hex[:8]}@example.com"
             )
             await session.commit()
-        prompt = openai_prompt(f"answered-{uuid.uuid4().hex[:8]}", user_id=user.id)
+        prompt = new_prompt(f"answered-{uuid.uuid4().hex[:8]}", user_id=user.id)
         await recorder.create_prompt(prompt)
         await runner.start()
         try:

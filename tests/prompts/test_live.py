@@ -12,7 +12,7 @@ from typing import Any
 from tests.conftest import Api
 from tests.prompts.test_cancel import _user
 from tests.prompts.test_validation import assert_problem
-from tests.records import openai_prompt
+from tests.records import new_prompt
 
 
 def _events(body: str) -> list[tuple[str, Any]]:
@@ -112,7 +112,7 @@ async def test_events_carry_the_text_as_it_is_generated(api: Api):
     """A prompt followed before its call starts is streamed from the provider, and its text
     reaches the follower piece by piece, before the final state."""
     owner_id, headers = await _user(api)
-    prompt = openai_prompt(f"drip-30-live-{uuid.uuid4().hex[:8]}", user_id=owner_id)
+    prompt = new_prompt(f"drip-30-live-{uuid.uuid4().hex[:8]}", user_id=owner_id)
     prompt.prompt_text = "one two three four five"
     await api.app.state.recorder.create_prompt(prompt)  # recorded, not yet dispatched
 
