@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import urllib.request
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from pydantic_core import to_json
 from yarl import URL
 
 from app import __version__
@@ -93,7 +93,7 @@ class OpenAIHTTPProvider:
         self._proxied: bool | None = None
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        body = json.dumps(_request_body(request)).encode()
+        body = to_json(_request_body(request))
         with _transport_errors(self.name):
             async with asyncio.timeout(self._seconds(request)):
                 reply = await self._post(body)
@@ -102,7 +102,7 @@ class OpenAIHTTPProvider:
         return parse_completion(reply.body, request, provider=self.name)
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
-        body = json.dumps(_request_body(request) | STREAM_FIELDS).encode()
+        body = to_json(_request_body(request) | STREAM_FIELDS)
         deadline = asyncio.get_running_loop().time() + self._seconds(request)
         reader = EventReader(await self._open(body, deadline))
         answer = StreamedAnswer(request, provider=self.name)

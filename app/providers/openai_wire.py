@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from pydantic_core import from_json
+
 from app.providers.base import (
     AuthenticationFailed,
     BadRequest,
@@ -44,7 +46,7 @@ class _Usage:
 def parse_completion(raw: bytes, request: CompletionRequest, *, provider: str) -> Completion:
     """A 2xx body → a Completion, read as `OpenAIProvider.complete` reads the SDK's model."""
     try:
-        reply = json.loads(raw)
+        reply = from_json(raw)  # pydantic-core's parser: several times json.loads's speed
     except (ValueError, RecursionError):
         raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
     try:
@@ -112,7 +114,7 @@ class StreamedAnswer:
             self.done = True
             return None
         try:
-            chunk = json.loads(data)
+            chunk = from_json(data)
         except (ValueError, RecursionError):
             raise MalformedResponse(f"{self._provider} sent a response that is not JSON") from None
         try:
