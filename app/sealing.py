@@ -86,7 +86,14 @@ def load_box(settings: Settings) -> SecretBox:
     if settings.encryption_keys is not None:
         return SecretBox(split_keys(settings.encryption_keys.get_secret_value()))
     path = settings.encryption_key_file
-    box = SecretBox([_key_file(path)])
+    key = _key_file(path)
+    try:
+        box = SecretBox([key])
+    except SealingKeyError:
+        raise SealingKeyError(
+            f"ENCRYPTION_KEY_FILE {path} does not hold a key (it was altered?); restore it "
+            "from your backup, or set ENCRYPTION_KEYS"
+        ) from None
     if not settings.is_embedded:
         logger.warning(
             "ENCRYPTION_KEYS is not set: webhook secrets are sealed with the key in %s. Every "

@@ -18,7 +18,7 @@ from app.auth import service as auth_service
 from app.config import Settings
 from app.db.database import create_engine, create_session_factory
 from app.models import WebhookEndpoint
-from app.sealing import SecretBox, UnreadableSecret, generate_key, load_box
+from app.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key, load_box
 from app.webhooks import service
 from app.webhooks.schemas import WebhookCreate
 from tests.conftest import ROOT, IsolatedSettings, migrate
@@ -35,6 +35,10 @@ def test_without_keys_one_is_kept_in_a_file_only_its_owner_reads(tmp_path: Path)
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert load_box(settings).open(sealed) == "whsec_abc"  # the same key, read back
     assert [p.name for p in tmp_path.iterdir()] == ["prompt_manager.key"]
+
+    key_file.write_text("not a key\n")
+    with pytest.raises(SealingKeyError, match=r"ENCRYPTION_KEY_FILE .* does not hold a key"):
+        load_box(settings)
 
 
 def test_production_without_keys_says_every_process_needs_the_same(
