@@ -8,7 +8,7 @@ together. So this ASGI middleware takes the requests that need none of it, on
 recently (`KeyCache`), a JSON body with a Content-Length within MAX_BODY_BYTES that validates
 as the route's model, no `Idempotency-Key` (nor `Prefer`, on /ai/prompts/), and a request the
 service's own checks accept. It then runs the very code the route runs
-(`openai_compat.service.build_prompt` and `run_chat` with the route's responses;
+(`openai_compat.service.prepare_chat` and `run_chat` with the route's responses;
 `prompts.service.prepare_prompt`, `Recorder.create_prompt`, the dispatcher), so the answer, the
 record and the streaming are the route's.
 
@@ -51,12 +51,12 @@ async def _chat(scope: Scope, user: User, body: bytes) -> Response | None:
     state = scope["app"].state
     try:
         data = ChatCompletionCreate.model_validate_json(body)
-        prompt = chat_service.build_prompt(
+        prompt = await chat_service.prepare_chat(
             user_id=user.id,
             data=data,
             router=state.model_router,
             max_prompt_chars=state.settings.max_prompt_chars,
-            policy=await state.prompt_types.get(data.prompt_type or chat_service.CHAT_PROMPT_TYPE),
+            prompt_types=state.prompt_types,
         )
     except (pydantic.ValidationError, AppError):
         return None

@@ -32,7 +32,7 @@ from app.openai_compat.schemas import (
     ResponseMessage,
     Usage,
 )
-from app.prompt_types.cache import PromptTypeCache, PromptTypePolicy
+from app.prompt_types.cache import PromptTypeCache
 from app.prompt_types.policy import apply_to_chat
 from app.prompts import live
 from app.prompts.events import EventBus
@@ -120,12 +120,12 @@ async def start_chat(
 ) -> ChatRun:
     """Check the chat, record it as a prompt already claimed by this process (with its
     idempotency key, in the same transaction) and start executing it."""
-    prompt = build_prompt(
+    prompt = await prepare_chat(
         user_id=user_id,
         data=data,
         router=router,
         max_prompt_chars=max_prompt_chars,
-        policy=await prompt_types.get(data.prompt_type or CHAT_PROMPT_TYPE),
+        prompt_types=prompt_types,
     )
     return await run_chat(recorder, runner, prompt=prompt, data=data, idempotency=idempotency)
 
@@ -138,7 +138,7 @@ async def run_chat(
     data: ChatCompletionCreate,
     idempotency: IdempotencyRecord | None = None,
 ) -> ChatRun:
-    """Record a checked chat (`build_prompt`) as claimed by this process and start it."""
+    """Record a checked chat (`prepare_chat`) as claimed by this process and start it."""
     claim = await recorder.create_claimed(
         prompt, lease_seconds=runner.lease_seconds, idempotency=idempotency
     )
@@ -231,18 +231,20 @@ def _subclasses(cls: type[ProviderError]) -> list[type[ProviderError]]:
 _ERRORS_BY_CODE = {cls.code: cls for cls in reversed(_subclasses(ProviderError))}
 
 
-def build_prompt(
+async def prepare_chat(
     *,
     user_id: uuid.UUID,
     data: ChatCompletionCreate,
     router: ModelRouter,
     max_prompt_chars: int,
-    policy: PromptTypePolicy | None,
+    prompt_types: PromptTypeCache,
 ) -> NewPrompt:
-    """The prompt row for a chat request, after refusing what cannot be honoured. `policy` is
-    the current version of its prompt type (`chat` unless it names another), if defined."""
+    """The prompt row for a chat request, after refusing what cannot be honoured, under the
+    current policy of its prompt type (`chat` unless it names another), if defined: what
+    `prompts.service.prepare_prompt` is to `/ai/prompts/`. Nothing is written."""
     refuse_unsupported(data)
     prompt_type = data.prompt_type or CHAT_PROMPT_TYPE
+    policy = await prompt_types.get(prompt_type)
     messages = [_message(i, m) for i, m in enumerate(data.messages)]
     last = next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "user"), None)
     if last is None:
