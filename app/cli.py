@@ -138,6 +138,7 @@ def _serve(settings: Settings) -> None:
         log_level=settings.log_level,
         log_config=log_config,
         proxy_headers=True,
+        http="app.server:HeadLimitedProtocol",  # the request head bounded as it is read
     )
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.outbound import OutboundPolicy
 from app.sealing import SealingKeyError, SecretBox, split_keys
 
 _SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
@@ -77,6 +78,17 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1_048_576,
+        description="Largest request head accepted: the target (path and query) and the "
+        "headers (`name: value` and line end each); larger is a 431. Clients of this API send "
+        "a few hundred bytes (the key, at most a 255-character Idempotency-Key); 16 KiB, the "
+        "default of Node.js and of h11, leaves room for proxies' and tracing headers. "
+        "`serve` refuses a larger head while it arrives (app/server.py), so a process holds "
+        "about this much of any head at most.",
+    )
     max_prompt_chars: int = Field(100_000, ge=1, description="Longest prompt_text accepted.")
     idempotency_key_ttl_seconds: float = Field(
         86_400.0,
@@ -115,6 +127,22 @@ class Settings(BaseSettings):
     )
     prefer_wait_max_seconds: float = Field(
         60.0, gt=0, le=600, description="The longest `Prefer: wait=N` honoured."
+    )
+    max_pending_per_user: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="Prompts one user may have waiting to run (`pending`); past that a "
+        "submission is a 429 `too_many_pending_prompts`. 0: no cap. Counted per API process "
+        "from a count read at most every second, so several processes may pass it briefly.",
+    )
+    max_streams_per_user: int = Field(
+        20,
+        ge=0,
+        le=100_000,
+        description="`/ai/prompts/{id}/events` streams and `Prefer: wait` submissions one user "
+        "may hold open at once, per API process; past that a stream is a 429 "
+        "`too_many_streams` and a wait is answered at once. 0: no cap.",
     )
     worker_concurrency: int = Field(
         1000, ge=1, le=100_000, description="Prompts one worker process runs at once."
@@ -160,6 +188,13 @@ class Settings(BaseSettings):
     )
     webhook_concurrency: int = Field(
         16, ge=1, le=1000, description="Webhook POSTs one process makes at once."
+    )
+    outbound_allowlist: str = Field(
+        "",
+        description="Comma-separated networks (`10.20.0.0/16`, `127.0.0.1`) and host names "
+        "(`hooks.corp.example`, `*.corp.example`) that requests to user-given URLs (webhooks) "
+        "may reach although they are internal. Empty: only public addresses. Cloud metadata "
+        "addresses are refused whatever it says.",
     )
 
     encryption_keys: SecretStr | None = Field(
@@ -236,8 +271,39 @@ class Settings(BaseSettings):
     local_model_threads: int = Field(0, ge=0, le=256, description="0 means one per CPU core.")
     local_model_context: int = Field(2048, ge=256, le=131_072)
     local_model_parallel: int = Field(2, ge=1, le=64, description="Generations run at once.")
-    local_model_default_max_tokens: int = Field(256, ge=1, le=8192)
+    local_model_default_max_tokens: int = Field(
+        128,
+        ge=1,
+        le=8192,
+        description="`max_tokens` when a request sends none. A plain question gets its answer "
+        "in well under 128 tokens; a small model that has lost its way goes on until the limit, "
+        "and 128 tokens take 1-2 s on two cores.",
+    )
     local_model_timeout_seconds: float = Field(300.0, gt=0, le=3600)
+    local_model_cache_mib: int = Field(
+        64,
+        ge=0,
+        le=65_536,
+        description="MiB of llama.cpp's prompt cache, inside the API process: finished prompts' "
+        "KV state (about 1 MB per short prompt), kept so that a later prompt with the same start "
+        "skips its processing; the oldest go first. 0 turns it off. llama.cpp's own default "
+        "(8 GiB) let memory grow with every distinct prompt.",
+    )
+    local_model_temperature: float = Field(
+        0.2,
+        ge=0,
+        le=2,
+        description="The local model's temperature when a request sends none (0.2 as in the "
+        "model card's example; llama.cpp's 0.8 makes it ramble or loop).",
+    )
+    local_model_repeat_penalty: float = Field(
+        1.15,
+        ge=1,
+        le=2,
+        description="llama.cpp's repetition penalty on the last 64 tokens (1: off). Stops the "
+        "small model from repeating one token until `max_tokens`. Not an OpenAI field, so "
+        "requests cannot change it.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -267,6 +333,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("outbound_allowlist")
+    @classmethod
+    def _allowlist(cls, value: str) -> str:
+        OutboundPolicy.parse(value)  # a ValueError names the entry that is wrong
+        return value
 
     @field_validator("encryption_keys")
     @classmethod

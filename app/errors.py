@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.db.database import lost_connection
+from app.paths import allowed_methods
+from app.text import INVALID_TEXT, scrub, scrub_json, validation_errors
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ _HTTP_CODES = {
     405: ("method_not_allowed", "Method not allowed"),
     413: ("payload_too_large", "Payload too large"),
     415: ("unsupported_media_type", "Unsupported media type"),
+    431: ("header_too_large", "Request header fields too large"),
 }
 
 
@@ -112,19 +115,16 @@ def problem_response(
         "title": title,
         "status": status,
         "code": code,
-        "detail": detail,
+        "detail": scrub(detail),  # (it may quote what the client sent)
     }
     if extra:
-        body.update(jsonable_encoder(extra))
+        body.update(scrub_json(jsonable_encoder(extra)))
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """Summarise pydantic errors without echoing the input back (it may be large or secret)."""
-    cleaned = [
-        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type")}
-        for err in errors
-    ]
+    cleaned = validation_errors(errors)
     if not cleaned:
         return "The request is not valid.", cleaned
     loc = errors[0].get("loc", ())
@@ -154,15 +154,20 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         detail, errors = _validation_detail(list(exc.errors()))
-        return problem_response(
-            422, "validation_error", "Invalid request", detail, extra={"errors": errors}
-        )
+        # Text that no database or JSON encoder can hold (app/text.py) has a code of its own.
+        text = bool(errors) and all(e["type"] == INVALID_TEXT for e in errors)
+        code = INVALID_TEXT if text else "validation_error"
+        return problem_response(422, code, "Invalid request", detail, extra={"errors": errors})
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code, title = _HTTP_CODES.get(exc.status_code, (f"http_{exc.status_code}", "Error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405 and (allow := allowed_methods(request.scope)) is not None:
+            # (a route's own 405 names its methods only, not those of the path's other routes)
+            headers = (headers or {}) | {"Allow": allow}
+            detail = f"This path does not serve {request.method}; it serves {allow}."
         return problem_response(exc.status_code, code, title, detail, headers=headers)
 
     async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
@@ -212,8 +217,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "Not possible in the resource's current state (`already_finished`: the prompt is "
         "already completed, failed or cancelled).",
         413: "Request body over `MAX_BODY_BYTES` (`payload_too_large`).",
-        422: "Invalid input (`validation_error`, `unknown_model`, `provider_not_configured`, "
-        "`prompt_too_large`).",
+        422: "Invalid input (`validation_error`, `invalid_text`: a NUL or a lone surrogate in a "
+        "string, `unknown_model`, `provider_not_configured`, `prompt_too_large`).",
+        429: "Too many requests: retry after `Retry-After` seconds.",
         503: "The database is unreachable (`database_unavailable`).",
     }
     return {

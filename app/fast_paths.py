@@ -4,11 +4,12 @@ A gateway is judged by what it adds to every call. Measured with py-spy under
 `bench/gateways.py`, routing, dependency solving, body parsing and validation through FastAPI
 were about a third of a /v1 request's CPU, more than the database writes and the provider call
 together. So this ASGI middleware takes the requests that need none of it, on
-`POST /v1/chat/completions` and `POST /ai/prompts/`: an API key this process verified
-recently (`KeyCache`), a JSON body with a Content-Length within MAX_BODY_BYTES that validates
-as the route's model, no `Idempotency-Key` (nor `Prefer`, on /ai/prompts/), and a request the
-service's own checks accept. It then runs the very code the route runs
-(`openai_compat.service.prepare_chat` and `run_chat` with the route's responses;
+`POST /v1/chat/completions` and `POST /ai/prompts/` (each with or without its trailing
+slash, as the routes): an API key this process verified recently (`KeyCache`) in the one
+`Authorization` header, a head within MAX_HEADER_BYTES, a JSON body with a Content-Length
+within MAX_BODY_BYTES that validates as the route's model, no `Idempotency-Key` (nor `Prefer`,
+on /ai/prompts/), and a request the service's own checks accept. It then runs the very code
+the route runs (`openai_compat.service.prepare_chat` and `run_chat` with the route's responses;
 `prompts.service.prepare_prompt`, `Recorder.create_prompt`, the dispatcher), so the answer, the
 record and the streaming are the route's.
 
@@ -32,13 +33,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth.bearer import DuplicateAuthorization, bearer_key
 from app.auth.dependencies import KeyCache
 from app.errors import AppError, handled
+from app.middleware import target_bytes
 from app.models import User
 from app.openai_compat import errors as openai_errors
 from app.openai_compat import service as chat_service
 from app.openai_compat.responses import ChatCompletionResponse, ChatStreamResponse
 from app.openai_compat.schemas import ChatCompletionCreate
+from app.paths import other_form
 from app.prompts import service as prompt_service
 from app.prompts.schemas import PromptCreate, PromptOut
 
@@ -74,11 +78,13 @@ async def _submit(scope: Scope, user: User, body: bytes) -> Response | None:
             router=state.model_router,
             max_prompt_chars=state.settings.max_prompt_chars,
             prompt_types=state.prompt_types,
+            pending=state.pending,
         )
     except (pydantic.ValidationError, AppError):
         return None
     await state.recorder.create_prompt(prompt)
-    await state.dispatcher.dispatch(prompt.id)  # (never raises: the sweeper has it otherwise)
+    # (never raises: the sweeper has it otherwise)
+    await state.dispatcher.dispatch(prompt.id, prompt.user_id)
     return Response(
         PromptOut.model_validate(prompt).model_dump_json(),
         status_code=202,
@@ -93,12 +99,15 @@ ROUTES: dict[str, tuple[Handler, frozenset[bytes], ErrorRenderer]] = {
     "/v1/chat/completions": (_chat, frozenset({b"idempotency-key"}), openai_errors.handle),
     "/ai/prompts/": (_submit, frozenset({b"idempotency-key", b"prefer"}), handled),
 }
+# Each path with and without its trailing slash, as the routes take them (app/paths.py).
+ROUTES |= {other_form(path): route for path, route in ROUTES.items()}
 
 
 class FastPaths:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_header_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
@@ -109,7 +118,7 @@ class FastPaths:
             return
         handler, routed_headers, render_error = route
         state = scope["app"].state
-        token = _plain_request(scope["headers"], self.max_bytes, routed_headers)
+        token = _plain_request(scope, self.max_bytes, self.max_header_bytes, routed_headers)
         cache: KeyCache = state.key_cache
         user = cache.get(token) if token is not None else None
         if user is None or not hasattr(state, "recorder"):  # (no lifespan: the route says so)
@@ -139,25 +148,33 @@ class FastPaths:
 
 
 def _plain_request(
-    headers: list[tuple[bytes, bytes]], max_bytes: int, routed: frozenset[bytes]
+    scope: Scope, max_bytes: int, max_header_bytes: int, routed: frozenset[bytes]
 ) -> str | None:
     """The bearer key of a request the fast path can take: JSON, with a Content-Length within
-    the limit, and none of the `routed` headers. None for any other."""
-    token: str | None = None
+    the limit, a head within MAX_HEADER_BYTES (counted as `middleware.target_bytes` says),
+    exactly one `Authorization` header, read by `bearer_key` as the routes read it, and none
+    of the `routed` headers. None for any other: the route answers it, refusals included
+    (431, 400 `duplicate_authorization`, 401)."""
+    authorization: list[bytes] = []
     json_body = length_ok = False
-    for name, value in headers:
+    size = 0
+    for name, value in scope["headers"]:
+        size += len(name) + len(value)
         if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not credentials.strip():
-                return None
-            token = credentials.strip()
+            authorization.append(value)
         elif name == b"content-type":
             json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
         elif name == b"content-length":
             length_ok = value.isdigit() and int(value) <= max_bytes
         elif name in routed:
             return None
-    return token if json_body and length_ok else None
+    size += 4 * len(scope["headers"]) + target_bytes(scope)
+    if not (json_body and length_ok) or size > max_header_bytes:
+        return None
+    try:
+        return bearer_key(authorization)
+    except DuplicateAuthorization:
+        return None
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> tuple[bytes, bool]:

@@ -23,9 +23,13 @@ from app.jobs.celery_app import CeleryDispatcher, create_celery
 from app.jobs.dispatcher import Dispatcher
 from app.middleware import BodyLimitMiddleware
 from app.openai_compat.router import router as openai_router
+from app.openai_compat.router import unknown_url
 from app.openai_compat.runner import inline_runner
+from app.paths import serve_both_forms
 from app.prompt_types.cache import PromptTypeCache
 from app.prompt_types.router import router as prompt_types_router
+from app.prompts.live import StreamSlots
+from app.prompts.pending import PendingGauge
 from app.prompts.router import router as prompts_router
 from app.providers.router import router as models_router
 from app.runtime import open_runtime
@@ -40,11 +44,17 @@ Prompt Manager records every prompt sent through it, runs it on a provider in th
 tracks it to a final status with its response, duration, token usage and cost.
 
 **Authentication**: every endpoint under `/ai` takes `Authorization: Bearer <api key>`
-(use *Authorize* above). Keys come from `python -m app create-user` / `create-key`, or are
+(use *Authorize* above), in exactly one header: two or more are a 400
+`duplicate_authorization`. Keys come from `python -m app create-user` / `create-key`, or are
 printed once on the first run.
 
+**Paths** answer with and without their trailing slash, without a redirect; this document
+gives each in one form.
+
 **Errors** are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details
-(`application/problem+json`) with a stable `code`.
+(`application/problem+json`) with a stable `code` (under `/v1`, OpenAI's error shape). Any
+path may also answer 405 `method_not_allowed` (with `Allow`: the methods it serves) and 431
+`header_too_large` (a request line and headers over `MAX_HEADER_BYTES`).
 """
 
 
@@ -59,6 +69,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.secret_box = runtime.box
         app.state.model_router = runtime.router
         app.state.readiness_checks = {"database": database_check(runtime.sessions)}
+        app.state.pending = PendingGauge(runtime.sessions, limit=settings.max_pending_per_user)
+        stack.push_async_callback(app.state.pending.aclose)
+        app.state.streams = StreamSlots(settings.max_streams_per_user)
         if settings.is_embedded:
             key = await create_first_admin(runtime.sessions)
             if key is not None:
@@ -94,9 +107,11 @@ class PromptManagerApp(FastAPI):
     telemetry and body-limit wrappers, ours: six frames around every send, each in every
     sampled /v1 stack under py-spy). Every other request goes through all of it, as before."""
 
-    def __init__(self, *, max_body_bytes: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_body_bytes: int, max_header_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._entry = FastPaths(super().__call__, max_bytes=max_body_bytes)
+        self._entry = FastPaths(
+            super().__call__, max_bytes=max_body_bytes, max_header_bytes=max_header_bytes
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self  # (as Starlette sets it: the fast paths read the app's state)
@@ -107,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = PromptManagerApp(
         max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
         title="Prompt Manager",
         version=__version__,
         description=DESCRIPTION,
@@ -134,7 +150,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     install_error_handlers(app)
     document_body_errors(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     install_docs(app)
     app.include_router(prompts_router)
     app.include_router(prompt_types_router)
@@ -143,4 +163,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)
     app.include_router(openai_router)
+    serve_both_forms(app, not_found={"/v1": unknown_url})
     return app

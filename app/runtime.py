@@ -6,7 +6,7 @@ modes; only who executes differs (the API's embedded runner, or a worker's).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -43,7 +43,6 @@ class Runtime:
         *,
         concurrency: int,
         max_backlog: int | None = None,
-        on_room: Callable[[], None] | None = None,
     ) -> EmbeddedRunner:
         settings = self.settings
         return EmbeddedRunner(
@@ -53,7 +52,7 @@ class Runtime:
             lease_seconds=settings.lease_seconds,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             max_backlog=max_backlog,
-            on_room=on_room,
+            max_attempts=settings.max_attempts,
         )
 
     def sweeper(self, dispatcher: Dispatcher) -> Sweeper:

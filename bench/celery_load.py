@@ -378,6 +378,8 @@ async def measure(
         "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}",
         "ENVIRONMENT": "production", "LOG_LEVEL": "warning", "LOCAL_MODEL_ENABLED": "false",
         "OPENAI_API_KEY": MOCK_KEY, "ENCRYPTION_KEYS": generate_key(),
+        # One bench user queues every prompt with no worker running: no per-user cap.
+        "MAX_PENDING_PER_USER": "0",
     }  # fmt: skip
     fast = kids.start("mock-fast", env, "-m", "tests.mocks.openai_server", "--port", str(fast_port))
     slow = kids.start(

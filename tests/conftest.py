@@ -36,6 +36,8 @@ from app.config import CompatibleEndpoint, Settings
 from app.db.database import SessionFactory
 from app.db.migrations import alembic_config
 from app.main import create_app
+from app.openai_compat import service as chat_service
+from app.prompts import service as prompt_service
 from app.sealing import generate_key
 from tests.mocks import anthropic_server, gemini_server
 from tests.mocks.anthropic_server import MockAnthropic
@@ -62,6 +64,16 @@ def count_calls(
 
     monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The requests that reached the route (not the fast path) of `POST /ai/prompts/`, then
+    of `POST /v1/chat/completions`: only the routes call these two services."""
+    return [
+        count_calls(monkeypatch, prompt_service, "submit_prompt", lambda *_, **__: "submit"),
+        count_calls(monkeypatch, chat_service, "start_chat", lambda *_, **__: "chat"),
+    ]
 
 
 def _asyncpg_dsn(url: str) -> str:

@@ -60,6 +60,7 @@ async def test_upgrade_matches_models_and_downgrade_reverses(fresh_database: str
         "ix_prompt_requests_user_created",
         "ix_prompt_requests_status_created",
         "ix_prompt_requests_created_at",
+        "ix_prompt_requests_pending_user",
     } <= indexes["prompt_requests"]
 
     await downgrade(fresh_database, "base")

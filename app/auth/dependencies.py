@@ -8,17 +8,31 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from app.auth import service
+from app.auth.bearer import authorization_values, bearer_key
 from app.auth.keys import hash_key
 from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.models import User
 
-_bearer = HTTPBearer(
+
+class _Bearer(HTTPBearer):
+    """FastAPI's `HTTPBearer` for the OpenAPI security scheme (Swagger's *Authorize*), reading
+    the key with `bearer_key`, as the fast paths do: two `Authorization` headers are a 400
+    here too, where `HTTPBearer` would take the first."""
+
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+        key = bearer_key(authorization_values(request.scope["headers"]))
+        return HTTPAuthorizationCredentials(scheme="Bearer", credentials=key) if key else None
+
+
+_bearer = _Bearer(
     auto_error=False,
     scheme_name="ApiKey",
-    description="An API key from `python -m app create-key EMAIL` (or the first-run key).",
+    description="An API key from `python -m app create-key EMAIL` (or the first-run key), "
+    "in exactly one `Authorization` header: two or more are a 400 `duplicate_authorization`.",
 )
 
 

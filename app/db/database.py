@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -17,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.config import Settings
+from app.text import scrub_json
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
@@ -36,6 +39,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             connect_args={"timeout": 30},
             pool_pre_ping=False,
             hide_parameters=True,  # see below
+            json_deserializer=_sqlite_json,
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -75,6 +79,18 @@ def create_engine(settings: Settings) -> AsyncEngine:
             context.is_disconnect = True
 
     return engine
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _sqlite_json(text: str) -> Any:
+    """A JSON column's value. SQLite keeps whatever JSON it was given, and rows written before
+    the API refused lone surrogates (app/text.py) may spell one as a `\\ud800` escape, which
+    no answer could then encode: such strings are read with U+FFFD in its place. (PostgreSQL's
+    jsonb never stores one.)"""
+    value = json.loads(text)
+    return scrub_json(value) if _SURROGATE_ESCAPE.search(text) else value
 
 
 def lost_connection(exc: BaseException | None) -> bool:

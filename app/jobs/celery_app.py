@@ -125,10 +125,12 @@ class CeleryDispatcher:
 
     room = None  # the broker holds what workers have no room for
 
-    async def dispatch(self, prompt_id: uuid.UUID) -> bool:
-        return await self._outbox.submit(prompt_id)
+    async def dispatch(self, prompt_id: uuid.UUID, owner: uuid.UUID | None = None) -> bool:
+        return await self._outbox.submit((prompt_id, owner))
 
-    async def _publish_many(self, prompt_ids: Sequence[uuid.UUID]) -> list[bool]:
+    async def _publish_many(
+        self, prompt_ids: Sequence[tuple[uuid.UUID, uuid.UUID | None]]
+    ) -> list[bool]:
         if self._clock() < self._skip_until:
             return [False] * len(prompt_ids)  # the broker was just unreachable
         loop = asyncio.get_running_loop()
@@ -150,6 +152,8 @@ class CeleryDispatcher:
         """Raise unless the broker accepts a connection (for /readyz)."""
         await self._broker_check()
 
-    def _publish(self, prompt_ids: Sequence[uuid.UUID]) -> None:
-        """One task, its arguments the prompts' ids (see `execute` in worker.py)."""
-        self._celery.send_task(EXECUTE_TASK, args=[str(i) for i in prompt_ids], retry=False)
+    def _publish(self, prompts: Sequence[tuple[uuid.UUID, uuid.UUID | None]]) -> None:
+        """One task, its arguments `[prompt id, owner]` pairs (see `execute` in worker.py: the
+        owner lets a worker share its capacity fairly between users)."""
+        args = [[str(i), str(owner) if owner else None] for i, owner in prompts]
+        self._celery.send_task(EXECUTE_TASK, args=args, retry=False)

@@ -24,6 +24,7 @@ call they record happened, and may be billed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -53,6 +54,7 @@ from app.providers.base import (
 from app.providers.catalogue import Price
 from app.providers.registry import ModelRouter, Route
 from app.providers.resilience import CircuitBreaker, CircuitOpen, RetryPolicy
+from app.text import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +208,7 @@ async def run_prompt(
                 )
             else:
                 breaker.record_success(route.provider)
+                completion = _valid_text(completion)
                 first_token_ms = streamed.first_token_ms if streamed else None
                 await carried_through(
                     _finish_success(
@@ -256,11 +259,19 @@ async def _stream_call(
             if isinstance(item, Completion):
                 return item
             if item:
+                item = scrub(item)
                 streamed.add(item)
                 await streamed.on_delta(item)
         raise MalformedResponse(f"The {provider.name} stream ended without its final answer.")
     finally:
         await _aclose(iterator)
+
+
+def _valid_text(completion: Completion) -> Completion:
+    """The answer with any lone surrogate replaced (app/text.py): an upstream's JSON can spell
+    one, and then neither the database nor an answer's JSON could encode the text."""
+    text = scrub(completion.text)
+    return completion if text is completion.text else dataclasses.replace(completion, text=text)
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
@@ -351,7 +362,7 @@ def _failed_attempt(
         outcome=outcome,
         http_status=status,
         error_code=code,
-        error_message=message,
+        error_message=scrub(message),
         input_tokens=usage.input_tokens if usage else None,
         output_tokens=usage.output_tokens if usage else None,
         usage_estimated=usage is not None,
@@ -363,7 +374,7 @@ def _failed_attempt(
 async def _finish_failure(
     recorder: Recorder, claim: Claim, error: ProviderError, calls: int
 ) -> Outcome:
-    message = error.message
+    message = scrub(error.message)
     if calls > 1:
         message = f"{message} (after {calls} provider calls)"
     await recorder.finish(claim, attempt=None, error_code=error.code, error_message=message)

@@ -5,7 +5,9 @@ Each pass (at start-up, then every SWEEP_INTERVAL_SECONDS) it
    `attempts_exhausted` after MAX_ATTEMPTS executions, so a poison prompt cannot loop forever,
    or ends them `cancelled` if their cancellation was requested (never runs them again);
 2. dispatches again `pending` prompts older than REDISPATCH_AFTER_SECONDS (all of them at
-   start-up: a pending row left by a previous process has nobody running it).
+   start-up: a pending row left by a previous process has nobody running it), taken in turns
+   across their owners, so one user's backlog does not hold up another user's prompt here
+   either.
 3. deletes a batch of expired idempotency keys.
 """
 
@@ -53,7 +55,7 @@ class Sweeper:
 
     async def sweep_once(self, *, redispatch_after_seconds: float | None = None) -> SweepReport:
         recovered = await self._recorder.recover_expired(max_attempts=self._max_attempts)
-        requeued = recovered.requeued
+        requeued = [(i, recovered.owners.get(i)) for i in recovered.requeued]
         age = (
             self._redispatch_after if redispatch_after_seconds is None else redispatch_after_seconds
         )
@@ -69,8 +71,9 @@ class Sweeper:
         )
         dispatched = 0
         # Requeued rows are pending and old too: those beyond the room wait for a later pass.
-        for prompt_id in list(dict.fromkeys([*requeued, *due]))[:limit]:
-            dispatched += await self._dispatcher.dispatch(prompt_id)
+        owners = dict([*requeued, *due])
+        for prompt_id in list(owners)[:limit]:
+            dispatched += await self._dispatcher.dispatch(prompt_id, owners[prompt_id])
         # Expired idempotency keys: one bounded DELETE per pass (an expired key is already
         # ignored by lookups; this only keeps the table small).
         purged = await self._recorder.purge_idempotency_keys()

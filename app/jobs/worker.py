@@ -9,18 +9,22 @@ that possible: claims and outcomes written by group commit (`app/prompts/group_c
 direct HTTP path for OpenAI-compatible providers, one broker message for many prompts, and a
 hand-over from Celery's thread that needs no round trip.
 
-Celery runs its `solo` pool; each task posts its prompt ids to the loop, waiting first while
-the loop already has twice WORKER_CONCURRENCY prompts, so an overloaded worker stops taking
-messages (the broker keeps them) instead of falling over.
+Celery runs its `solo` pool; each task posts its prompts (id and owner) to the loop without
+waiting for room: the runner holds at most twice WORKER_CONCURRENCY prompts, and when it is full
+it leaves further prompts of owners who already have some there `pending` in the database and
+claims them back, owners in turn, once it has room (app/jobs/dispatcher.py). A worker that
+stopped reading messages while full would leave the broker's queue first in, first out: one
+user's flood ahead of everyone else's next prompt. This way a new user's prompt is taken at
+once and runs at the next free slot, and the worker still holds a bounded number of prompts.
 
 The worker also runs the sweeper, which executes pending prompts that no message announced (the
 broker was down when they were submitted) and requeues those whose worker died, and the webhook
 pump, which announces finished prompts to their owners' endpoints (`app/webhooks/pump.py`).
 
-At a warm shutdown (SIGTERM, SIGINT) a task still waiting for room returns at once, and so does
-every task after it: the solo pool would otherwise finish the shutdown only once a provider call
-ended. Their messages are already acknowledged, so those prompts simply stay `pending` for a
-sweeper, like the ones still queued on the loop.
+At a warm shutdown (SIGTERM, SIGINT) a task still waiting to hand its prompts to the loop
+returns at once, and so does every task after it: the solo pool would otherwise finish the
+shutdown only once a provider call ended. Their messages are already acknowledged, so those
+prompts simply stay `pending` for a sweeper, like the ones still queued on the loop.
 """
 
 from __future__ import annotations
@@ -47,6 +51,17 @@ logger = logging.getLogger(__name__)
 ROOM_POLL_SECONDS = 0.2  # how soon a Celery task waiting for room notices a shutdown
 
 
+def parse_prompt(item: object) -> tuple[uuid.UUID, uuid.UUID | None]:
+    """One argument of an execute task: `[prompt id, owner]`, or a bare prompt id as sent by
+    versions before owners travelled with it."""
+    if isinstance(item, str):
+        return uuid.UUID(item), None
+    if isinstance(item, list | tuple) and len(item) == 2:
+        prompt_id, owner = item
+        return uuid.UUID(str(prompt_id)), uuid.UUID(str(owner)) if owner else None
+    raise ValueError(f"not a prompt: {item!r}")
+
+
 class EventLoopBridge:
     """The runtime, runner, sweeper and health server on an event loop in a thread of their
     own."""
@@ -69,8 +84,8 @@ class EventLoopBridge:
         self._failure: BaseException | None = None
         self._closing = False
         # Hand-over without a round trip per task: Celery's thread counts what it has posted
-        # to the loop and not yet seen arrive, and waits while that plus the runner's backlog
-        # fills the room. The loop thread wakes it whenever a prompt leaves the runner.
+        # to the loop and not yet seen arrive, and waits only while that alone fills the room
+        # (a loop that has fallen far behind); the runner shares its own room between owners.
         self._room = threading.Condition()
         self._in_transit = 0
         self._limit = 2 * settings.worker_concurrency
@@ -81,18 +96,17 @@ class EventLoopBridge:
         if self._failure is not None:
             raise self._failure
 
-    def submit(self, prompt_id: uuid.UUID) -> None:
-        """Called by a Celery task: posts the prompt to the loop once there is room, or returns
-        at once when the worker is shutting down (the prompt stays pending for a sweeper)."""
-        runner = self._runner
-        assert runner is not None
+    def submit(self, prompt_id: uuid.UUID, owner: uuid.UUID | None = None) -> None:
+        """Called by a Celery task: posts the prompt to the loop, or returns at once when the
+        worker is shutting down (the prompt stays pending for a sweeper)."""
+        assert self._runner is not None
         with self._room:
-            while not self._closing and self._in_transit + runner.backlog >= self._limit:
+            while not self._closing and self._in_transit >= self._limit:
                 self._room.wait(ROOM_POLL_SECONDS)
             if self._closing:
                 return
             self._in_transit += 1
-        self._loop.call_soon_threadsafe(self._arrive, prompt_id)
+        self._loop.call_soon_threadsafe(self._arrive, prompt_id, owner)
 
     def close_intake(self) -> None:
         """The worker is shutting down: stop waiting for room. Called from Celery's signal
@@ -105,17 +119,13 @@ class EventLoopBridge:
             self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join()
 
-    def _arrive(self, prompt_id: uuid.UUID) -> None:
+    def _arrive(self, prompt_id: uuid.UUID, owner: uuid.UUID | None) -> None:
         """On the loop: a prompt posted by `submit` joins the runner."""
         assert self._runner is not None
         if not self._closing:
-            self._runner.dispatch_nowait(prompt_id)
+            self._runner.dispatch_nowait(prompt_id, owner)
         with self._room:
             self._in_transit -= 1
-
-    def _made_room(self) -> None:
-        """On the loop: a prompt left the runner."""
-        with self._room:
             self._room.notify()
 
     def _run(self) -> None:
@@ -133,9 +143,7 @@ class EventLoopBridge:
         self._stopping = asyncio.Event()
         async with open_runtime(settings) as runtime:
             concurrency = settings.worker_concurrency
-            runner = runtime.runner(
-                concurrency=concurrency, max_backlog=self._limit, on_room=self._made_room
-            )
+            runner = runtime.runner(concurrency=concurrency, max_backlog=self._limit)
             sweeper = runtime.sweeper(runner)
             await runner.start()
             await sweeper.start()
@@ -164,11 +172,16 @@ def run_worker(settings: Settings) -> int:
         settings, health_socket=health_socket, broker_check=broker_check(celery)
     )
 
-    def execute(*prompt_ids: str) -> None:
+    def execute(*prompts: object) -> None:
         """One message carries the prompts an API process committed meanwhile (see
-        CeleryDispatcher); each is handed to the loop as room allows."""
-        for prompt_id in prompt_ids:
-            bridge.submit(uuid.UUID(prompt_id))
+        CeleryDispatcher), each handed to the loop."""
+        for item in prompts:
+            try:
+                prompt_id, owner = parse_prompt(item)
+            except ValueError:
+                logger.warning("ignored a malformed prompt in a task: %.80r", item)
+                continue
+            bridge.submit(prompt_id, owner)
 
     def shutting_down(**_: object) -> None:
         bridge.close_intake()

@@ -3,7 +3,7 @@
 from app.models.api_key import ApiKey
 from app.models.idempotency_key import IdempotencyKey
 from app.models.prompt_attempt import PromptAttempt
-from app.models.prompt_request import NewPrompt, PromptRequest, PromptStatus
+from app.models.prompt_request import IS_PENDING, NewPrompt, PromptRequest, PromptStatus
 from app.models.prompt_response import PromptResponse
 from app.models.prompt_type import PromptType
 from app.models.user import User
@@ -16,6 +16,7 @@ from app.models.webhook import (
 )
 
 __all__ = [
+    "IS_PENDING",
     "ApiKey",
     "DeliveryStatus",
     "IdempotencyKey",

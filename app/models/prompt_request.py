@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    literal_column,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
@@ -40,6 +50,15 @@ class PromptRequest(Base):
         # The sweeper (pending and expired running rows) and status filters.
         Index("ix_prompt_requests_status_created", "status", "created_at"),
         Index("ix_prompt_requests_created_at", "created_at"),
+        # A user's pending prompts, oldest first: the per-user cap counts them, a full
+        # runner claims them back by owner (app/jobs/dispatcher.py).
+        Index(
+            "ix_prompt_requests_pending_user",
+            "user_id",
+            "created_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -73,6 +92,12 @@ class PromptRequest(Base):
     attempt_log: Mapped[list[PromptAttempt]] = relationship(
         back_populates="prompt", lazy="raise", order_by="PromptAttempt.started_at"
     )
+
+
+# `status = 'pending'` with the status written into the SQL, as in the partial index
+# `ix_prompt_requests_pending_user`: as a bound parameter, PostgreSQL's generic plan for a
+# prepared statement (asyncpg's, after five runs) could not use that index.
+IS_PENDING = PromptRequest.status == literal_column("'pending'")
 
 
 @dataclass(eq=False)

@@ -20,6 +20,8 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from app.errors import AppError, handled
 from app.providers.base import ProviderError
@@ -106,7 +108,9 @@ def from_problem(problem: Response) -> JSONResponse:
         if errors and isinstance(errors, list):
             param = ".".join(str(p) for p in errors[0].get("loc", ()) if p != "body") or None
     headers = {
-        k: v for k, v in problem.headers.items() if k.lower() in ("retry-after", "www-authenticate")
+        k: v
+        for k, v in problem.headers.items()
+        if k.lower() in ("retry-after", "www-authenticate", "allow")
     }
     return error_response(
         status, str(data.get("detail", "")), code=code, param=param, headers=headers or None
@@ -137,3 +141,14 @@ class OpenAIRoute(APIRoute):
                 return await handle(request, exc)
 
         return route
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route's own method check raises its 405 (with `Allow`) outside the handler
+        above: rendered in OpenAI's shape too."""
+        try:
+            await super().handle(scope, receive, send)
+        except StarletteHTTPException as exc:
+            if exc.status_code != 405:
+                raise
+            response = await handle(Request(scope, receive), exc)
+            await response(scope, receive, send)

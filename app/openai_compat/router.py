@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import Receive, Scope, Send
 
 from app.auth.dependencies import CurrentUser
-from app.errors import NotFound
 from app.openai_compat import service
-from app.openai_compat.errors import OpenAIRoute
+from app.openai_compat.errors import OpenAIRoute, error_response
 from app.openai_compat.responses import ChatCompletionResponse, ChatStreamResponse
 from app.openai_compat.runner import InlineRunner
 from app.openai_compat.schemas import (
@@ -58,8 +58,9 @@ _SSE_EVENT = {
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
-        400: "Invalid body or unsupported feature (`validation_error`, "
-        "`unsupported_parameter`, …), or the provider refused the request "
+        400: "Invalid body or unsupported feature (`validation_error`, `invalid_text`: a NUL "
+        "or a lone surrogate in a string, `unsupported_parameter`, …), or the provider "
+        "refused the request "
         "(`context_length_exceeded`, …).",
         401: "Missing, unknown, expired or revoked API key.",
         404: "Unknown model (`model_not_found`), or unknown path.",
@@ -177,16 +178,18 @@ async def get_model(_: CurrentUser, model_router: RouterDep, model_id: str) -> M
     return service.get_model(model_router, model_id)
 
 
-@router.api_route(
-    "/{path:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-    include_in_schema=False,
-)
-async def unknown_endpoint(request: Request, path: str) -> None:
+async def unknown_url(scope: Scope, receive: Receive, send: Send) -> None:
     """Other OpenAI endpoints (embeddings, responses, …) are not served here: a 404 in
-    OpenAI's shape, which the SDKs raise as `NotFoundError`."""
-    raise NotFound(
-        f"Invalid URL ({request.method} /v1/{path}): this server serves only "
+    OpenAI's shape, which the SDKs raise as `NotFoundError`.
+
+    The app answers this for a /v1 path that no route has in either form
+    (`paths.serve_both_forms`), rather than a `/v1/{path:path}` route: such a route matched
+    every /v1 path first, so a known path with another method was a 404 here instead of the
+    route's 405, and `/v1/chat/completions/` never reached the chat route."""
+    response = error_response(
+        404,
+        f"Invalid URL ({scope['method']} {scope['path']}): this server serves only "
         "POST /v1/chat/completions and GET /v1/models.",
         code="unknown_url",
     )
+    await response(scope, receive, send)

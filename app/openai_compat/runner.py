@@ -19,6 +19,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
+from app.db.database import lost_connection
 from app.jobs.dispatcher import CANCEL_POLL_SECONDS, keep_leases, watch_cancellations
 from app.jobs.executor import DeltaSink, Execution, Outcome, carried_through, run_prompt
 from app.prompts.batch_writes import Claim
@@ -80,6 +81,23 @@ class InlineRunner:
             )
         except asyncio.CancelledError:
             await carried_through(recorder.finish_cancelled(claim))
+            raise
+        except Exception as exc:
+            # A bug, or a request it cannot handle: the client gets a 500 for it, so nothing
+            # runs it again behind their back (as a lost runner's prompt would be): `failed`.
+            if not lost_connection(exc):
+                logger.exception("executing prompt %s failed unexpectedly", claim.prompt_id)
+                failed = recorder.finish(
+                    claim,
+                    attempt=None,
+                    error_code="internal_error",
+                    error_message=f"Processing this prompt failed ({type(exc).__name__}); "
+                    "the server's log has the details.",
+                )
+                try:
+                    await carried_through(failed)
+                except Exception:  # (its lease expires, and the sweeper takes it)
+                    logger.warning("could not record the failure of prompt %s", claim.prompt_id)
             raise
         finally:
             self._held.pop(claim.prompt_id, None)

@@ -12,16 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from app.prompts.schemas import (
     MetadataKey,
     MetadataValue,
     Name,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     Text,
     VariableName,
     VariableValue,
 )
+from app.text import TypeName, check_json_text
 
 
 def _is(neutral: Any) -> Callable[[Any], bool]:
@@ -56,36 +60,51 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-class TextPart(BaseModel):
-    """A content part. Only `text` parts are accepted; other types are refused by name."""
+class _Tolerant(BaseModel):
+    """A part of the request that tolerates fields it does not declare (see above). They are
+    not used, but they are text the API accepted, so the same rule holds for them (`Text`):
+    `ChatCompletionCreate` checks them all at once (one check per request, rather than a
+    validator run for every message and part)."""
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(examples=["text"])
+
+class TextPart(_Tolerant):
+    """A content part. Only `text` parts are accepted; other types are refused by name."""
+
+    type: Text = Field(examples=["text"])
     text: Text | None = None
 
 
-class ChatMessage(BaseModel):
+def _content_kind(value: Any) -> str:
+    return "parts" if isinstance(value, list) else "text"
+
+
+# A string or a list of parts, told apart by the value itself, so that a bad one is reported
+# once, against its own form (not once per form it might have had).
+Content = Annotated[
+    Annotated[Text, Tag("text")] | Annotated[list[TextPart], Tag("parts")],
+    Discriminator(_content_kind),
+]
+
+
+class ChatMessage(_Tolerant):
     """One turn. `developer` is taken as `system`; `tool`/`function` turns are refused."""
 
-    model_config = ConfigDict(extra="allow")
-
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: Text | list[TextPart] | None = Field(
+    content: Content | None = Field(
         description='A string, or a list of `{"type": "text", "text": ...}` parts.'
     )
-    name: str | None = Field(None, description="Accepted and ignored.")
+    name: Text | None = Field(None, description="Accepted and ignored.")
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    include_usage: bool | None = Field(
+class StreamOptions(_Tolerant):
+    include_usage: StrictBool | None = Field(
         None, description="Send a last chunk with `usage` and empty `choices` before `[DONE]`."
     )
 
 
-class ChatCompletionCreate(BaseModel):
+class ChatCompletionCreate(_Tolerant):
     """OpenAI's `POST /v1/chat/completions` body, the subset this gateway honours."""
 
     model_config = ConfigDict(
@@ -109,25 +128,26 @@ class ChatCompletionCreate(BaseModel):
         examples=["gpt-4o-mini"],
     )
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=65_536)
-    max_completion_tokens: int | None = Field(
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=65_536)
+    max_completion_tokens: StrictInt | None = Field(
         None, ge=1, le=65_536, description="Same as `max_tokens`; wins when both are given."
     )
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, description="Only 1 is supported.")
-    user: Annotated[str, Field(max_length=256)] | None = Field(
+    n: StrictInt | None = Field(None, description="Only 1 is supported.")
+    user: Annotated[Text, Field(max_length=256)] | None = Field(
         None, description="Your end user's id; stored with the prompt (`parameters.user`)."
     )
     metadata: dict[MetadataKey, MetadataValue] | None = Field(
         None, max_length=16, description="Stored as the prompt's metadata."
     )
-    prompt_type: Name | None = Field(
+    prompt_type: TypeName | None = Field(
         None,
         description="Prompt Manager extension (`extra_body`): the prompt's type in "
-        "`/ai/prompts`; default `chat`. A defined type's policy applies (ceilings, fallbacks, "
-        "system instruction; its template wraps the last user message).",
+        "`/ai/prompts` (a name `/ai/prompt-types` could define); default `chat`. A defined "
+        "type's policy applies (ceilings, fallbacks, system instruction; its template wraps "
+        "the last user message).",
     )
     variables: dict[VariableName, VariableValue] | None = Field(
         None,
@@ -135,6 +155,22 @@ class ChatCompletionCreate(BaseModel):
         description="Prompt Manager extension (`extra_body`): values for the `{name}` fields "
         "of the prompt type's template, as in `POST /ai/prompts/`.",
     )
+
+    @model_validator(mode="after")
+    def _extra_text(self) -> ChatCompletionCreate:
+        """The undeclared fields' text, wherever they are (see `_Tolerant`)."""
+        if self.__pydantic_extra__:
+            check_json_text(self.__pydantic_extra__)
+        if self.stream_options is not None and self.stream_options.__pydantic_extra__:
+            check_json_text(self.stream_options.__pydantic_extra__)
+        for message in self.messages:
+            if message.__pydantic_extra__:
+                check_json_text(message.__pydantic_extra__)
+            if message.content.__class__ is list:
+                for part in message.content:
+                    if part.__pydantic_extra__:
+                        check_json_text(part.__pydantic_extra__)
+        return self
 
 
 class ResponseMessage(BaseModel):

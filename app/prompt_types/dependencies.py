@@ -8,7 +8,7 @@ from app.auth.dependencies import CurrentUser
 from app.errors import AppError
 from app.models import User
 from app.prompt_types.cache import PromptTypeCache
-from app.prompt_types.schemas import TYPE_NAME_PATTERN
+from app.text import TYPE_NAME_PATTERN
 
 
 class AdminRequired(AppError):

@@ -34,16 +34,18 @@ _PUT_PROBLEMS[409]["description"] = (
     "`concurrent_change`: someone changed this type at the same moment; read it and retry."
 )
 _PUT_PROBLEMS[422]["description"] = (
-    "Invalid definition (`validation_error`, `invalid_template`, `unknown_model`, "
-    "`provider_not_configured`)."
+    "Invalid definition (`validation_error`, `invalid_text`, `invalid_template`, "
+    "`unknown_model`, `provider_not_configured`)."
 )
 
 
 @router.get("", summary="List the prompt types", responses=_problems(503))
-async def list_prompt_types(session: Session, _: CurrentUser) -> PromptTypeList:
+async def list_prompt_types(session: Session, user: CurrentUser) -> PromptTypeList:
     """The current version of every active (not retired) prompt type, by name."""
     rows = await service.list_prompt_types(session)
-    return PromptTypeList(items=[PromptTypeOut.from_row(row) for row in rows])
+    return PromptTypeList(
+        items=[PromptTypeOut.from_row(row, show_creator=user.is_admin) for row in rows]
+    )
 
 
 @router.get(
@@ -51,9 +53,10 @@ async def list_prompt_types(session: Session, _: CurrentUser) -> PromptTypeList:
     summary="Read a prompt type",
     responses=_problems(404, 422, 503),
 )
-async def get_prompt_type(session: Session, _: CurrentUser, name: TypeNamePath) -> PromptTypeOut:
+async def get_prompt_type(session: Session, user: CurrentUser, name: TypeNamePath) -> PromptTypeOut:
     """The current version of a prompt type: the policy new prompts of this type run under."""
-    return PromptTypeOut.from_row(await service.get_prompt_type(session, name=name))
+    row = await service.get_prompt_type(session, name=name)
+    return PromptTypeOut.from_row(row, show_creator=user.is_admin)
 
 
 @router.get(
@@ -62,12 +65,12 @@ async def get_prompt_type(session: Session, _: CurrentUser, name: TypeNamePath) 
     responses=problem_responses(401, 404, 422, 503),
 )
 async def list_versions(
-    session: Session, _: CurrentUser, name: TypeNamePath
+    session: Session, user: CurrentUser, name: TypeNamePath
 ) -> list[PromptTypeOut]:
     """Every version, oldest first, retired ones included: what each `prompt_type_version`
     recorded on a prompt meant. Versions are never changed or deleted."""
     rows = await service.list_versions(session, name=name)
-    return [PromptTypeOut.from_row(row) for row in rows]
+    return [PromptTypeOut.from_row(row, show_creator=user.is_admin) for row in rows]
 
 
 @router.put(
@@ -109,7 +112,7 @@ async def put_prompt_type(
     )
     if defined.created:
         response.status_code = 201
-    return PromptTypeOut.from_row(defined.prompt_type)
+    return PromptTypeOut.from_row(defined.prompt_type, show_creator=True)
 
 
 @router.delete(
@@ -127,4 +130,4 @@ async def retire_prompt_type(
     row = await service.retire_prompt_type(
         session, name=name, user_id=admin.id, on_commit=cache.invalidate
     )
-    return PromptTypeOut.from_row(row)
+    return PromptTypeOut.from_row(row, show_creator=True)

@@ -6,16 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.models import PromptType
 from app.prompt_types.template import parse_template
-from app.prompts.schemas import Name, Text
+from app.prompts.schemas import Name, StrictFloat, StrictInt, Text, distinct
 from app.providers.registry import MAX_FALLBACKS
-
-# A type's name: what clients send as `prompt_type`, and a URL path segment.
-TYPE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-TypeName = Annotated[str, StringConstraints(pattern=TYPE_NAME_PATTERN)]
 
 
 def _none_if_blank(value: str | None) -> str | None:
@@ -63,19 +59,19 @@ class PromptTypeDefinition(BaseModel):
         "name or `provider/model` of a configured provider).",
         examples=["gpt-4o-mini"],
     )
-    fallbacks: list[Name] | None = Field(
+    fallbacks: Annotated[list[Name], AfterValidator(distinct)] | None = Field(
         None,
         max_length=MAX_FALLBACKS,
         description="Fallback models for requests that give no `fallbacks`. Null: the "
         "model's own catalogue fallbacks; `[]`: none.",
     )
-    max_prompt_chars: int | None = Field(
+    max_prompt_chars: StrictInt | None = Field(
         None,
         ge=1,
         description="Longest prompt (as rendered by the template) accepted for this type; "
         "never more than the server's MAX_PROMPT_CHARS.",
     )
-    max_output_tokens: int | None = Field(
+    max_output_tokens: StrictInt | None = Field(
         None,
         ge=1,
         le=65_536,
@@ -83,7 +79,7 @@ class PromptTypeDefinition(BaseModel):
         "(lowered to what the model can produce). A request asking more is a 422 "
         "`max_tokens_too_large`.",
     )
-    timeout_seconds: float | None = Field(
+    timeout_seconds: StrictFloat | None = Field(
         None,
         gt=0,
         le=600,
@@ -126,10 +122,14 @@ class PromptTypeOut(PromptTypeDefinition):
         "retired type are refused until a PUT defines it again."
     )
     created_at: datetime
-    created_by: uuid.UUID | None = Field(description="The admin who made this version.")
+    created_by: uuid.UUID | None = Field(
+        description="The admin who made this version: shown to admins only (null for others, "
+        "as for a version made from the command line)."
+    )
 
     @classmethod
-    def from_row(cls, row: PromptType) -> PromptTypeOut:
+    def from_row(cls, row: PromptType, *, show_creator: bool) -> PromptTypeOut:
+        """`show_creator`: the reader is an admin (an admin's id is not every user's to see)."""
         template = parse_template(row.template) if row.template is not None else None
         return cls(
             name=row.name,
@@ -138,7 +138,7 @@ class PromptTypeOut(PromptTypeDefinition):
             variables=list(template.variables) if template else [],
             retired=row.retired,
             created_at=row.created_at,
-            created_by=row.created_by,
+            created_by=row.created_by if show_creator else None,
         )
 
 

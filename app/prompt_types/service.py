@@ -96,8 +96,7 @@ def check_definition(definition: PromptTypeDefinition, router: ModelRouter) -> N
             raise InvalidInput(f"template: {exc}", code="invalid_template") from None
     if definition.default_model is not None:
         router.resolve(definition.default_model)
-    for name in definition.fallbacks or ():
-        router.resolve(name)
+    router.distinct_routes(list(definition.fallbacks or ()))
 
 
 async def define_prompt_type(

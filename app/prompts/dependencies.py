@@ -15,9 +15,12 @@ from app.jobs.dispatcher import Dispatcher
 from app.models import PromptStatus
 from app.prompts.events import EventBus
 from app.prompts.idempotency import IdempotencyKeys
+from app.prompts.live import StreamSlots
+from app.prompts.pending import PendingGauge
 from app.prompts.recorder import Recorder
 from app.prompts.service import PromptFilters
 from app.providers.registry import ModelRouter
+from app.text import Text
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -31,8 +34,8 @@ async def prompt_filters(
     status: Annotated[
         PromptStatus | None, Query(description="Only prompts in this status.")
     ] = None,
-    model: Annotated[str | None, Query(max_length=200, description="Exact model name.")] = None,
-    prompt_type: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[Text | None, Query(max_length=200, description="Exact model name.")] = None,
+    prompt_type: Annotated[Text | None, Query(max_length=64)] = None,
     created_after: Annotated[
         datetime | None, Query(description="ISO 8601; without an offset, UTC.")
     ] = None,
@@ -72,6 +75,16 @@ async def get_dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
+async def get_pending(request: Request) -> PendingGauge:
+    pending: PendingGauge = request.app.state.pending
+    return pending
+
+
+async def get_stream_slots(request: Request) -> StreamSlots:
+    streams: StreamSlots = request.app.state.streams
+    return streams
+
+
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -107,5 +120,7 @@ RouterDep = Annotated[ModelRouter, Depends(get_model_router)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 MaxPromptChars = Annotated[int, Depends(get_max_prompt_chars)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+PendingDep = Annotated[PendingGauge, Depends(get_pending)]
+StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
 IdempotencyKeysDep = Annotated[IdempotencyKeys, Depends(get_idempotency_keys)]
 IdempotencyKeyHeader = Annotated[str | None, IDEMPOTENCY_KEY_HEADER]

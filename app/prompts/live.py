@@ -13,15 +13,79 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.db.database import SessionFactory
+from app.errors import AppError
 from app.prompts import service
 from app.prompts.events import EventBus
 from app.prompts.recorder import FINAL_STATUSES
 from app.prompts.schemas import PromptDetail
 
 KEEPALIVE_SECONDS = 15.0
+
+
+class TooManyStreams(AppError):
+    status_code = 429
+    code = "too_many_streams"
+    title = "Too many requests"
+
+
+class StreamSlots:
+    """What each user holds open in this process while waiting for prompts: `/events` streams
+    and `Prefer: wait` submissions, at most MAX_STREAMS_PER_USER at once (0: no cap). Each one
+    holds a connection, a subscription and its queue of events; without a cap one key could
+    open thousands (file handles and memory that every other user shares). Past the cap a
+    stream is a 429 `too_many_streams`, and a `Prefer: wait` is not honoured (the submission
+    answers 202 at once, as RFC 7240 allows)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[uuid.UUID, int] = {}
+
+    def held(self, user_id: uuid.UUID) -> int:
+        return self._held.get(user_id, 0)
+
+    def take(self, user_id: uuid.UUID) -> bool:
+        held = self._held.get(user_id, 0)
+        if self.limit and held >= self.limit:
+            return False
+        self._held[user_id] = held + 1
+        return True
+
+    def give_back(self, user_id: uuid.UUID) -> None:
+        held = self._held.get(user_id, 0) - 1
+        if held > 0:
+            self._held[user_id] = held
+        else:
+            self._held.pop(user_id, None)
+
+    def refuse(self) -> TooManyStreams:
+        return TooManyStreams(
+            f"You have {self.limit} event streams and waits open here already, the most "
+            "allowed (MAX_STREAMS_PER_USER); close one first.",
+            extra={"limit": self.limit},
+            headers={"Retry-After": "1"},
+        )
+
+
+class HeldStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (finished, client
+    gone, server stopping)."""
+
+    def __init__(self, content: Any, *, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def prefer_wait(header: str | None, *, cap: float) -> float | None:

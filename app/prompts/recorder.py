@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, select, update
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.base import utcnow
 from app.db.database import create_session_factory
-from app.models import NewPrompt, PromptRequest, PromptStatus
+from app.models import IS_PENDING, NewPrompt, PromptRequest, PromptStatus
 from app.prompts.batch_writes import (
     INSERT_ATTEMPTS,
     INSERT_PROMPT,
@@ -62,6 +62,7 @@ class Recovered:
     requeued: list[uuid.UUID]
     failed: int
     cancelled: int
+    owners: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # requeued id → user
 
 
 def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
@@ -231,10 +232,11 @@ class Recorder:
             await self._published([claim.prompt_id], PromptStatus.CANCELLED)
         return won
 
-    async def release(self, claims: list[Claim]) -> None:
-        """Hand claims back (`running → pending`) without counting them, e.g. at shutdown, or
-        end them `cancelled` if their cancellation was requested. Fenced, so a claim that has
-        since passed to another runner is left alone."""
+    async def release(self, claims: list[Claim], *, counted: bool = False) -> None:
+        """Hand claims back (`running → pending`), e.g. at shutdown, or end them `cancelled`
+        if their cancellation was requested. Fenced, so a claim that has since passed to
+        another runner is left alone. The execution is not counted against MAX_ATTEMPTS
+        (it did not happen), unless `counted` (it did, and failed)."""
         if not claims:
             return
         now = utcnow()
@@ -246,7 +248,7 @@ class Recorder:
                     .where(*_held_by(claim), _P.cancel_requested_at.is_(None))
                     .values(
                         status=PromptStatus.PENDING,
-                        attempts=claim.fence - 1,
+                        attempts=claim.fence if counted else claim.fence - 1,
                         lease_expires_at=None,
                     )
                 )
@@ -269,7 +271,7 @@ class Recorder:
         calls are accounted for."""
         now = utcnow()
         expired = (_P.status == PromptStatus.RUNNING, _P.lease_expires_at < now)
-        lost = (_P.id, _P.provider, _P.upstream_model, _P.started_at)
+        lost = (_P.id, _P.provider, _P.upstream_model, _P.started_at, _P.user_id)
         async with self._sessions() as session, session.begin():
             cancelled = await session.execute(
                 update(_P)
@@ -311,7 +313,7 @@ class Recorder:
                     "error_code": "runner_lost",
                     "error_message": LOST_MESSAGE,
                 }
-                for prompt_id, provider, upstream_model, started_at in (
+                for prompt_id, provider, upstream_model, started_at, _ in (
                     *cancelled_rows,
                     *failed_rows,
                     *requeued_rows,
@@ -325,17 +327,80 @@ class Recorder:
             requeued=[row[0] for row in requeued_rows],
             failed=len(failed_rows),
             cancelled=len(cancelled_rows),
+            owners={row[0]: row[4] for row in requeued_rows},
         )
 
-    async def due_pending(self, *, created_before: datetime, limit: int) -> list[uuid.UUID]:
+    async def due_pending(
+        self, *, created_before: datetime, limit: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Up to `limit` (prompt id, owner) of pending prompts created before the time, taken
+        in turns across owners (each one's oldest first), so that one user's backlog cannot
+        fill a sweep that another user's prompt is waiting in."""
+        ranked = (
+            select(
+                _P.id,
+                _P.user_id,
+                _P.created_at,
+                func.row_number()
+                .over(partition_by=_P.user_id, order_by=(_P.created_at, _P.id))
+                .label("turn"),
+            )
+            .where(IS_PENDING, _P.created_at <= created_before)
+            .subquery()
+        )
         async with self._sessions() as session:
-            rows = await session.scalars(
-                select(_P.id)
-                .where(_P.status == PromptStatus.PENDING, _P.created_at <= created_before)
-                .order_by(_P.created_at)
+            rows = await session.execute(
+                select(ranked.c.id, ranked.c.user_id)
+                .order_by(ranked.c.turn, ranked.c.created_at)
                 .limit(limit)
             )
-            return list(rows)
+            return [(prompt_id, owner) for prompt_id, owner in rows]
+
+    async def claim_pending_of(
+        self, owner: uuid.UUID, *, limit: int, lease_seconds: float
+    ) -> list[Claim]:
+        """Claim up to `limit` of the owner's pending prompts, oldest first: what a full runner
+        left in the database (dispatcher.py). Rows another runner is claiming are skipped,
+        not waited for.
+
+        Two statements, not `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`:
+        PostgreSQL may run such a subquery again for each row it updates, and each run skips
+        the rows the last one locked, so the UPDATE claimed every pending row, not `n`."""
+        now = utcnow()
+        oldest = (
+            select(_P.id)
+            .where(_P.user_id == owner, IS_PENDING)
+            .order_by(_P.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer
+        )
+        async with self._sessions() as session, session.begin():
+            ids = list(await session.scalars(oldest))
+            if not ids:
+                return []
+            rows = await session.execute(
+                update(_P)
+                .where(_P.id.in_(ids), IS_PENDING)
+                .values(
+                    status=PromptStatus.RUNNING,
+                    attempts=_P.attempts + 1,
+                    started_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                )
+                .returning(
+                    _P.id,
+                    _P.attempts,
+                    _P.model,
+                    _P.provider,
+                    _P.upstream_model,
+                    _P.prompt_text,
+                    _P.parameters,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            claims = [Claim(*row) for row in rows]
+        await self._published([c.prompt_id for c in claims], PromptStatus.RUNNING)
+        return claims
 
     async def cancel(self, prompt_id: uuid.UUID, *, user_id: uuid.UUID) -> str | None:
         """Cancel one of the user's prompts: a `pending` one now, a `running` one by requesting

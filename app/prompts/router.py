@@ -19,23 +19,30 @@ from app.prompts.dependencies import (
     IdempotencyKeyHeader,
     IdempotencyKeysDep,
     MaxPromptChars,
+    PendingDep,
     RecorderDep,
     RouterDep,
     SessionsDep,
     SettingsDep,
+    StreamSlotsDep,
 )
 from app.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
 router = APIRouter(prefix="/ai/prompts", tags=["prompts"])
 
 
-_SUBMIT_PROBLEMS = problem_responses(401, 409, 413, 422, 503)
+_SUBMIT_PROBLEMS = problem_responses(401, 409, 413, 422, 429, 503)
+_SUBMIT_PROBLEMS[429]["description"] = (
+    "`too_many_pending_prompts`: you have MAX_PENDING_PER_USER prompts waiting to run already; "
+    "retry after `Retry-After` seconds, once some have started."
+)
 _SUBMIT_PROBLEMS[409]["description"] = (
     "`idempotency_key_in_flight`: a concurrent request with this `Idempotency-Key` is still "
     "being recorded; retry after `Retry-After` seconds to get its result."
 )
 _SUBMIT_PROBLEMS[422]["description"] = (
-    "Invalid input (`validation_error`, `unknown_model`, `provider_not_configured`, "
+    "Invalid input (`validation_error`, `invalid_text`, `unknown_model`, "
+    "`provider_not_configured`, "
     "`unsupported_parameter`, `prompt_too_large`, `invalid_idempotency_key`, "
     "`idempotency_key_reused`: this key was first sent with a different request)."
 )
@@ -68,6 +75,8 @@ async def create_prompt(
     bus: BusDep,
     sessions: SessionsDep,
     settings: SettingsDep,
+    pending: PendingDep,
+    streams: StreamSlotsDep,
     prefer: Annotated[
         str | None,
         Header(
@@ -104,17 +113,21 @@ async def create_prompt(
         idempotency_key=idempotency_key,
         keys=keys,
         prompt_types=prompt_types,
+        pending=pending,
     )
     prompt = submission.prompt
     response.headers["Location"] = f"{router.prefix}/{prompt.id}"
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     wait = live.prefer_wait(prefer, cap=settings.prefer_wait_max_seconds)
-    if wait is not None:
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
-        detail = await live.wait_for_final(
-            bus, sessions, user_id=user.id, prompt_id=prompt.id, seconds=wait
-        )
+    if wait is not None and streams.take(user.id):  # (at the cap: answered at once)
+        try:
+            response.headers["Preference-Applied"] = f"wait={wait:g}"
+            detail = await live.wait_for_final(
+                bus, sessions, user_id=user.id, prompt_id=prompt.id, seconds=wait
+            )
+        finally:
+            streams.give_back(user.id)
         if detail is not None:
             return JSONResponse(
                 detail.model_dump(mode="json"), status_code=200, headers=dict(response.headers)
@@ -214,22 +227,32 @@ async def cancel_prompt(
             "`event: final` with the whole prompt (as `GET /ai/prompts/{id}`), then the "
             "stream ends. A comment line is sent every 15 s of silence.",
         },
-        **problem_responses(401, 404, 422, 503),
+        **problem_responses(401, 404, 422, 429, 503),
     },
 )
 async def prompt_events(
-    user: CurrentUser, prompt_id: uuid.UUID, bus: BusDep, sessions: SessionsDep
+    user: CurrentUser,
+    prompt_id: uuid.UUID,
+    bus: BusDep,
+    sessions: SessionsDep,
+    streams: StreamSlotsDep,
 ) -> StreamingResponse:
     """Status changes and, while it runs, the generated text, until the prompt is final.
 
     Works in both modes and through any API process. The text is streamed when the prompt's
     provider call starts after this stream was opened (otherwise its status changes and the
-    final answer are sent). A prompt that is already final gets its `status` and `final` at
-    once.
+    final answer are sent): open it while the prompt is still `pending` to get the text. A
+    prompt that is already final gets its `status` and `final` at once.
+
+    Each user may hold MAX_STREAMS_PER_USER streams (and `Prefer: wait` submissions) open at
+    once per API process; past that, **429** `too_many_streams`.
     """
     await live.read(sessions, user.id, prompt_id)  # a missing prompt is a 404, not a stream
-    return StreamingResponse(
+    if not streams.take(user.id):
+        raise streams.refuse()
+    return live.HeldStream(
         live.event_stream(bus, sessions, user_id=user.id, prompt_id=prompt_id),
+        release=lambda: streams.give_back(user.id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -7,16 +7,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from app.models import PromptRequest, PromptStatus
+from app.text import Name, Text, TypeName, check_text
 
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL cannot store NUL in text, and no model needs one: reject it with a clear 422.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")
-    return value
+__all__ = ["Name", "Text"]  # (the request schemas of /v1 and /ai/prompt-types use them too)
 
 
 def _not_blank(value: str) -> str:
@@ -25,16 +21,10 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
-Name = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_no_nul),
-]
 MetadataKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(check_text)
 ]
-MetadataValue = Annotated[str, StringConstraints(max_length=512), AfterValidator(_no_nul)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512), AfterValidator(check_text)]
 
 
 def _not_prompt_text(value: str) -> str:
@@ -48,7 +38,23 @@ VariableName = Annotated[
     StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
     AfterValidator(_not_prompt_text),
 ]
-VariableValue = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_no_nul)]
+VariableValue = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(check_text)]
+
+# Numbers and flags in a body are JSON numbers and booleans, not `"5"` or `true` for 1: a
+# client that sends a string there has a bug, and a gateway that guesses hides it.
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]  # (an integer is still a number: 1 is 1.0)
+StrictBool = Annotated[bool, Strict()]
+
+
+def distinct(models: list[str]) -> list[str]:
+    """Fallbacks name each model once: a repeat would only retry the same failure."""
+    seen: set[str] = set()
+    for model in models:
+        if model in seen:
+            raise ValueError(f"'{model}' is listed twice; name each model once")
+        seen.add(model)
+    return models
 
 
 class PromptCreate(BaseModel):
@@ -75,15 +81,13 @@ class PromptCreate(BaseModel):
         "May be left out when the `prompt_type` is defined with a `default_model`.",
         examples=["local", "openai/gpt-4.1-nano"],
     )
-    prompt_type: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
-        AfterValidator(_no_nul),
-    ] = Field(
-        description="What kind of prompt this is: text, code, report, … When an admin has "
-        "defined this type (`/ai/prompt-types`), its current policy applies (default model "
-        "and fallbacks, limits, system instruction, template) and the prompt records the "
-        "version (`prompt_type_version`); otherwise it is a free label.",
+    prompt_type: TypeName = Field(
+        description="What kind of prompt this is: text, code, report, … (1 to 64 letters, "
+        "digits, `_`, `.`, `:` or `-`, starting with a letter or digit: a name "
+        "`/ai/prompt-types` could define). When an admin has defined this type, its current "
+        "policy applies (default model and fallbacks, limits, system instruction, template) "
+        "and the prompt records the version (`prompt_type_version`); otherwise it is a free "
+        "label.",
         examples=["text"],
     )
     prompt_text: Annotated[Text, AfterValidator(_not_blank)] = Field(
@@ -95,21 +99,24 @@ class PromptCreate(BaseModel):
     system_prompt: Text | None = Field(
         None, max_length=100_000, description="Instructions sent as the system message."
     )
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=65_536, description="Most tokens to generate.")
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=65_536, description="Most tokens to generate."
+    )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
         max_length=16,
         description="Up to 16 string pairs of your own (keys ≤ 64, values ≤ 512 characters).",
     )
-    fallbacks: list[Name] | None = Field(
+    fallbacks: Annotated[list[Name], AfterValidator(distinct)] | None = Field(
         None,
         max_length=5,
         description="Models to try, in order, when this one keeps failing with a retryable "
-        "error. Default: the catalogue entry's own fallbacks, if any. `[]` means none.",
+        "error, each named once. Default: the catalogue entry's own fallbacks, if any. `[]` "
+        "means none.",
         examples=[["claude-haiku-4-5", "gemini-2.5-flash"]],
     )
-    timeout_seconds: float | None = Field(
+    timeout_seconds: StrictFloat | None = Field(
         None, gt=0, le=600, description="Total time allowed for each provider call."
     )
     variables: dict[VariableName, VariableValue] | None = Field(

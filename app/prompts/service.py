@@ -19,6 +19,7 @@ from app.models import NewPrompt, PromptRequest, PromptStatus
 from app.prompt_types.cache import PromptTypeCache
 from app.prompt_types.policy import apply_prompt_type
 from app.prompts.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
+from app.prompts.pending import PendingGauge
 from app.prompts.recorder import Recorder
 from app.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 from app.providers.registry import ModelRouter, Route
@@ -53,6 +54,7 @@ async def submit_prompt(
     idempotency_key: str | None = None,
     keys: IdempotencyKeys | None = None,
     prompt_types: PromptTypeCache,
+    pending: PendingGauge,
 ) -> Submission:
     """Store the prompt as `pending`, commit, then dispatch it (never before the commit).
 
@@ -61,7 +63,9 @@ async def submit_prompt(
     again (see idempotency.py).
 
     A defined `prompt_type` applies its current policy (app/prompt_types/policy.py) and the
-    prompt records its version (`prompt_types` is the process's cache of the definitions)."""
+    prompt records its version (`prompt_types` is the process's cache of the definitions).
+
+    A user with MAX_PENDING_PER_USER prompts waiting already is refused (`pending`)."""
 
     async def create(idempotency: IdempotencyRecord | None) -> NewPrompt | PromptRequest:
         prompt = await prepare_prompt(
@@ -70,6 +74,7 @@ async def submit_prompt(
             router=router,
             max_prompt_chars=max_prompt_chars,
             prompt_types=prompt_types,
+            pending=pending,
         )
         await recorder.create_prompt(prompt, idempotency=idempotency)
         return prompt
@@ -97,7 +102,7 @@ async def submit_prompt(
         )
         if replayed:
             return Submission(prompt, replayed=True)
-    await dispatcher.dispatch(prompt.id)
+    await dispatcher.dispatch(prompt.id, user_id)
     return Submission(prompt)
 
 
@@ -108,9 +113,11 @@ async def prepare_prompt(
     router: ModelRouter,
     max_prompt_chars: int,
     prompt_types: PromptTypeCache,
+    pending: PendingGauge,
 ) -> NewPrompt:
     """The checked `pending` prompt that a submission stores, its prompt type's policy
-    applied. Whatever is wrong with the request is raised here, before anything is written."""
+    applied. Whatever is wrong with the request is raised here, before anything is written;
+    last, the user's pending prompts are counted against their cap (`TooManyPending`)."""
     applied = apply_prompt_type(
         data,
         await prompt_types.get(data.prompt_type),
@@ -123,6 +130,7 @@ async def prepare_prompt(
     prompt.prompt_type_version = applied.version
     if applied.template_input is not None:
         prompt.parameters["template_input"] = applied.template_input
+    await pending.admit(user_id)
     return prompt
 
 

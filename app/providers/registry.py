@@ -92,12 +92,33 @@ class ModelRouter:
             raise InvalidInput(
                 f"At most {MAX_FALLBACKS} fallbacks are allowed.", code="too_many_fallbacks"
             )
-        routes = [self.resolve(name) for name in names]
+        routes = self.distinct_routes(names) if requested is not None else self._resolved(names)
         return [
             r
             for r in routes
             if (r.provider, r.upstream_model) != (route.provider, route.upstream_model)
         ]
+
+    def distinct_routes(self, names: list[str]) -> list[Route]:
+        """The routes of a client's (or a prompt type's) fallbacks, each model once: two
+        names for one model (`haiku` and `claude-haiku-4-5`) are a 422 `duplicate_fallback`,
+        as retrying the same model under another name only repeats its failure."""
+        routes = self._resolved(names)
+        seen: dict[tuple[str, str], str] = {}
+        for name, route in zip(names, routes, strict=True):
+            key = (route.provider, route.upstream_model)
+            if key in seen:
+                raise InvalidInput(
+                    f"fallbacks name the same model twice ('{seen[key]}' and '{name}'); name "
+                    "each model once.",
+                    code="duplicate_fallback",
+                    extra={"parameter": "fallbacks"},
+                )
+            seen[key] = name
+        return routes
+
+    def _resolved(self, names: list[str]) -> list[Route]:
+        return [self.resolve(name) for name in names]
 
     def _require_provider(self, provider: str, model: str) -> None:
         if provider not in self.providers:
@@ -160,6 +181,9 @@ def build_providers(settings: Settings, catalogue: Catalogue) -> dict[str, Provi
                 threads=settings.local_model_threads,
                 context=settings.local_model_context,
                 parallel=settings.local_model_parallel,
+                cache_mib=settings.local_model_cache_mib,
+                temperature=settings.local_model_temperature,
+                repeat_penalty=settings.local_model_repeat_penalty,
             )
             providers["local"] = LocalProvider(
                 server,

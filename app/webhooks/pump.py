@@ -9,8 +9,20 @@ production). Every WEBHOOK_POLL_SECONDS a pass
    WEBHOOK_TIMEOUT_SECONDS and delays nothing else: not the other deliveries, not the API, not
    the prompts running on the same event loop.
 
-POSTs go through one aiohttp session per process. The endpoint's URL and secret are never
-logged (a URL may carry a token of its own); log lines name the delivery.
+POSTs go through one guarded outbound client per process (`app/outbound.py`): no address on
+the server's own networks unless OUTBOUND_ALLOWLIST allows it, no redirects. What an attempt
+records is the receiver's HTTP status, or one of a few fixed words: `timeout`, `unreachable`
+(a refused connection, a dropped one, a name that does not resolve: all the same, so that the
+log cannot tell an open port from a closed one), `blocked` (the guard's reason). Never an
+exception's name or a socket's message.
+
+Whatever else goes wrong while building or sending a delivery (a prompt row that cannot be
+turned into its message, say) is a failed attempt too, `internal_error`, recorded and retried
+like the others until WEBHOOK_MAX_ATTEMPTS: a poisoned delivery ends `failed` instead of being
+claimed again every lease. Its traceback is logged the first time, then one line per attempt.
+
+The endpoint's URL and secret are never logged (a URL may carry a token of its own); log lines
+name the delivery.
 """
 
 from __future__ import annotations
@@ -26,10 +38,10 @@ from app import __version__
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.database import SessionFactory, lost_connection
-from app.providers.openai_http import env_proxy
+from app.outbound import OutboundClient, OutboundPolicy, OutboundRefused, policy_for, refusal
 from app.sealing import SecretBox, UnreadableSecret
 from app.webhooks import queue
-from app.webhooks.queue import DeliveryClaim, Message, Outcome
+from app.webhooks.queue import ABANDONED, INTERNAL_ERROR, DeliveryClaim, Message, Outcome
 from app.webhooks.signing import sign
 
 logger = logging.getLogger(__name__)
@@ -39,6 +51,7 @@ LEASE_MARGIN_SECONDS = 30.0
 MAX_ENQUEUE_BATCHES = 10  # per pass; a backlog beyond that waits for the next one
 RESPONSE_BYTES_READ = 64 * 1024  # of a receiver's answer, which is otherwise ignored
 USER_AGENT = f"prompt-manager-webhooks/{__version__}"
+UNREACHABLE = "unreachable: no HTTP answer"
 
 
 class WebhookPump:
@@ -52,6 +65,7 @@ class WebhookPump:
         max_attempts: int,
         retry_base_seconds: float,
         concurrency: int,
+        policy: OutboundPolicy,
     ) -> None:
         self._sessions = sessions
         self._box = box
@@ -60,16 +74,16 @@ class WebhookPump:
         self._max_attempts = max_attempts
         self._retry_base = retry_base_seconds
         self._concurrency = concurrency
-        self._http: aiohttp.ClientSession | None = None
+        self._policy = policy
+        self._http: OutboundClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._sending: dict[asyncio.Task[None], DeliveryClaim] = {}
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._concurrency),
-            timeout=aiohttp.ClientTimeout(total=None),  # each POST has its own deadline
-            headers={"User-Agent": USER_AGENT},
+        self._http = OutboundClient(
+            self._policy, limit=self._concurrency, headers={"User-Agent": USER_AGENT}
         )
+        await self._http.open()
         self._task = asyncio.create_task(self._loop(), name="webhook-pump")
 
     async def stop(self) -> None:
@@ -104,6 +118,7 @@ class WebhookPump:
             self._sessions,
             limit=room,
             lease_seconds=self._timeout + LEASE_MARGIN_SECONDS,
+            max_attempts=self._max_attempts,
             now=now,
         )
         for claim in claims:
@@ -125,14 +140,9 @@ class WebhookPump:
 
     async def _deliver(self, claim: DeliveryClaim) -> None:
         try:
-            try:
-                message = await queue.load_message(self._sessions, self._box, claim)
-            except UnreadableSecret as exc:  # not sent unsigned: failed, and retried later
-                outcome = Outcome(utcnow(), 0, None, f"secret_unreadable: {exc}")
-            else:
-                if message is None:
-                    return  # the endpoint or the prompt was deleted meanwhile, the delivery too
-                outcome = await self._post(claim, message)
+            outcome = await self._attempt(claim)
+            if outcome is None:
+                return  # the endpoint or the prompt was deleted meanwhile, the delivery too
             await queue.record_outcome(
                 self._sessions,
                 claim,
@@ -146,9 +156,50 @@ class WebhookPump:
                 logger.info(
                     "webhook delivery %s attempt %d failed: %s", claim.id, claim.fence, reason
                 )
-        except Exception:
-            # The claim stays `sending` until its lease expires; then it is tried again.
-            logger.warning("webhook delivery %s could not be completed", claim.id, exc_info=True)
+        except Exception as exc:
+            # Only the database gets here. The claim stays `sending` until its lease expires;
+            # then a pass records the attempt as abandoned (it counts against the limit).
+            if lost_connection(exc):
+                logger.warning("webhook delivery %s: the database is unreachable", claim.id)
+            else:
+                self._log_failure(claim, "its outcome could not be recorded")
+
+    async def _attempt(self, claim: DeliveryClaim) -> Outcome | None:
+        """Build and send the delivery. Every failure is an outcome (None: nothing to send);
+        only losing the database raises, since the outcome could not be recorded either."""
+        attempted_at = utcnow()
+        try:
+            message = await queue.load_message(self._sessions, self._box, claim)
+        except UnreadableSecret as exc:  # not sent unsigned: failed, and retried later
+            return Outcome(attempted_at, 0, None, f"secret_unreadable: {exc}")
+        except Exception as exc:
+            if lost_connection(exc):
+                raise
+            self._log_failure(claim, "its message could not be built")
+            return Outcome(attempted_at, 0, None, INTERNAL_ERROR)
+        if message is None:
+            return None
+        try:
+            return await self._post(claim, message)
+        except Exception:  # not the network's doing: `_post` turns that into an outcome
+            self._log_failure(claim, "it could not be sent")
+            return Outcome(attempted_at, 0, None, INTERNAL_ERROR)
+
+    def _log_failure(self, claim: DeliveryClaim, what: str) -> None:
+        """A traceback the first time a delivery fails this way, one line on each attempt
+        after (the previous attempt's error says whether it failed so before)."""
+        again = (claim.last_error or "").startswith((INTERNAL_ERROR, ABANDONED))
+        if again:
+            logger.warning(
+                "webhook delivery %s attempt %d: %s (as before; traceback logged then)",
+                claim.id,
+                claim.fence,
+                what,
+            )
+        else:
+            logger.error(
+                "webhook delivery %s attempt %d: %s", claim.id, claim.fence, what, exc_info=True
+            )
 
     async def _post(self, claim: DeliveryClaim, message: Message) -> Outcome:
         assert self._http is not None
@@ -159,7 +210,6 @@ class WebhookPump:
             "Webhook-Timestamp": str(timestamp),
             "Webhook-Signature": sign(message.secret, timestamp, message.body),
         }
-        proxy, proxy_auth = env_proxy(message.url)
         attempted_at = utcnow()
         started = time.perf_counter()
         status: int | None = None
@@ -167,23 +217,23 @@ class WebhookPump:
         try:
             async with (
                 asyncio.timeout(self._timeout),
-                self._http.post(
-                    message.url,
-                    data=message.body,
-                    headers=headers,
-                    allow_redirects=False,  # a redirect is an answer, and not a 2xx
-                    proxy=proxy,
-                    proxy_auth=proxy_auth,
+                self._http.request(
+                    "POST", message.url, data=message.body, headers=headers
                 ) as response,
             ):
-                status = response.status
+                status = response.status  # a redirect too: an answer, and not a 2xx
                 await response.content.read(RESPONSE_BYTES_READ)
         except TimeoutError:
             if status is None:  # else the answer came, and only its body was slow
                 error = f"timeout: no answer within {self._timeout:g} s"
+        except OutboundRefused as exc:  # the URL itself, before any connection
+            error = f"blocked: {exc}"[:500]
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             if status is None:
-                error = f"{type(exc).__name__}: {exc}"[:500]
+                # The same words for a refused connection, a dropped one, a name that does
+                # not resolve: anything more would tell an open port from a closed one.
+                refused = refusal(exc)
+                error = UNREACHABLE if refused is None else f"blocked: {refused}"[:500]
         duration = timedelta(seconds=time.perf_counter() - started)
         return Outcome(attempted_at, duration // timedelta(milliseconds=1), status, error)
 
@@ -197,4 +247,5 @@ def create_pump(settings: Settings, sessions: SessionFactory, box: SecretBox) ->
         max_attempts=settings.webhook_max_attempts,
         retry_base_seconds=settings.webhook_retry_base_seconds,
         concurrency=settings.webhook_concurrency,
+        policy=policy_for(settings.outbound_allowlist),
     )

@@ -16,7 +16,14 @@ several processes at once, create each delivery exactly once.
 
 **Sending** is claimed like a prompt: a conditional update to `sending` with a lease and the
 attempt number as a fence, so two processes never send one delivery at once, a dead process's
-claim expires, and a stale sender cannot overwrite a newer attempt's outcome.
+claim expires, and a stale sender cannot overwrite a newer attempt's outcome. An expired claim
+is an attempt that ended without an outcome: it is logged as `abandoned`, counts against
+WEBHOOK_MAX_ATTEMPTS like any other, and the delivery is `failed` once they are used up, so
+nothing is retried past the limit, whatever made its sender stop.
+
+**Fairness.** The free slots of a pass are shared across users, not given to the oldest due
+deliveries: one user's backlog (thousands of deliveries to a slow receiver) must not hold up
+another user's single delivery until it drains. See `claim_due`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, exists, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    and_,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,6 +70,10 @@ WATERMARK_STEP_SECONDS = 5.0
 # Retry delays, in multiples of WEBHOOK_RETRY_BASE_SECONDS: 10 s, 1 min, 5 min, 30 min, 2 h,
 # 5 h, then 10 h, by default.
 BACKOFF_STEPS = (1, 6, 30, 180, 720, 1800, 3600)
+# The attempt log's words for an attempt whose sender stopped before recording its outcome,
+# and for one whose message could not be built (details in the server's log, not here).
+ABANDONED = "abandoned: no outcome was recorded (the process sending it stopped)"
+INTERNAL_ERROR = "internal_error: the message could not be built or sent; the server logged why"
 
 _E, _D, _P = WebhookEndpoint, WebhookDelivery, PromptRequest
 _SUBSCRIBED = or_(
@@ -72,6 +93,7 @@ class DeliveryClaim:
     prompt_id: uuid.UUID
     event: str
     created_at: datetime
+    last_error: str | None = None  # the previous attempt's, if it failed without an answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,23 +182,119 @@ def _due(now: datetime) -> ColumnElement[bool]:
     )
 
 
-async def claim_due(
-    sessions: SessionFactory, *, limit: int, lease_seconds: float, now: datetime
-) -> list[DeliveryClaim]:
-    """Claim up to `limit` due deliveries of enabled endpoints: `sending`, leased, and the
-    attempt counted. A claim whose holder died (lease expired) is due again."""
+def _fair_order(now: datetime, limit: int) -> Any:
+    """The ids of the `limit` due deliveries to claim next, shared fairly across users.
+
+    Each user's due deliveries are numbered oldest first (ROW_NUMBER() OVER (PARTITION BY the
+    endpoint's owner)), and the number is added to how many of the user's deliveries are
+    being sent right now (by any process). Claiming in that order, lowest first, fills free
+    slots round-robin: a user with nothing in flight goes before any delivery of a user who
+    holds slots, and a user's second delivery goes after every other user's first. Ties go
+    to the user with fewer deliveries waiting (a single delivery before a backlog), then to
+    the oldest. So a user flooding the pump holds up another user's delivery only until the
+    next slot frees: at most one POST timeout and one poll.
+    """
     due = (
-        select(_D.id)
+        select(
+            _D.id.label("id"),
+            _E.user_id.label("user_id"),
+            _D.next_attempt_at.label("next_attempt_at"),
+            func.row_number()
+            .over(partition_by=_E.user_id, order_by=(_D.next_attempt_at, _D.id))
+            .label("position"),
+            func.count().over(partition_by=_E.user_id).label("waiting"),
+        )
         .join(_E, _E.id == _D.endpoint_id)
         .where(_E.enabled, _due(now))
-        .order_by(_D.next_attempt_at)
-        .limit(limit)
-        .with_for_update(of=_D, skip_locked=True)  # PostgreSQL; SQLite has one writer
+        .subquery("due")
     )
+    busy = (
+        select(_E.user_id.label("user_id"), func.count().label("sending"))
+        .select_from(_D)
+        .join(_E, _E.id == _D.endpoint_id)
+        .where(_D.status == DeliveryStatus.SENDING, _D.lease_expires_at >= now)
+        .group_by(_E.user_id)
+        .subquery("busy")
+    )
+    return (
+        select(due.c.id)
+        .outerjoin(busy, busy.c.user_id == due.c.user_id)
+        .order_by(
+            due.c.position + func.coalesce(busy.c.sending, 0),
+            due.c.waiting,
+            due.c.next_attempt_at,
+            due.c.id,
+        )
+        .limit(limit)
+    )
+
+
+async def _abandon_expired(session: AsyncSession, *, max_attempts: int, now: datetime) -> None:
+    """Turn claims whose lease expired (their sender stopped or lost the database before
+    recording an outcome) into an `abandoned` attempt: due again at once, or `failed` if that
+    was the round's last attempt."""
+    last = _D.attempts - _D.attempts_at_requeue >= max_attempts
+    rows = await session.execute(
+        update(_D)
+        .where(_D.status == DeliveryStatus.SENDING, _D.lease_expires_at < now)
+        .values(
+            status=case((last, DeliveryStatus.FAILED), else_=DeliveryStatus.PENDING),
+            next_attempt_at=case((last, None), else_=now),
+            lease_expires_at=None,
+            last_status_code=None,
+            last_error=ABANDONED,
+        )
+        .returning(_D.id)
+        .execution_options(synchronize_session=False)
+    )
+    for (delivery_id,) in rows.all():
+        session.add(
+            WebhookAttempt(
+                id=uuid.uuid4(),
+                delivery_id=delivery_id,
+                attempted_at=now,
+                duration_ms=0,
+                status_code=None,
+                error=ABANDONED,
+            )
+        )
+    await session.flush()
+
+
+async def claim_due(
+    sessions: SessionFactory,
+    *,
+    limit: int,
+    lease_seconds: float,
+    max_attempts: int,
+    now: datetime,
+) -> list[DeliveryClaim]:
+    """Claim up to `limit` due deliveries of enabled endpoints, in the fair order of
+    `_fair_order`: `sending`, leased, and the attempt counted. Expired claims are first
+    recorded as abandoned attempts (`_abandon_expired`).
+
+    The ids are chosen by one SELECT and claimed by a second statement. PostgreSQL refuses
+    FOR UPDATE in a query with window functions, so the ranking is a subquery of a plain
+    SELECT that locks (SKIP LOCKED: two pumps do not wait for each other). The UPDATE names
+    those ids only: as a single `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP
+    LOCKED)`, PostgreSQL may run the subquery again as rows change and claim far more than
+    `n` (every due delivery, so WEBHOOK_CONCURRENCY was not kept). The UPDATE checks again
+    that each row is due, so two pumps that pick the same rows still never claim one twice:
+    the second finds it `sending` and skips it."""
     async with sessions() as session, session.begin():
+        await _abandon_expired(session, max_attempts=max_attempts, now=now)
+        chosen = list(
+            await session.scalars(
+                select(_D.id)
+                .where(_D.id.in_(_fair_order(now, limit).scalar_subquery()))
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer
+            )
+        )
+        if not chosen:
+            return []
         rows = await session.execute(
             update(_D)
-            .where(_D.id.in_(due.scalar_subquery()), _due(now))
+            .where(_D.id.in_(chosen), _due(now))
             .values(
                 status=DeliveryStatus.SENDING,
                 attempts=_D.attempts + 1,
@@ -190,10 +308,14 @@ async def claim_due(
                 _D.prompt_id,
                 _D.event,
                 _D.created_at,
+                _D.last_error,
             )
             .execution_options(synchronize_session=False)
         )
-        return [DeliveryClaim(*row) for row in rows]
+        return [
+            DeliveryClaim(id_, fence, requeue, endpoint_id, prompt_id, event, created, error)
+            for id_, fence, requeue, endpoint_id, prompt_id, event, created, error in rows
+        ]
 
 
 async def load_message(

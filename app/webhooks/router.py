@@ -9,6 +9,7 @@ from app.auth.dependencies import CurrentUser
 from app.db.database import Session
 from app.errors import problem_responses
 from app.models import WebhookEvent
+from app.outbound import OutboundPolicy, policy_for
 from app.sealing import SecretBox
 from app.webhooks import service
 from app.webhooks.schemas import (
@@ -31,6 +32,13 @@ def get_secret_box(request: Request) -> SecretBox:
 SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
 
 
+def get_outbound_policy(request: Request) -> OutboundPolicy:
+    return policy_for(request.app.state.settings.outbound_allowlist)
+
+
+PolicyDep = Annotated[OutboundPolicy, Depends(get_outbound_policy)]
+
+
 @router.post(
     "",
     status_code=201,
@@ -39,7 +47,11 @@ SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
     responses=problem_responses(401, 422, 503),
 )
 async def create_webhook(
-    session: Session, box: SecretBoxDep, user: CurrentUser, data: WebhookCreate
+    session: Session,
+    box: SecretBoxDep,
+    policy: PolicyDep,
+    user: CurrentUser,
+    data: WebhookCreate,
 ) -> WebhookCreated:
     """Register a URL to be POSTed a signed message whenever one of your prompts reaches a
     final status you subscribed to (`prompt.completed`, `prompt.failed`, `prompt.cancelled`).
@@ -47,9 +59,15 @@ async def create_webhook(
 
     The answer carries the endpoint's **secret**, which signs every delivery
     (`Webhook-Signature`, see the README's *Webhooks* section). It is never shown again: store
-    it now, or rotate it later. An unusable URL is a 422 `invalid_webhook_url`.
+    it now, or rotate it later.
+
+    An unusable URL is a 422 `invalid_webhook_url` with the reason: not http(s), carrying
+    `user:password@`, or pointing at this server's own networks (a loopback, private,
+    link-local, ... address in any notation, or a name such as `localhost`), unless the
+    operator allowed it (OUTBOUND_ALLOWLIST). A host name that resolves to such an address is
+    refused at each delivery instead (`blocked: …` in the delivery log).
     """
-    return await service.create_endpoint(session, box, user_id=user.id, data=data)
+    return await service.create_endpoint(session, box, policy, user_id=user.id, data=data)
 
 
 @router.get("", summary="List your webhook endpoints", responses=problem_responses(401, 503))
@@ -74,13 +92,18 @@ async def get_webhook(session: Session, user: CurrentUser, webhook_id: uuid.UUID
     responses=problem_responses(401, 404, 422, 503),
 )
 async def update_webhook(
-    session: Session, user: CurrentUser, webhook_id: uuid.UUID, data: WebhookUpdate
+    session: Session,
+    policy: PolicyDep,
+    user: CurrentUser,
+    webhook_id: uuid.UUID,
+    data: WebhookUpdate,
 ) -> WebhookOut:
     """Change the URL, the events, the description, or turn deliveries off and on
     (`enabled`). Only the fields given change. Prompts that finish while an endpoint is
-    disabled are not announced when it is enabled again."""
+    disabled are not announced when it is enabled again. A new URL is checked as on
+    registration (422 `invalid_webhook_url`)."""
     return await service.update_endpoint(
-        session, user_id=user.id, endpoint_id=webhook_id, data=data
+        session, policy, user_id=user.id, endpoint_id=webhook_id, data=data
     )
 
 
@@ -124,7 +147,9 @@ async def list_deliveries(
 ) -> list[DeliveryOut]:
     """The endpoint's delivery log, newest first: each delivery's event and prompt, its status
     (`pending`, `sending`, `delivered`, `failed`), when it is next tried, and every attempt
-    with the receiver's status code or the error (a timeout, a refused connection)."""
+    with the receiver's HTTP status or why there was none: `timeout`, `unreachable` (the
+    same words whatever happened on the network), `blocked` (an address this server may not
+    reach), `secret_unreadable`, `internal_error`."""
     return await service.list_deliveries(
         session, user_id=user.id, endpoint_id=webhook_id, limit=limit
     )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import WebhookAttempt, WebhookDelivery, WebhookEvent
 from app.prompts.schemas import PromptDetail
+from app.text import Text
 
 MAX_URL_CHARS = 2048
 
@@ -29,15 +30,17 @@ Events = Annotated[
 ]
 # The length is checked by the service, so that every unusable URL is one error code.
 Url = Annotated[
-    str,
+    Text,
     Field(
         max_length=4 * MAX_URL_CHARS,
         description=f"Where to POST: an absolute http:// or https:// URL, at most "
-        f"{MAX_URL_CHARS} characters.",
+        f"{MAX_URL_CHARS} characters, without user:password@, and not on this server's own "
+        "networks (loopback, private, link-local, ... addresses; OUTBOUND_ALLOWLIST lets the "
+        "operator allow some).",
         examples=["https://example.com/hooks/prompt-manager"],
     ),
 ]
-Description = Annotated[str | None, Field(max_length=500, description="A note of yours.")]
+Description = Annotated[Text | None, Field(max_length=500, description="A note of yours.")]
 
 
 class WebhookCreate(BaseModel):
@@ -90,7 +93,9 @@ class DeliveryAttemptOut(BaseModel):
     duration_ms: int
     status_code: int | None = Field(description="The receiver's HTTP status; null: no answer.")
     error: str | None = Field(
-        description="Why there was no answer (a timeout, a refused connection).",
+        description="Why there was no answer: `timeout: …`, `unreachable: …` (no HTTP answer: "
+        "the connection failed or was dropped), `blocked: …` (an address this server may not "
+        "reach), `secret_unreadable: …`, `internal_error: …` (the message could not be built).",
         examples=["timeout: no answer within 10 s"],
     )
 

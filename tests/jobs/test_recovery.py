@@ -4,9 +4,11 @@ attempt limit, fencing of stale claims, duplicate dispatches and hand-back at sh
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from app.db.base import utcnow
@@ -182,3 +184,33 @@ async def test_the_sweeper_hands_a_full_runner_no_more_than_it_has_room_for(fres
     finally:
         await recorder.aclose()
         await engine.dispose()
+
+
+async def test_a_prompt_whose_processing_raises_fails_after_its_attempts_with_one_traceback(
+    fresh_database: str, mock_openai: MockOpenAI, caplog: pytest.LogCaptureFixture
+):
+    """A stored row the executor cannot handle (here: `messages` that are not a list of
+    messages, as a hand edit or an old version could leave) is executed MAX_ATTEMPTS times,
+    then `failed` with `internal_error` and a reason; the traceback is logged once. Before,
+    it ran into its lease every time and ended `attempts_exhausted` blaming a lost runner,
+    with a traceback each time."""
+    await migrate(fresh_database)
+    poisoned = openai_prompt("poisoned", parameters={"messages": "not a list of messages"})
+    headers = await _seed(fresh_database, [poisoned])
+    settings = make_settings(
+        fresh_database, mock_openai, max_attempts=3, redispatch_after_seconds=0.2
+    )
+    caplog.set_level(logging.INFO)
+    async with running_api(settings) as api:
+        detail = await api.wait_final(headers, str(poisoned.id), timeout=20)
+
+    assert detail["status"] == "failed" and detail["executions"] == 3
+    assert detail["error"]["code"] == "internal_error"
+    assert "3 executions" in detail["error"]["message"]
+    mine = [
+        r
+        for r in caplog.records
+        if r.name == "app.jobs.dispatcher" and str(poisoned.id) in r.getMessage()
+    ]
+    assert len(mine) == 3  # one line per execution
+    assert sum(r.exc_info is not None for r in mine) == 1  # and one traceback

@@ -124,7 +124,9 @@ async def test_bad_template_is_422(api: Api, template: str):
         {"timeout_seconds": 601},
         {"fallbacks": ["local"] * 6},
         {"surprise": 1},
-        {"template": "{prompt_text}\x00"},
+        {"max_output_tokens": "512"},
+        {"timeout_seconds": True},
+        {"fallbacks": ["local", "local"]},
     ],
 )
 async def test_invalid_definitions_are_422(api: Api, change: dict[str, object]):

@@ -32,6 +32,7 @@ class RawServer:
         self.requests: list[bytes] = []
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> RawServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -41,6 +42,10 @@ class RawServer:
     async def __aexit__(self, *_: object) -> None:
         assert self._server is not None
         self._server.close()
+        # Since Python 3.12, wait_closed() waits for the open connections too, and a test's
+        # client may still hold a kept-alive one: close them, as a stopping server does.
+        for writer in list(self._writers):
+            writer.close()
         await self._server.wait_closed()
 
     @property
@@ -49,6 +54,7 @@ class RawServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -65,6 +71,7 @@ class RawServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
 

@@ -1,10 +1,15 @@
-"""The webhook tests' own app and a real HTTP receiver.
+"""The webhook tests' own apps and a real HTTP receiver.
 
 `api` is overridden here: the same app on the same three backends (SQLite, PostgreSQL, a real
 Celery worker), but with the webhook timings shrunk (a pass every 0.1 s, retries after 0.1 s,
-0.6 s, …, a POST timeout of 2 s) and on a database (and, for Celery, a Redis) of its own. The
-suite's shared `api` may be running at the same time in a full run; its pump, with the default
-timings, must not be the one that picks up these tests' deliveries.
+0.6 s, …, a POST timeout of 2 s, four POSTs at once) and on a database (and, for Celery, a
+Redis) of its own. The suite's shared `api` may be running at the same time in a full run; its
+pump, with the default timings, must not be the one that picks up these tests' deliveries.
+
+The receiver listens on 127.0.0.1, which the outbound guard refuses by default: `api` allows
+it explicitly (OUTBOUND_ALLOWLIST=127.0.0.1/32). `default_api` is the same app with the
+guard as shipped (no allow-list), three attempts per delivery, and a database, a Redis and a
+worker of its own, so that its refusals and failures are its own.
 """
 
 from __future__ import annotations
@@ -33,16 +38,25 @@ from tests.conftest import (
 )
 from tests.jobs.services import RedisServer
 from tests.mocks.openai_server import MockOpenAI
-from tests.mocks.server import BackgroundServer, Releasable
+from tests.mocks.server import BackgroundServer, Releasable, reset_connection
 
 POLL_SECONDS = 0.1
 RETRY_BASE_SECONDS = 0.1
 TIMEOUT_SECONDS = 2.0
+CONCURRENCY = 4
+ALLOWLIST = "127.0.0.1/32"  # the receiver, and nothing else of this machine
 WEBHOOK_SETTINGS = {
     "webhook_poll_seconds": POLL_SECONDS,
     "webhook_retry_base_seconds": RETRY_BASE_SECONDS,
     "webhook_timeout_seconds": TIMEOUT_SECONDS,
+    "webhook_concurrency": CONCURRENCY,
+    "outbound_allowlist": ALLOWLIST,
     "local_model_enabled": False,
+}
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_GUARD_SETTINGS = {
+    **{k: v for k, v in WEBHOOK_SETTINGS.items() if k != "outbound_allowlist"},
+    "webhook_max_attempts": DEFAULT_MAX_ATTEMPTS,
 }
 
 
@@ -93,6 +107,55 @@ async def api(
         redis.stop()
 
 
+@dataclass
+class LoggedApi(Api):
+    """An app, and where the log of the process that runs its pump can be read: the Celery
+    worker's file, or (embedded) this process's, which pytest's `caplog` captures."""
+
+    worker_log: Path | None = None
+
+
+@pytest.fixture(scope="session")
+async def default_guard_database(backend: str, sqlite_dir: Path) -> AsyncIterator[str]:
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{sqlite_dir / 'webhooks-default.db'}"
+        await migrate(url)
+        yield url
+        return
+    async with throwaway_database("pm_webhooks_default") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def default_api(
+    backend: str,
+    default_guard_database: str,
+    mock_openai: MockOpenAI,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[LoggedApi]:
+    """The app with the outbound guard as shipped: OUTBOUND_ALLOWLIST unset."""
+    if backend != "celery":
+        settings = make_settings(default_guard_database, mock_openai, **DEFAULT_GUARD_SETTINGS)
+        async with running_api(settings) as api:
+            yield LoggedApi(api.app, api.client)
+        return
+    workdir = tmp_path_factory.mktemp("webhooks-default-celery")
+    redis = RedisServer(workdir).start()
+    log = workdir / "worker.log"
+    try:
+        settings = make_settings(
+            default_guard_database,
+            mock_openai,
+            celery_broker_url=redis.url,
+            **DEFAULT_GUARD_SETTINGS,
+        )
+        with celery_worker(settings, log):
+            async with running_api(settings) as api:
+                yield LoggedApi(api.app, api.client, worker_log=log)
+    finally:
+        redis.stop()
+
+
 @dataclass(frozen=True)
 class Received:
     hook: str
@@ -110,7 +173,8 @@ class Hook:
 @dataclass
 class Receiver:
     """An HTTP server on 127.0.0.1 that records every POST to /hooks/<name> and answers as
-    told: a status code, or `hang` (no answer until the server stops)."""
+    told: a status code, `hang` (no answer until the server stops), `sleep-<ms>` (200 after
+    that long), or `drop` (the connection reset, no answer)."""
 
     requests: list[Received] = field(default_factory=list)
     _plans: dict[str, list[str]] = field(default_factory=dict)
@@ -156,7 +220,17 @@ class Receiver:
         answer = plan.pop(0) if plan else self._defaults.get(name, "404")
         if answer == "hang":
             await self._hanging.wait()
+        elif answer == "drop":
+            reset_connection(request)
+            await self._hanging.wait()  # cancelled at once: the connection is gone
+        elif answer.startswith("sleep-"):
+            await asyncio.sleep(int(answer.removeprefix("sleep-")) / 1000)
+            answer = "200"
         return web.Response(status=int(answer) if answer != "hang" else 200)
+
+    @property
+    def port(self) -> int:
+        return int(self.origin.rpartition(":")[2])
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from app.auth import service as auth_service
 from app.config import Settings
 from app.db.database import create_engine, create_session_factory
 from app.models import WebhookEndpoint
+from app.outbound import OutboundPolicy
 from app.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key, load_box
 from app.webhooks import service
 from app.webhooks.schemas import WebhookCreate
@@ -113,6 +114,7 @@ async def test_reseal_secrets_moves_every_secret_to_the_first_key(tmp_path: Path
                 await service.create_endpoint(
                     session,
                     SecretBox([old]),
+                    OutboundPolicy(),
                     user_id=user.id,
                     data=WebhookCreate(url=f"https://example.com/{n}", events=["prompt.completed"]),
                 )
