@@ -9,10 +9,10 @@ Counting the user's pending rows on every submission would cost the busiest requ
 database round trip (the count costs about as much CPU as the rest of the submission). So
 each API process keeps, per user, the count it last read and how many it has accepted since:
 it reads the count again at most every REFRESH_SECONDS, in the background while the user is
-far below the cap, and before answering once the estimate is past half of it. Within one
-process the cap is exact; with several API processes, a burst may pass it by what the others
-accept within one refresh (a second), and a user just under it may be refused until the next
-read shows that some prompts have started.
+far below the cap, and before answering once the estimate is past half of it. So the cap is
+approximate by about a refresh: a user at it is refused, but one whose prompts have just
+started may be refused until the next read shows it (a second at most: `Retry-After`), and
+several API processes, or a submission racing the read, may let a few more through.
 """
 
 from __future__ import annotations

@@ -136,6 +136,7 @@ async def test_a_flood_does_not_delay_another_users_prompt(
         elapsed = time.monotonic() - started
         waiting = await _not_final(api, a_id)
 
+        print(f"{mode}: B answered in {elapsed:.2f} s, {waiting} of A's prompts still to run")
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "completed"
         assert elapsed < BOUND_SECONDS, f"B waited {elapsed:.2f} s behind A's flood"

@@ -43,10 +43,12 @@ async def test_pending_prompts_are_capped_per_user_on_both_paths(
     checks = count_calls(monkeypatch, service, "prepare_prompt", lambda *_, **kw: 1)
     async with running_api(settings) as api:
         user, other = await api.new_user(), await api.new_user()
+        # Another user's call holds the runner's one slot: the user's prompts stay pending.
         hang = f"openai/hang-cap-{uuid.uuid4().hex[:6]}"
-        running = await api.submit(user, model=hang)
+        running = await api.submit(other, model=hang)
         pending = [await api.submit(user, model="gpt-4o-mini") for _ in range(CAP)]
-        await asyncio.sleep(REFRESH_SECONDS + 0.1)  # past the count's refresh: it is exact
+        # Past the count's refresh: the next decision at the cap reads the database.
+        await asyncio.sleep(REFRESH_SECONDS + 0.1)
 
         body = {"model": "gpt-4o-mini", "prompt_type": "text", "prompt_text": "one more"}
         encoded = json.dumps(body).encode()
@@ -63,17 +65,19 @@ async def test_pending_prompts_are_capped_per_user_on_both_paths(
             problem = assert_problem(response, 429, "too_many_pending_prompts")
             assert problem["limit"] == CAP and response.headers["Retry-After"] == "1"
         listed = (await api.client.get("/ai/prompts/?limit=100", headers=user)).json()["items"]
-        assert len(listed) == CAP + 1  # nothing more was recorded
+        assert len(listed) == CAP  # nothing more was recorded
 
-        # Another user is not affected, and the user may submit again once one has started.
+        # Another user is not affected, and the user may submit again once one is no longer
+        # waiting (here: cancelled), after at most a refresh.
         await api.submit(other, model="gpt-4o-mini")
         cancelled = await api.client.post(f"/ai/prompts/{pending[0]['id']}/cancel", headers=user)
         assert cancelled.status_code == 200
         await asyncio.sleep(REFRESH_SECONDS + 0.1)
         again = await api.client.post("/ai/prompts/", content=encoded, headers=headers)
         assert again.status_code == 202, again.text
-        for prompt in (running, *pending[1:]):
+        for prompt in pending[1:]:
             await api.client.post(f"/ai/prompts/{prompt['id']}/cancel", headers=user)
+        await api.client.post(f"/ai/prompts/{running['id']}/cancel", headers=other)
 
 
 async def test_event_streams_are_capped_per_user(api: Api):
