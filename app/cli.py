@@ -1,5 +1,5 @@
 """`python -m app …`: serve the API, administer users and keys, and the keys that seal
-stored webhook secrets (`app/sealing.py`).
+stored webhook secrets (`app/kit/sealing.py`).
 
 The commands that create keys print the new key as the last line of their output, alone, so
 scripts can take it with `tail -n 1`.
@@ -17,14 +17,14 @@ from functools import partial
 
 from pydantic import ValidationError
 
-from app.auth import service
-from app.config import Settings
 from app.db.base import utcnow
 from app.db.database import SessionFactory, create_engine, create_session_factory
-from app.errors import AppError
+from app.kit.errors import AppError
+from app.kit.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key
+from app.kit.settings import Settings
 from app.providers.catalogue import CatalogueError, load_catalogue
-from app.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key, load_box
-from app.webhooks.service import reseal_secrets
+from app.services.auth import service
+from app.services.webhooks.service import reseal_secrets
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,7 +138,7 @@ def _serve(settings: Settings) -> None:
         log_level=settings.log_level,
         log_config=log_config,
         proxy_headers=True,
-        http="app.server:HeadLimitedProtocol",  # the request head bounded as it is read
+        http="app.api.server:HeadLimitedProtocol",  # the request head bounded as it is read
     )
 
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("serve", "worker", "reseal-secrets"):
         try:
             # Here, so that a key file is created once, before uvicorn's workers start.
-            box = load_box(settings)
+            box = settings.secret_box()
         except SealingKeyError as exc:
             print(f"Configuration error: {exc}", file=sys.stderr)
             return 2
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Configuration error: {exc}", file=sys.stderr)
             return 2
         if args.command == "worker":
-            from app.jobs.worker import run_worker
+            from app.worker.main import run_worker
 
             return run_worker(settings)
         _serve(settings)

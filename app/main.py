@@ -11,31 +11,31 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
-from app.auth.bootstrap import create_first_admin, first_run_message
-from app.auth.dependencies import KeyCache
-from app.config import Settings
-from app.docs import install_docs
-from app.errors import document_body_errors, install_error_handlers
-from app.fast_paths import FastPaths
-from app.health import database_check
-from app.health import router as health_router
-from app.jobs.celery_app import CeleryDispatcher, create_celery
-from app.jobs.dispatcher import Dispatcher
-from app.middleware import BodyLimitMiddleware
-from app.openai_compat.router import router as openai_router
-from app.openai_compat.router import unknown_url
-from app.openai_compat.runner import inline_runner
-from app.paths import serve_both_forms
-from app.prompt_types.cache import PromptTypeCache
-from app.prompt_types.router import router as prompt_types_router
-from app.prompts.live import StreamSlots
-from app.prompts.pending import PendingGauge
-from app.prompts.router import router as prompts_router
-from app.providers.router import router as models_router
-from app.runtime import open_runtime
-from app.webhooks.pump import create_pump
-from app.webhooks.router import events as webhook_events
-from app.webhooks.router import router as webhooks_router
+from app.api.auth import KeyCache
+from app.api.chat import router as openai_router
+from app.api.chat import unknown_url
+from app.api.docs import install_docs
+from app.api.fast_paths import FastPaths
+from app.api.health import router as health_router
+from app.api.middleware import BodyLimitMiddleware
+from app.api.models import router as models_router
+from app.api.paths import serve_both_forms
+from app.api.problems import document_body_errors, install_error_handlers
+from app.api.prompt_types import router as prompt_types_router
+from app.api.prompts import router as prompts_router
+from app.api.webhooks import events as webhook_events
+from app.api.webhooks import router as webhooks_router
+from app.engine.celery_app import CeleryDispatcher, create_celery
+from app.engine.health import database_check
+from app.engine.inline import inline_runner
+from app.engine.runners import Dispatcher
+from app.engine.runtime import open_runtime
+from app.kit.settings import Settings
+from app.services.auth.bootstrap import create_first_admin, first_run_message
+from app.services.prompt_types.cache import PromptTypeCache
+from app.services.prompts.live import StreamSlots
+from app.services.prompts.pending import PendingGauge
+from app.services.webhooks.pump import create_pump
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ import aiohttp
 import asyncpg
 import redis
 
-from app.sealing import generate_key
+from app.kit.sealing import generate_key
 from bench.prompts_load import (
     BIN,
     MOCK_KEY,
@@ -63,7 +63,7 @@ from bench.prompts_load import (
 
 RESULTS = ROOT / "bench" / "results" / "celery_load.md"
 PACKAGES = ("fastapi", "uvicorn", "sqlalchemy", "asyncpg", "celery", "kombu", "redis", "aiohttp")
-QUEUE = "prompts"  # app.jobs.celery_app.QUEUE: kombu's Redis transport keeps it as a list
+QUEUE = "prompts"  # app.engine.celery_app.QUEUE: kombu's Redis transport keeps it as a list
 Rows = list[tuple[str, str, str]]
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from app.sealing import generate_key
+from app.kit.sealing import generate_key
 from bench.celery_load import pg_backend_cpu, start_redis
 from bench.prompts_load import (
     BIN,

@@ -54,7 +54,7 @@ def emit(**event: Any) -> None:
 
 async def child(cache_mib: int, prompts: int, every: int, max_tokens: int, idle: float) -> None:
     """One configuration, in a process of its own: prints JSON lines on stdout."""
-    from app.config import Settings
+    from app.kit.settings import Settings
     from app.providers.base import CompletionRequest
     from app.providers.local import (
         LOCAL_MODEL_NAME,
@@ -285,7 +285,7 @@ def parse() -> argparse.Namespace:
 
 
 async def parent(args: argparse.Namespace) -> int:
-    from app.config import Settings
+    from app.kit.settings import Settings
 
     # SIGTERM as Ctrl-C: cancelled, run_child's `finally` kills the running child by PID.
     task = asyncio.current_task()

@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from app.sealing import generate_key
+from app.kit.sealing import generate_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"

@@ -1,5 +1,9 @@
 """Alembic environment (async). The URL comes from the app's Settings (DATABASE_URL), unless
-the caller passed one in `config.attributes["database_url"]` (the tests do)."""
+the caller passed one in `config.attributes["database_url"]` (the tests do).
+
+Migrations use the application's column types (app/db/base.py) but never its behaviour: a
+migration that converts data (0007 seals secrets) gets what it needs handed over from here,
+so an old migration keeps doing what it did when the application's code moves on."""
 
 from __future__ import annotations
 
@@ -10,15 +14,19 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import app.models  # noqa: F401  (registers every table on the metadata)
-from app.config import Settings
+import app.db.models  # noqa: F401  (registers every table on the metadata)
 from app.db.base import Base
+from app.kit.settings import Settings
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+# Migrations that convert stored secrets (0007) seal and open them with the box handed over
+# here, opened only when one asks (it may create the key file): the caller's, in
+# `config.attributes["secret_box"]` (the tests pass one), else the settings' keys.
+config.attributes.setdefault("open_secret_box", lambda: Settings().secret_box())
 
 
 def _url() -> str:

@@ -31,14 +31,14 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from app.auth import service as auth_service
-from app.config import CompatibleEndpoint, Settings
 from app.db.database import SessionFactory
 from app.db.migrations import alembic_config
+from app.kit.sealing import generate_key
+from app.kit.settings import CompatibleEndpoint, Settings
 from app.main import create_app
-from app.openai_compat import service as chat_service
-from app.prompts import service as prompt_service
-from app.sealing import generate_key
+from app.services.auth import service as auth_service
+from app.services.chat import service as chat_service
+from app.services.prompts import service as prompt_service
 from tests.mocks import anthropic_server, gemini_server
 from tests.mocks.anthropic_server import MockAnthropic
 from tests.mocks.gemini_server import MockGemini

@@ -7,11 +7,11 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from app.auth import service as auth_service
 from app.db.base import utcnow
 from app.db.database import SessionFactory
-from app.models import NewPrompt, PromptRequest, PromptStatus
-from app.prompts.batch_writes import AttemptRecord, ResponseRecord
+from app.db.models import NewPrompt, PromptRequest, PromptStatus
+from app.engine.batch_writes import AttemptRecord, ResponseRecord
+from app.services.auth import service as auth_service
 
 
 def openai_prompt(upstream: str, **fields: Any) -> PromptRequest:

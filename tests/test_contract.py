@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from app.config import Settings
-from app.sealing import generate_key
+from app.kit.sealing import generate_key
+from app.kit.settings import Settings
 from tests.conftest import ROOT, migrate
 from tests.jobs.services import free_port
 from tests.mocks.openai_server import MOCK_API_KEY, MockOpenAI

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from app.kit.text import text_problem
 from app.main import create_app
-from app.text import text_problem
 from tests.conftest import Api, make_settings
 
 NUL, SURROGATE = "a\x00b", "a\ud800b"

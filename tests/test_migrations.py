@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.base import Base, UTCDateTime, utcnow
 from app.db.migrations import alembic_config
-from app.sealing import SecretBox, generate_key
-from app.webhooks.signing import new_secret
+from app.kit.sealing import SecretBox, generate_key
+from app.services.webhooks.signing import new_secret
 from tests.conftest import downgrade, migrate
 
 TABLES = {

@@ -1,4 +1,4 @@
-"""`python -m app serve` bounds the request head while reading it (app/server.py): a head over
+"""`python -m app serve` bounds the request head while reading it (app/api/server.py): a head over
 MAX_HEADER_BYTES is answered 431 and its connection closed before the client has finished
 sending it, so a 10 MB header is never read; the server goes on serving other connections.
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.auth import service as auth_service
-from app.config import Settings
 from app.db.database import create_engine, create_session_factory
+from app.kit.settings import Settings
+from app.services.auth import service as auth_service
 from tests.conftest import SUITE_BROKER, make_settings, migrate, settings_env, throwaway_database
 from tests.jobs.services import Process, Services, api_ready, free_port
 from tests.mocks.openai_server import MockOpenAI

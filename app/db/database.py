@@ -7,7 +7,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
@@ -18,8 +17,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.config import Settings
-from app.text import scrub_json
+from app.kit.dbapi import lost_connection
+from app.kit.settings import Settings
+from app.kit.text import scrub_json
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
@@ -86,33 +86,11 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 def _sqlite_json(text: str) -> Any:
     """A JSON column's value. SQLite keeps whatever JSON it was given, and rows written before
-    the API refused lone surrogates (app/text.py) may spell one as a `\\ud800` escape, which
+    the API refused lone surrogates (app/kit/text.py) may spell one as a `\\ud800` escape, which
     no answer could then encode: such strings are read with U+FFFD in its place. (PostgreSQL's
     jsonb never stores one.)"""
     value = json.loads(text)
     return scrub_json(value) if _SURROGATE_ESCAPE.search(text) else value
-
-
-def lost_connection(exc: BaseException | None) -> bool:
-    """Whether an error means the connection to the database is gone, whatever the driver
-    called it. SQLAlchemy recognises only some of asyncpg's ways of saying so: a server that
-    shuts down sends "terminating connection due to administrator command" (57P01), and a
-    connection cut mid-statement leaves asyncpg in an impossible state ("cannot switch to
-    state …", InternalClientError)."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(
-            exc,
-            ConnectionError
-            | TimeoutError
-            | asyncpg.exceptions.PostgresConnectionError
-            | asyncpg.exceptions.OperatorInterventionError
-            | asyncpg.exceptions.InterfaceError
-            | asyncpg.exceptions.InternalClientError,
-        ):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
 
 
 async def read_one_snapshot(session: AsyncSession) -> None:

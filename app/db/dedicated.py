@@ -27,7 +27,7 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.database import lost_connection
+from app.kit.dbapi import lost_connection
 
 # What SQLAlchemy's asyncpg dialect takes from DATABASE_URL for itself, not for asyncpg.
 _DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")

@@ -31,7 +31,7 @@ import aiohttp
 from pydantic_core import to_json
 
 from app import __version__
-from app.outbound import env_proxy
+from app.kit.outbound import env_proxy
 from app.providers.base import (
     Completion,
     CompletionRequest,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from app.config import Settings
-from app.errors import InvalidInput
+from app.kit.errors import InvalidInput
+from app.kit.settings import Settings
 from app.providers.base import Provider
 from app.providers.catalogue import Catalogue, ModelEntry, Price
 from app.providers.local import LocalModelServer, LocalProvider, bundled_model_path

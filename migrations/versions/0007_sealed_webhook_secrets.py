@@ -1,4 +1,4 @@
-"""Webhook secrets are stored sealed (encrypted) rather than in the clear (app/sealing.py).
+"""Webhook secrets are stored sealed (encrypted) rather than in the clear (app/kit/sealing.py).
 
 Existing secrets are sealed with the keys of the settings (ENCRYPTION_KEYS, or the key file);
 the downgrade opens them again with the same keys.
@@ -9,12 +9,10 @@ Create Date: 2026-12-06 11:30:00
 """
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import sqlalchemy as sa
 from alembic import context, op
-
-from app.config import Settings
-from app.sealing import SecretBox, load_box
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -25,10 +23,21 @@ _SELECT = "SELECT id, {column} FROM webhook_endpoints"
 _UPDATE = "UPDATE webhook_endpoints SET {column} = :value WHERE id = :id"
 
 
-def _box() -> SecretBox:
-    """The caller's box (the tests pass one), else the settings' keys."""
+class _Box(Protocol):
+    """What this migration needs of the keys: seal a secret, open a sealed one."""
+
+    def seal(self, secret: str) -> str: ...
+
+    def open(self, sealed: str) -> str: ...
+
+
+def _box() -> _Box:
+    """The box migrations/env.py hands over (the caller's, or the settings' keys): a
+    migration is history, so it must not call the application's code, which moves on."""
     box = context.config.attributes.get("secret_box")
-    return box if isinstance(box, SecretBox) else load_box(Settings())
+    if box is None:
+        box = context.config.attributes["open_secret_box"]()
+    return box  # type: ignore[no-any-return]
 
 
 def _copy(source: str, target: str, *, seal: bool) -> None:

@@ -1,8 +1,8 @@
 """A user's pending prompts, oldest first: a partial index on (user_id, created_at) of the
 rows whose status is `pending`.
 
-The per-user cap counts them (app/prompts/pending.py) and a full runner claims them back by
-owner (app/jobs/dispatcher.py); both then read only the pending rows, however long the user's
+The per-user cap counts them (app/services/prompts/pending.py) and a full runner claims them back by
+owner (app/engine/runners.py); both then read only the pending rows, however long the user's
 history.
 
 Revision ID: 0008

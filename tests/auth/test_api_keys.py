@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from app.auth import service
-from app.auth.keys import hash_key
 from app.db.base import utcnow
-from app.models import ApiKey, User
+from app.db.models import ApiKey, User
+from app.services.auth import service
+from app.services.auth.keys import hash_key
 from tests.conftest import Api, make_settings, migrate, running_api
 from tests.prompts.test_validation import assert_problem
 

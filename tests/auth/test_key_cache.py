@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from app.auth.dependencies import KeyCache
+from app.api.auth import KeyCache
 from app.db.base import utcnow
-from app.errors import Unauthorized
-from app.models import User
+from app.db.models import User
+from app.kit.errors import Unauthorized
 
 KEY = "pm_test-key"
 

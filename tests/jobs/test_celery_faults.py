@@ -25,9 +25,9 @@ import asyncpg
 import httpx
 import pytest
 
-from app.auth import service as auth_service
 from app.db.database import create_engine, create_session_factory
-from app.jobs.celery_app import EXECUTE_TASK, QUEUE, create_celery
+from app.engine.celery_app import EXECUTE_TASK, QUEUE, create_celery
+from app.services.auth import service as auth_service
 from tests.conftest import (
     SUITE_ENCRYPTION_KEY,
     Api,

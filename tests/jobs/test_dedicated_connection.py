@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.db.database import create_engine, create_session_factory
 from app.db.dedicated import DedicatedConnection
-from app.prompts.recorder import Recorder
+from app.engine.recorder import Recorder
 from tests.conftest import make_settings, throwaway_database
 from tests.records import new_prompt, openai_prompt, seed
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from app.prompts.events import PromptEvent, RedisBus, Subscription
+from app.engine.events import PromptEvent, RedisBus, Subscription
 from tests.jobs.services import RedisServer, Services
 
 

@@ -1,5 +1,5 @@
 """One user's flood never delays another user's new prompt by more than a bounded amount: the
-runners serve owners in turn (app/jobs/dispatcher.py), embedded and in a Celery worker, where a
+runners serve owners in turn (app/engine/runners.py), embedded and in a Celery worker, where a
 full worker leaves the flood's surplus in the database and pulls it back as room frees up.
 
 The bound these tests hold: with every slot busy with user A's prompts, user B's one prompt
@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.auth import service as auth_service
 from app.db.database import create_engine, create_session_factory
-from app.jobs.dispatcher import EmbeddedRunner, FairQueue
-from app.models import PromptRequest, PromptStatus
-from app.prompts.batch_writes import Claim
-from app.prompts.recorder import Recorder
+from app.db.models import PromptRequest, PromptStatus
+from app.engine.batch_writes import Claim
+from app.engine.recorder import Recorder
+from app.engine.runners import EmbeddedRunner, FairQueue
+from app.services.auth import service as auth_service
 from tests.conftest import (
     Api,
     celery_worker,

@@ -12,8 +12,8 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 
 from app.db.database import create_engine, create_session_factory
-from app.models import NewPrompt, PromptAttempt, PromptRequest, PromptResponse, PromptStatus
-from app.prompts.recorder import Recorder
+from app.db.models import NewPrompt, PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.engine.recorder import Recorder
 from tests.conftest import make_settings, migrate
 from tests.records import new_prompt, openai_prompt, seed, successful_call
 

@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 
 from app.db.base import utcnow
 from app.db.database import create_engine, create_session_factory
-from app.jobs.dispatcher import EmbeddedRunner
-from app.jobs.sweeper import Sweeper
-from app.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
-from app.prompts.recorder import Recorder
+from app.db.models import PromptAttempt, PromptRequest, PromptResponse, PromptStatus
+from app.engine.recorder import Recorder
+from app.engine.runners import EmbeddedRunner
+from app.engine.sweeper import Sweeper
 from tests.conftest import Api, make_settings, migrate, running_api
 from tests.mocks.openai_server import MockOpenAI
 from tests.records import openai_prompt, seed, successful_call
@@ -210,7 +210,7 @@ async def test_a_prompt_whose_processing_raises_fails_after_its_attempts_with_on
     mine = [
         r
         for r in caplog.records
-        if r.name == "app.jobs.dispatcher" and str(poisoned.id) in r.getMessage()
+        if r.name == "app.engine.runners" and str(poisoned.id) in r.getMessage()
     ]
     assert len(mine) == 3  # one line per execution
     assert sum(r.exc_info is not None for r in mine) == 1  # and one traceback

@@ -1,4 +1,4 @@
-"""A worker's own /healthz and /readyz (app/jobs/worker_health.py), on real worker processes
+"""A worker's own /healthz and /readyz (app/worker/health.py), on real worker processes
 (`python -m app worker`): a database of this module's own on the shared PostgreSQL, a Redis of
 the test's own, and health ports that are free ones of 127.0.0.1."""
 

@@ -10,7 +10,6 @@ import httpx
 import openai
 import pytest
 
-from app.openai_compat.errors import UpstreamFailed
 from app.providers.base import (
     ConnectionFailed,
     MalformedResponse,
@@ -19,6 +18,7 @@ from app.providers.base import (
     RateLimited,
     Unavailable,
 )
+from app.services.chat.errors import UpstreamFailed
 from tests.mocks.openai_server import MockOpenAI
 from tests.openai_compat.conftest import V1
 

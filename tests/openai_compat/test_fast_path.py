@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.openai_compat import service
+from app.services.chat import service
 from tests.conftest import count_calls
 from tests.openai_compat.conftest import V1
 

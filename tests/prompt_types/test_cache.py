@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.prompt_types.cache import PromptTypeCache
+from app.services.prompt_types.cache import PromptTypeCache
 from tests.conftest import Api
 from tests.prompt_types.helpers import define, unique
 

@@ -13,14 +13,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.auth import service as auth_service
 from app.db.database import SessionFactory, create_engine, create_session_factory
-from app.jobs.dispatcher import EmbeddedRunner
-from app.jobs.executor import execute_prompt
-from app.models import PromptRequest, PromptResponse, PromptStatus
-from app.prompts.batch_writes import Claim
-from app.prompts.recorder import Recorder
-from app.runtime import open_runtime
+from app.db.models import PromptRequest, PromptResponse, PromptStatus
+from app.engine.batch_writes import Claim
+from app.engine.executor import execute_prompt
+from app.engine.recorder import Recorder
+from app.engine.runners import EmbeddedRunner
+from app.engine.runtime import open_runtime
+from app.services.auth import service as auth_service
 from tests.conftest import Api, make_settings, migrate, running_api
 from tests.mocks.openai_server import MockOpenAI
 from tests.prompts.test_validation import assert_problem

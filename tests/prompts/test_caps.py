@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from app.models import PromptRequest
-from app.prompts import service
-from app.prompts.pending import REFRESH_SECONDS
+from app.db.models import PromptRequest
+from app.services.prompts import service
+from app.services.prompts.pending import REFRESH_SECONDS
 from tests.conftest import Api, count_calls, make_settings, migrate, running_api
 from tests.mocks.openai_server import MockOpenAI
 from tests.prompts.test_validation import assert_problem

@@ -1,4 +1,4 @@
-"""The fast path of `POST /ai/prompts/` (app/fast_paths.py) answers and records exactly as the
+"""The fast path of `POST /ai/prompts/` (app/api/fast_paths.py) answers and records exactly as the
 route does, and hands the route everything it does not take, body included.
 
 Which of the two served a call is not visible to a client by design; these tests tell them
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.prompts import service
+from app.services.prompts import service
 from tests.conftest import Api, count_calls
 
 BODY: dict[str, Any] = {

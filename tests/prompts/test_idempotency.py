@@ -13,8 +13,8 @@ import httpx
 from sqlalchemy import func, select, update
 
 from app.db.base import utcnow
-from app.jobs.sweeper import Sweeper
-from app.models import IdempotencyKey, PromptRequest
+from app.db.models import IdempotencyKey, PromptRequest
+from app.engine.sweeper import Sweeper
 from tests.conftest import Api
 from tests.mocks.openai_server import MockOpenAI
 

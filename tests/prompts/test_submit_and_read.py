@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy import select, text
 
-from app.models import PromptResponse
+from app.db.models import PromptResponse
 from tests.conftest import Api
 from tests.mocks.openai_server import MOCK_API_KEY, MockOpenAI
 

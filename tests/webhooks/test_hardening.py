@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from app.auth import service as auth_service
 from app.db.base import utcnow
-from app.models import (
+from app.db.models import (
     DeliveryStatus,
     PromptRequest,
     PromptStatus,
@@ -31,8 +30,9 @@ from app.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from app.sealing import SecretBox
-from app.webhooks.signing import new_secret
+from app.kit.sealing import SecretBox
+from app.services.auth import service as auth_service
+from app.services.webhooks.signing import new_secret
 from tests.conftest import SUITE_ENCRYPTION_KEY, Api
 from tests.jobs.services import free_port
 from tests.webhooks.conftest import (
@@ -46,7 +46,7 @@ from tests.webhooks.conftest import (
 )
 from tests.webhooks.test_webhooks import Headers, deliveries, register, until
 
-PUMP_LOGGER = "app.webhooks.pump"
+PUMP_LOGGER = "app.services.webhooks.pump"
 
 
 async def _user_id(api: Api, headers: Headers) -> uuid.UUID:

@@ -1,4 +1,4 @@
-"""The outbound guard (app/outbound.py) on its own: which URLs and addresses it refuses, the
+"""The outbound guard (app/kit/outbound.py) on its own: which URLs and addresses it refuses, the
 allow-list, and the guarded client against real HTTP servers on 127.0.0.1 (a receiver, a
 proxy). No database: these run once, not per backend.
 
@@ -17,14 +17,14 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from app.config import Settings
-from app.outbound import (
+from app.kit.outbound import (
     OutboundClient,
     OutboundPolicy,
     OutboundRefused,
     blocked_range,
     refusal,
 )
+from app.kit.settings import Settings
 from tests.conftest import IsolatedSettings
 from tests.mocks.server import BackgroundServer
 

@@ -1,4 +1,4 @@
-"""The keys that seal stored webhook secrets (app/sealing.py): the key file of the embedded
+"""The keys that seal stored webhook secrets (app/kit/sealing.py): the key file of the embedded
 default, rotation, tampering, and the commands an operator runs."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app.auth import service as auth_service
-from app.config import Settings
 from app.db.database import create_engine, create_session_factory
-from app.models import WebhookEndpoint
-from app.outbound import OutboundPolicy
-from app.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key, load_box
-from app.webhooks import service
-from app.webhooks.schemas import WebhookCreate
+from app.db.models import WebhookEndpoint
+from app.kit.outbound import OutboundPolicy
+from app.kit.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key
+from app.kit.settings import Settings
+from app.services.auth import service as auth_service
+from app.services.webhooks import service
+from app.services.webhooks.schemas import WebhookCreate
 from tests.conftest import ROOT, IsolatedSettings, migrate
 
 
@@ -31,32 +31,32 @@ def _settings(tmp_path: Path, **values: object) -> Settings:
 
 def test_without_keys_one_is_kept_in_a_file_only_its_owner_reads(tmp_path: Path):
     settings = _settings(tmp_path)
-    sealed = load_box(settings).seal("whsec_abc")
+    sealed = settings.secret_box().seal("whsec_abc")
     key_file = tmp_path / "prompt_manager.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
-    assert load_box(settings).open(sealed) == "whsec_abc"  # the same key, read back
+    assert settings.secret_box().open(sealed) == "whsec_abc"  # the same key, read back
     assert [p.name for p in tmp_path.iterdir()] == ["prompt_manager.key"]
 
     key_file.write_text("not a key\n")
     with pytest.raises(SealingKeyError, match=r"ENCRYPTION_KEY_FILE .* does not hold a key"):
-        load_box(settings)
+        settings.secret_box()
 
 
 def test_production_without_keys_says_every_process_needs_the_same(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    with caplog.at_level(logging.WARNING, logger="app.sealing"):
-        load_box(_settings(tmp_path, environment="production"))
+    with caplog.at_level(logging.WARNING, logger="app.kit.sealing"):
+        _settings(tmp_path, environment="production").secret_box()
     assert "ENCRYPTION_KEYS is not set" in caplog.text
     caplog.clear()
-    load_box(_settings(tmp_path, environment="production", encryption_keys=generate_key()))
+    _settings(tmp_path, environment="production", encryption_keys=generate_key()).secret_box()
     assert caplog.text == ""
 
 
 def test_a_new_first_key_seals_and_the_old_one_still_opens(tmp_path: Path):
     old, new = generate_key(), generate_key()
     sealed = SecretBox([old]).seal("whsec_rotating")
-    both = load_box(_settings(tmp_path, encryption_keys=f"{new}, {old}"))
+    both = _settings(tmp_path, encryption_keys=f"{new}, {old}").secret_box()
     assert both.open(sealed) == "whsec_rotating"
     resealed = both.resealed(sealed)
     assert resealed is not None and SecretBox([new]).open(resealed) == "whsec_rotating"

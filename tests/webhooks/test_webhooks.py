@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 
-from app.auth import service as auth_service
 from app.db.base import utcnow
-from app.models import PromptRequest, PromptStatus, WebhookDelivery, WebhookEndpoint
-from app.sealing import SecretBox, generate_key
-from app.webhooks import queue
+from app.db.models import PromptRequest, PromptStatus, WebhookDelivery, WebhookEndpoint
+from app.kit.sealing import SecretBox, generate_key
+from app.services.auth import service as auth_service
+from app.services.webhooks import queue
 from tests.conftest import SUITE_ENCRYPTION_KEY, Api
 from tests.webhooks.conftest import (
     POLL_SECONDS,

@@ -1,0 +1,195 @@
+"""/v1: OpenAI-compatible chat completions and model list, for the official SDKs unchanged
+(`base_url=http://host:8000/v1`, `api_key=<a Prompt Manager key>`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import Receive, Scope, Send
+
+from app.api.auth import CurrentUser
+from app.api.chat_responses import ChatCompletionResponse, ChatStreamResponse
+from app.api.deps import (
+    BusDep,
+    IdempotencyKeyHeader,
+    IdempotencyKeysDep,
+    MaxPromptChars,
+    RecorderDep,
+    RouterDep,
+    SessionsDep,
+    SettingsDep,
+)
+from app.api.openai_errors import OpenAIRoute, error_response
+from app.api.prompt_type_deps import PromptTypeCacheDep
+from app.engine.idempotency import IdempotencyRecord, request_fingerprint
+from app.engine.inline import InlineRunner
+from app.services.chat import service
+from app.services.chat.schemas import (
+    ChatCompletion,
+    ChatCompletionCreate,
+    ErrorBody,
+    Model,
+    ModelList,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
+
+
+async def get_inline_runner(request: Request) -> InlineRunner:
+    runner: InlineRunner = request.app.state.inline_runner
+    return runner
+
+
+InlineRunnerDep = Annotated[InlineRunner, Depends(get_inline_runner)]
+
+
+# One server-sent event (before OpenAPI 3.2, a stream's `schema` describes each event).
+_SSE_EVENT = {
+    "type": "object",
+    "description": "`data` is a `chat.completion.chunk` as JSON, then `[DONE]` last; or an "
+    '`{"error": {...}}` object if the call fails after the stream began.',
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Invalid body or unsupported feature (`validation_error`, `invalid_text`: a NUL "
+        "or a lone surrogate in a string, `unsupported_parameter`, …), or the provider "
+        "refused the request "
+        "(`context_length_exceeded`, …).",
+        401: "Missing, unknown, expired or revoked API key.",
+        404: "Unknown model (`model_not_found`), or unknown path.",
+        409: "The prompt was cancelled before it answered (`prompt_cancelled`).",
+        429: "The provider kept rate-limiting after the retries and fallbacks (`rate_limited`).",
+        502: "The provider failed (`connection_error`, `malformed_response`, …).",
+        503: "The provider is unavailable (`provider_unavailable`, `circuit_open`).",
+        504: "The provider did not answer in time (`timeout`).",
+    }
+    return {s: {"model": ErrorBody, "description": descriptions.get(s, "Error")} for s in statuses}
+
+
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (OpenAI-compatible)",
+    response_model=ChatCompletion,
+    responses={
+        200: {
+            "description": "A `chat.completion`; with `stream: true`, server-sent "
+            "`chat.completion.chunk` events ending `data: [DONE]`. `X-Prompt-Id` names the "
+            "prompt in `/ai/prompts`.",
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+        },
+        **_errors(400, 401, 404, 409, 429, 502, 503, 504),
+    },
+)
+async def create_chat_completion(
+    data: ChatCompletionCreate,
+    user: CurrentUser,
+    recorder: RecorderDep,
+    model_router: RouterDep,
+    runner: InlineRunnerDep,
+    max_prompt_chars: MaxPromptChars,
+    keys: IdempotencyKeysDep,
+    bus: BusDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    prompt_types: PromptTypeCacheDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """OpenAI's chat completions on any model of the catalogue, whatever its provider.
+
+    Executed at once by this server while the client waits, with the usual retries,
+    fallbacks and circuit breaker; recorded like every prompt (`prompt_type` `chat`, the
+    messages in `parameters.messages`), so it is listed in `GET /ai/prompts/` with its
+    response, tokens, cost and duration. A defined prompt type (`chat`, or the one the
+    `prompt_type` extension names) applies its policy, as on `/ai/prompts/`. A client that
+    disconnects cancels the call (the prompt ends `cancelled`). Not supported: `n` > 1, tools
+    and function calling, `response_format`, logprobs, non-text content, and other sampling
+    options than `temperature` and `max_tokens` (refused by name with a 400).
+
+    With an `Idempotency-Key`, a retry of the same body gets the first call's answer (waiting
+    for it if it is still running), with `Idempotent-Replayed: true`, and no second prompt or
+    provider call; streamed, the replayed text comes as one chunk.
+    """
+
+    async def start(record: IdempotencyRecord | None) -> service.ChatRun | service.Replay:
+        return await service.start_chat(
+            recorder,
+            runner,
+            user_id=user.id,
+            data=data,
+            router=model_router,
+            max_prompt_chars=max_prompt_chars,
+            prompt_types=prompt_types,
+            idempotency=record,
+        )
+
+    async def replay(_: AsyncSession, prompt_id: uuid.UUID) -> service.Replay:
+        return service.Replay(prompt_id)
+
+    if idempotency_key is None:
+        first: service.ChatRun | service.Replay = await start(None)
+    else:
+        fingerprint = request_fingerprint(
+            "v1.chat.completions", data.model_dump(mode="json", exclude_none=True)
+        )
+        first, _ = await keys.run_once(
+            user_id=user.id,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            create=start,
+            replay=replay,
+        )
+    if isinstance(first, service.Replay):
+        run = await service.replay_chat(
+            bus,
+            sessions,
+            user_id=user.id,
+            replay=first,
+            data=data,
+            wait_seconds=settings.prefer_wait_max_seconds,
+        )
+        response = ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
+        response.headers_out["Idempotent-Replayed"] = "true"
+        return response
+    return ChatStreamResponse(first) if first.stream else ChatCompletionResponse(first)
+
+
+@router.get("/models", summary="List models (OpenAI-compatible)", responses=_errors(401))
+async def list_models(_: CurrentUser, model_router: RouterDep) -> ModelList:
+    """The catalogue models whose provider is configured here, in OpenAI's list shape
+    (`owned_by` is the provider). `GET /ai/models/` has their prices and limits."""
+    return service.list_models(model_router)
+
+
+@router.get(
+    "/models/{model_id}",
+    summary="Retrieve a model (OpenAI-compatible)",
+    responses=_errors(401, 404),
+)
+async def get_model(_: CurrentUser, model_router: RouterDep, model_id: str) -> Model:
+    """One model of `GET /v1/models`, by its name or an alias; 404 `model_not_found` for any
+    other."""
+    return service.get_model(model_router, model_id)
+
+
+async def unknown_url(scope: Scope, receive: Receive, send: Send) -> None:
+    """Other OpenAI endpoints (embeddings, responses, …) are not served here: a 404 in
+    OpenAI's shape, which the SDKs raise as `NotFoundError`.
+
+    The app answers this for a /v1 path that no route has in either form
+    (`paths.serve_both_forms`), rather than a `/v1/{path:path}` route: such a route matched
+    every /v1 path first, so a known path with another method was a 404 here instead of the
+    route's 405, and `/v1/chat/completions/` never reached the chat route."""
+    response = error_response(
+        404,
+        f"Invalid URL ({scope['method']} {scope['path']}): this server serves only "
+        "POST /v1/chat/completions and GET /v1/models.",
+        code="unknown_url",
+    )
+    await response(scope, receive, send)

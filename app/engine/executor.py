@@ -1,0 +1,428 @@
+"""Executes one claimed prompt: the retry loop, the fallbacks and the circuit breaker, with
+every provider call recorded as one attempt.
+
+For each route in order (the prompt's model, then its fallbacks): call; on a retryable failure
+wait as the RetryPolicy says and call again, up to RETRY_MAX_RETRIES; once a route's retries
+are spent (or its provider's circuit is open, or it asks to wait longer than the cap), move to
+the next route. A failure that is the request's own (bad request, context too long, filtered)
+fails the prompt at once: another model would most likely refuse it too, and every extra call
+costs. An authentication failure also moves on, since it says nothing about the request.
+
+One loop serves two callers: the background runners (`execute_prompt`, which only records)
+and a client that waits for the answer (`run_prompt`, used by /v1/chat/completions, which
+also returns the `Outcome` and can stream). A streamed execution hands each piece of text to
+`on_delta` as it arrives; it retries and falls back only while nothing has been handed on, as
+text already shown to a client cannot be taken back: a failure after that ends the prompt.
+
+When the prompt's task is cancelled (its cancellation was requested, its client went away, or
+the runner is stopping), the provider call in flight is abandoned (a stream is closed, which
+closes its upstream connection) and recorded as an attempt. Writes of what already happened
+(an answer, a failed call) are carried to their end before the cancellation goes through: the
+call they record happened, and may be billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from app.db.base import utcnow
+from app.engine.batch_writes import AttemptRecord, Claim, ResponseRecord
+from app.engine.events import EventBus, PromptEvent
+from app.engine.recorder import Recorder
+from app.kit.errors import InvalidInput
+from app.kit.text import scrub
+from app.providers.base import (
+    AdapterFailed,
+    AuthenticationFailed,
+    Completion,
+    CompletionRequest,
+    MalformedResponse,
+    Message,
+    Provider,
+    ProviderError,
+    ProviderNotConfigured,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+from app.providers.catalogue import Price
+from app.providers.registry import ModelRouter, Route
+from app.providers.resilience import CircuitBreaker, CircuitOpen, RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+DeltaSink = Callable[[str], Awaitable[None]]
+"""Receives each piece of a streamed answer's text, in order, as it arrives."""
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """What executing a prompt needs, built once per process."""
+
+    recorder: Recorder
+    router: ModelRouter
+    policy: RetryPolicy
+    breaker: CircuitBreaker
+    bus: EventBus
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an execution ended, for a caller that answers a waiting client. Everything in it is
+    already recorded (the claim permitting)."""
+
+    completion: Completion | None  # the answer; None when the prompt failed
+    error: ProviderError | None  # why it failed; None when it completed
+    first_token_ms: int | None = None  # streamed answers: from the call's start to its first text
+    error_message: str | None = None  # the failure as recorded (with how many calls were made)
+
+
+@dataclass(slots=True)
+class _Streamed:
+    """A streamed call: where its text goes, and what has been handed on so far."""
+
+    on_delta: DeltaSink
+    started: float
+    parts: list[str] = field(default_factory=list)
+    first_at: float | None = None
+
+    def add(self, text: str) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        self.parts.append(text)
+
+    @property
+    def first_token_ms(self) -> int | None:
+        return None if self.first_at is None else round((self.first_at - self.started) * 1000)
+
+
+def build_messages(claim: Claim) -> list[Message]:
+    """The conversation to send: a chat prompt's stored `messages` (system, user and assistant
+    turns, as /v1/chat/completions received them), else `prompt_text` as the one user turn;
+    `system_prompt`, if any, first."""
+    messages: list[Message] = []
+    system = claim.parameters.get("system_prompt")
+    if system:
+        messages.append({"role": "system", "content": system})
+    stored = claim.parameters.get("messages")
+    if stored:
+        messages.extend({"role": m["role"], "content": m["content"]} for m in stored)
+    else:
+        messages.append({"role": "user", "content": claim.prompt_text})
+    return messages
+
+
+def _routes(claim: Claim, router: ModelRouter) -> list[Route]:
+    primary = router.route_for(claim.provider, claim.upstream_model, model=claim.model)
+    routes = [primary]
+    for name in claim.parameters.get("fallbacks", []):
+        try:
+            routes.append(router.resolve(name))
+        except InvalidInput:  # the configuration changed since it was accepted
+            logger.warning("fallback %s of prompt %s is no longer available", name, claim.prompt_id)
+    return routes
+
+
+async def execute_prompt(claim: Claim, *, execution: Execution) -> None:
+    """Execute a prompt a runner claimed; everything that happens is recorded. When someone
+    follows its text (`GET /ai/prompts/{id}/events`), the call is streamed and each piece of
+    text published as it arrives; otherwise the cheaper non-streamed call is made."""
+    bus, prompt_id = execution.bus, claim.prompt_id
+    on_delta: DeltaSink | None = None
+    if await bus.watched(prompt_id):
+
+        async def on_delta(text: str) -> None:
+            await bus.publish([PromptEvent(prompt_id, "delta", text=text)])
+
+    await run_prompt(claim, execution=execution, on_delta=on_delta)
+
+
+async def run_prompt(
+    claim: Claim,
+    *,
+    execution: Execution,
+    on_delta: DeltaSink | None = None,
+    cancelled_outcome: str | None = None,
+) -> Outcome:
+    """Execute a claimed prompt, record everything, and return how it ended.
+
+    With `on_delta`, each call is streamed and its text handed on as it arrives. A cancelled
+    call is recorded with the outcome `cancelled_outcome`; None asks the database: `cancelled`
+    if the prompt's cancellation was requested, else `abandoned` (its runner stopped).
+    """
+    recorder, breaker = execution.recorder, execution.breaker
+    calls = 0
+    last: ProviderError | None = None
+    for route in _routes(claim, execution.router):
+        provider = execution.router.providers.get(route.provider)
+        if provider is None:
+            last = ProviderNotConfigured(f"The '{route.provider}' provider is not configured here.")
+            continue
+        request = CompletionRequest(
+            model=route.upstream_model,
+            messages=build_messages(claim),
+            temperature=claim.parameters.get("temperature"),
+            max_tokens=claim.parameters.get("max_tokens"),
+            timeout=claim.parameters.get("timeout_seconds") or route.timeout,
+        )
+        retry = 0
+        while True:
+            if not breaker.allow(route.provider):
+                wait = breaker.retry_in(route.provider)
+                last = CircuitOpen(
+                    f"{route.provider} failed repeatedly; calls to it are paused for "
+                    f"another {wait:.0f} s."
+                )
+                break
+            calls += 1
+            started_at, started = utcnow(), time.perf_counter()
+            streamed = _Streamed(on_delta, started) if on_delta is not None else None
+            try:
+                if streamed is None:
+                    completion = await provider.complete(request)
+                else:
+                    completion = await _stream_call(provider, request, streamed)
+            except asyncio.CancelledError:
+                # The call is abandoned, but it happened (and may be billed): it is recorded.
+                await carried_through(
+                    _record_abandoned(
+                        recorder, claim, route, started_at, request, streamed, cancelled_outcome
+                    )
+                )
+                raise
+            except ProviderError as exc:
+                error: ProviderError = exc
+            except Exception as exc:
+                logger.exception("provider %s raised unexpectedly", route.provider)
+                error = AdapterFailed(
+                    f"The {route.provider} adapter failed unexpectedly ({type(exc).__name__})."
+                )
+            else:
+                breaker.record_success(route.provider)
+                completion = _valid_text(completion)
+                first_token_ms = streamed.first_token_ms if streamed else None
+                await carried_through(
+                    _finish_success(
+                        recorder, claim, route, completion, started_at, started, first_token_ms
+                    )
+                )
+                return Outcome(completion, None, first_token_ms)
+            breaker.record_failure(route.provider, error)
+            last = error
+            cut_short = streamed if streamed is not None and streamed.parts else None
+            await carried_through(
+                recorder.record_attempt(
+                    claim,
+                    _failed_attempt(
+                        route,
+                        started_at,
+                        "error",
+                        error.code,
+                        error.status,
+                        error.message,
+                        # Text came before the failure: it was generated, and is billed.
+                        usage=_estimated_usage(route, request, cut_short) if cut_short else None,
+                    ),
+                )
+            )
+            if cut_short:
+                # Text already reached the client: another call would repeat or contradict it.
+                return await carried_through(_finish_failure(recorder, claim, error, calls))
+            if not error.retryable and not isinstance(error, AuthenticationFailed):
+                return await carried_through(_finish_failure(recorder, claim, error, calls))
+            retry += 1
+            delay = execution.policy.delay(retry, error)
+            if delay is None:
+                break  # this route is spent: next fallback
+            await asyncio.sleep(delay)
+    assert last is not None
+    return await carried_through(_finish_failure(recorder, claim, last, calls))
+
+
+async def _stream_call(
+    provider: Provider, request: CompletionRequest, streamed: _Streamed
+) -> Completion:
+    """One streamed call: hand each delta on, return the final `Completion`. The stream is
+    always closed on the way out, so an abandoned call closes its upstream connection."""
+    iterator = provider.stream(request)
+    try:
+        async for item in iterator:
+            if isinstance(item, Completion):
+                return item
+            if item:
+                item = scrub(item)
+                streamed.add(item)
+                await streamed.on_delta(item)
+        raise MalformedResponse(f"The {provider.name} stream ended without its final answer.")
+    finally:
+        await _aclose(iterator)
+
+
+def _valid_text(completion: Completion) -> Completion:
+    """The answer with any lone surrogate replaced (app/kit/text.py): an upstream's JSON can spell
+    one, and then neither the database nor an answer's JSON could encode the text."""
+    text = scrub(completion.text)
+    return completion if text is completion.text else dataclasses.replace(completion, text=text)
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def carried_through(step: Coroutine[Any, Any, _T]) -> _T:
+    """Run a recording step to its end even if the task is cancelled meanwhile, then let the
+    cancellation through (the runner then ends the prompt, or hands it back)."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise  # the step itself was cancelled
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """Estimated token counts of a call that ended before the provider reported any."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+
+def _estimated_usage(route: Route, request: CompletionRequest, streamed: _Streamed) -> _Usage:
+    """A streamed call cut short read the prompt and generated the text received so far (and
+    the provider bills both), but never reported its usage: estimate it."""
+    input_tokens = estimate_prompt_tokens(request)
+    output_tokens = estimate_tokens("".join(streamed.parts))
+    return _Usage(input_tokens, output_tokens, _cost(route.price, input_tokens, output_tokens))
+
+
+def _cost(price: Price | None, input_tokens: int, output_tokens: int, cached: int = 0) -> Decimal:
+    # A model outside the catalogue has no price: its cost is recorded as 0, and the missing
+    # catalogue version says why.
+    return price.cost(input_tokens, output_tokens, cached) if price else Decimal(0)
+
+
+async def _record_abandoned(
+    recorder: Recorder,
+    claim: Claim,
+    route: Route,
+    started_at: datetime,
+    request: CompletionRequest,
+    streamed: _Streamed | None,
+    outcome: str | None,
+) -> None:
+    if outcome is None:
+        cancelled = await recorder.cancel_requested([claim.prompt_id])
+        outcome = "cancelled" if cancelled else "abandoned"
+    if outcome == "cancelled":
+        message = "The call was abandoned: the prompt was cancelled."
+    else:
+        message = "The call was abandoned when its runner stopped."
+    # A stream had the prompt read, and maybe some text generated: estimate what it cost.
+    usage = _estimated_usage(route, request, streamed) if streamed is not None else None
+    await recorder.record_attempt(
+        claim, _failed_attempt(route, started_at, outcome, outcome, None, message, usage=usage)
+    )
+
+
+def _failed_attempt(
+    route: Route,
+    started_at: datetime,
+    outcome: str,
+    code: str,
+    status: int | None,
+    message: str,
+    *,
+    usage: _Usage | None = None,
+) -> AttemptRecord:
+    return AttemptRecord(
+        provider=route.provider,
+        model=route.upstream_model,
+        started_at=started_at,
+        ended_at=utcnow(),
+        outcome=outcome,
+        http_status=status,
+        error_code=code,
+        error_message=scrub(message),
+        input_tokens=usage.input_tokens if usage else None,
+        output_tokens=usage.output_tokens if usage else None,
+        usage_estimated=usage is not None,
+        cost_usd=usage.cost_usd if usage else None,
+        catalogue_version=route.price.version if route.price else None,
+    )
+
+
+async def _finish_failure(
+    recorder: Recorder, claim: Claim, error: ProviderError, calls: int
+) -> Outcome:
+    message = scrub(error.message)
+    if calls > 1:
+        message = f"{message} (after {calls} provider calls)"
+    await recorder.finish(claim, attempt=None, error_code=error.code, error_message=message)
+    return Outcome(None, error, error_message=message)
+
+
+async def _finish_success(
+    recorder: Recorder,
+    claim: Claim,
+    route: Route,
+    completion: Completion,
+    started_at: datetime,
+    started: float,
+    first_token_ms: int | None,
+) -> None:
+    duration_ms = round((time.perf_counter() - started) * 1000)
+    price = route.price
+    cost = _cost(
+        price, completion.input_tokens, completion.output_tokens, completion.cached_input_tokens
+    )
+    estimated = not completion.usage_reported
+    version = price.version if price else None
+    await recorder.finish(
+        claim,
+        attempt=AttemptRecord(
+            provider=route.provider,
+            model=route.upstream_model,
+            started_at=started_at,
+            ended_at=utcnow(),
+            outcome="success",
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cached_input_tokens=completion.cached_input_tokens,
+            usage_estimated=estimated,
+            cost_usd=cost,
+            catalogue_version=version,
+        ),
+        response=ResponseRecord(
+            response_text=completion.text,
+            duration_ms=duration_ms,
+            provider=route.provider,
+            upstream_model=completion.upstream_model,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            usage_estimated=estimated,
+            cost_usd=cost,
+            finish_reason=completion.finish_reason,
+            catalogue_version=version,
+            time_to_first_token_ms=first_token_ms,
+        ),
+    )

@@ -1,0 +1,318 @@
+"""The /ai/prompts schemas: `PromptCreate` in; `PromptOut`, `PromptDetail` and pages out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
+
+from app.db.models import PromptRequest, PromptStatus
+from app.kit.text import Name, Text, TypeName, check_text
+
+__all__ = ["Name", "Text"]  # (the request schemas of /v1 and /ai/prompt-types use them too)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain some non-whitespace text")
+    return value
+
+
+MetadataKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(check_text)
+]
+MetadataValue = Annotated[str, StringConstraints(max_length=512), AfterValidator(check_text)]
+
+
+def _not_prompt_text(value: str) -> str:
+    if value == "prompt_text":
+        raise ValueError("prompt_text is the request's own text, not a variable")
+    return value
+
+
+VariableName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
+    AfterValidator(_not_prompt_text),
+]
+VariableValue = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(check_text)]
+
+# Numbers and flags in a body are JSON numbers and booleans, not `"5"` or `true` for 1: a
+# client that sends a string there has a bug, and a gateway that guesses hides it.
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]  # (an integer is still a number: 1 is 1.0)
+StrictBool = Annotated[bool, Strict()]
+
+
+def distinct(models: list[str]) -> list[str]:
+    """Fallbacks name each model once: a repeat would only retry the same failure."""
+    seen: set[str] = set()
+    for model in models:
+        if model in seen:
+            raise ValueError(f"'{model}' is listed twice; name each model once")
+        seen.add(model)
+    return models
+
+
+class PromptCreate(BaseModel):
+    """A prompt to run. Server fields (id, status, user, timestamps) cannot be set."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "local",
+                    "prompt_type": "text",
+                    "prompt_text": "Write a haiku about databases.",
+                    "max_tokens": 64,
+                    "metadata": {"team": "docs"},
+                }
+            ]
+        },
+    )
+
+    model: Name | None = Field(
+        None,
+        description="A catalogue name (`local`, `gpt-4o-mini`, …) or `provider/model`. "
+        "May be left out when the `prompt_type` is defined with a `default_model`.",
+        examples=["local", "openai/gpt-4.1-nano"],
+    )
+    prompt_type: TypeName = Field(
+        description="What kind of prompt this is: text, code, report, … (1 to 64 letters, "
+        "digits, `_`, `.`, `:` or `-`, starting with a letter or digit: a name "
+        "`/ai/prompt-types` could define). When an admin has defined this type, its current "
+        "policy applies (default model and fallbacks, limits, system instruction, template) "
+        "and the prompt records the version (`prompt_type_version`); otherwise it is a free "
+        "label.",
+        examples=["text"],
+    )
+    prompt_text: Annotated[Text, AfterValidator(_not_blank)] = Field(
+        min_length=1,
+        description="The prompt. At most MAX_PROMPT_CHARS characters (100,000 by default), "
+        "or the prompt type's `max_prompt_chars` if lower. With a type's template, it fills "
+        "`{prompt_text}`.",
+    )
+    system_prompt: Text | None = Field(
+        None, max_length=100_000, description="Instructions sent as the system message."
+    )
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=65_536, description="Most tokens to generate."
+    )
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Up to 16 string pairs of your own (keys ≤ 64, values ≤ 512 characters).",
+    )
+    fallbacks: Annotated[list[Name], AfterValidator(distinct)] | None = Field(
+        None,
+        max_length=5,
+        description="Models to try, in order, when this one keeps failing with a retryable "
+        "error, each named once. Default: the catalogue entry's own fallbacks, if any. `[]` "
+        "means none.",
+        examples=[["claude-haiku-4-5", "gemini-2.5-flash"]],
+    )
+    timeout_seconds: StrictFloat | None = Field(
+        None, gt=0, le=600, description="Total time allowed for each provider call."
+    )
+    variables: dict[VariableName, VariableValue] | None = Field(
+        None,
+        max_length=50,
+        description="Values for the `{name}` fields of the prompt type's template: exactly "
+        "the type's `variables` (up to 50; names are identifiers, values ≤ 10,000 "
+        "characters). Only for a type with a template.",
+        examples=[{"audience": "new customers"}],
+    )
+
+
+_PROMPT_EXAMPLE: dict[str, Any] = {
+    "id": "2c292282-6542-4384-9450-18a794829bad",
+    "model": "gpt-4o-mini",
+    "provider": "openai",
+    "prompt_type": "text",
+    "prompt_type_version": None,
+    "prompt_text": "Write a haiku about databases.",
+    "status": "pending",
+    "created_at": "2026-11-25T13:17:14.067333Z",
+    "started_at": None,
+    "finished_at": None,
+    "cancel_requested_at": None,
+    "metadata": {"team": "docs"},
+}
+
+
+class PromptOut(BaseModel):
+    """A prompt as stored, without its outcome."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        validate_by_name=True,
+        json_schema_extra={"examples": [_PROMPT_EXAMPLE]},
+    )
+
+    id: uuid.UUID
+    model: str = Field(description="The model as requested.")
+    provider: str = Field(description="The provider it was routed to.")
+    prompt_type: str
+    prompt_type_version: int | None = Field(
+        description="The version of the prompt type's policy it ran under; null when its "
+        "type was not defined."
+    )
+    prompt_text: str = Field(
+        description="The text sent to the model as the user message: with a prompt type's "
+        "template, as rendered (the request's own text and variables are in "
+        "`parameters.template_input`)."
+    )
+    status: PromptStatus = Field(description="pending → running → completed | failed | cancelled")
+    created_at: datetime
+    started_at: datetime | None = Field(description="When the last execution started.")
+    finished_at: datetime | None = Field(description="When it reached its final status.")
+    cancel_requested_at: datetime | None = Field(
+        description="When its cancellation was requested. A running prompt then ends "
+        "`cancelled` within about a second, unless it finished first."
+    )
+    metadata: dict[str, str] = Field(validation_alias="meta")
+
+
+class ResponseOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    response_text: str
+    duration_ms: int = Field(description="Wall time of the provider call that answered.")
+    provider: str
+    upstream_model: str
+    input_tokens: int
+    output_tokens: int
+    usage_estimated: bool = Field(
+        description="True when the provider reported no usage and the counts are estimates."
+    )
+    cost_usd: Decimal = Field(description="At the catalogue price in force when it ran.")
+    catalogue_version: str | None = Field(
+        description="The catalogue version of that price; null for a model it does not list."
+    )
+    finish_reason: str | None
+    first_token_ms: int | None = Field(
+        validation_alias="time_to_first_token_ms",
+        description="Streamed answers (`/v1/chat/completions` with `stream: true`) only: time "
+        "from the start of the provider call that answered to its first text; null otherwise.",
+    )
+    created_at: datetime
+
+
+class ErrorOut(BaseModel):
+    code: str = Field(examples=["rate_limited"])
+    message: str
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    provider: str
+    model: str
+    started_at: datetime
+    ended_at: datetime
+    outcome: str = Field(
+        description="`success`; `error` (see error_code); `abandoned` (its runner stopped "
+        "while waiting for the answer); `cancelled` (the prompt was cancelled during the call); "
+        "`lost` (its runner died before recording what the call did: it may have been made "
+        "and billed).",
+        examples=["success", "error"],
+    )
+    http_status: int | None
+    error_code: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_input_tokens: int | None
+    usage_estimated: bool
+    cost_usd: Decimal | None
+    catalogue_version: str | None = Field(description="The price list the cost was computed with.")
+
+
+class PromptDetail(PromptOut):
+    """A prompt with its outcome: the response when completed, the error when failed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_PROMPT_EXAMPLE,
+                    "status": "completed",
+                    "started_at": "2026-11-25T13:17:14.073419Z",
+                    "finished_at": "2026-11-25T13:17:14.913040Z",
+                    "upstream_model": "gpt-4o-mini",
+                    "parameters": {"max_tokens": 64},
+                    "executions": 1,
+                    "response": {
+                        "response_text": "Rows fall like snow / ...",
+                        "duration_ms": 812,
+                        "provider": "openai",
+                        "upstream_model": "gpt-4o-mini-2024-07-18",
+                        "input_tokens": 14,
+                        "output_tokens": 17,
+                        "usage_estimated": False,
+                        "cost_usd": "0.0000123",
+                        "catalogue_version": "2026-11-25",
+                        "finish_reason": "stop",
+                        "first_token_ms": None,
+                        "created_at": "2026-11-25T13:17:14.915975Z",
+                    },
+                    "error": None,
+                    "attempts": [
+                        {
+                            "provider": "openai",
+                            "model": "gpt-4o-mini",
+                            "started_at": "2026-11-25T13:17:14.083653Z",
+                            "ended_at": "2026-11-25T13:17:14.906323Z",
+                            "outcome": "success",
+                            "http_status": None,
+                            "error_code": None,
+                            "input_tokens": 14,
+                            "output_tokens": 17,
+                            "cached_input_tokens": 0,
+                            "usage_estimated": False,
+                            "cost_usd": "0.0000123",
+                            "catalogue_version": "2026-11-25",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    upstream_model: str
+    parameters: dict[str, Any]
+    executions: int = Field(
+        description="How many times a runner claimed it (retries after a lost runner count)."
+    )
+    response: ResponseOut | None
+    error: ErrorOut | None
+    attempts: list[AttemptOut] = Field(description="Every provider call made for it, in order.")
+
+    @classmethod
+    def from_prompt(cls, prompt: PromptRequest) -> PromptDetail:
+        """Build from a prompt loaded with its `response` and `attempt_log`."""
+        error = (
+            ErrorOut(code=prompt.error_code, message=prompt.error_message or "")
+            if prompt.error_code
+            else None
+        )
+        return cls(
+            **PromptOut.model_validate(prompt).model_dump(),
+            upstream_model=prompt.upstream_model,
+            parameters=prompt.parameters,
+            executions=prompt.attempts,
+            response=ResponseOut.model_validate(prompt.response) if prompt.response else None,
+            error=error,
+            attempts=[AttemptOut.model_validate(a) for a in prompt.attempt_log],
+        )
+
+
+class PromptPage(BaseModel):
+    items: list[PromptOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
