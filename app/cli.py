@@ -72,12 +72,11 @@ async def _with_session(
 
 
 async def _create_user(sessions: SessionFactory, args: argparse.Namespace) -> None:
-    async with sessions() as session:
+    async with sessions.begin() as session:
         user = await service.create_user(
             session, email=args.email, name=args.name, is_admin=args.admin
         )
         key, plaintext = await service.create_api_key(session, user=user)
-        await session.commit()
     role = "admin" if user.is_admin else "user"
     print(f"Created {role} {user.email} (id {user.id}) with API key {key.prefix}…")
     print("The key is shown only now; keep it somewhere safe:")
@@ -90,12 +89,11 @@ async def _create_key(sessions: SessionFactory, args: argparse.Namespace) -> Non
         if args.expires_in_days <= 0:
             raise AppError("--expires-in-days must be positive", code="invalid_input")
         expires_at = utcnow() + timedelta(days=args.expires_in_days)
-    async with sessions() as session:
+    async with sessions.begin() as session:
         user = await service.get_user_by_email(session, email=args.email)
         key, plaintext = await service.create_api_key(
             session, user=user, name=args.name, expires_at=expires_at
         )
-        await session.commit()
     until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
     print(f"Created API key {key.prefix}… for {user.email}{until}.")
     print("The key is shown only now; keep it somewhere safe:")
@@ -103,15 +101,14 @@ async def _create_key(sessions: SessionFactory, args: argparse.Namespace) -> Non
 
 
 async def _revoke_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
-    async with sessions() as session:
+    async with sessions.begin() as session:
         key = await service.revoke_api_key(session, prefix=args.prefix)
-        await session.commit()
     print(f"Revoked API key {key.prefix}….")
 
 
 async def _reseal_secrets(box: SecretBox, sessions: SessionFactory, _: argparse.Namespace) -> None:
     try:
-        async with sessions() as session, session.begin():
+        async with sessions.begin() as session:
             count = await reseal_secrets(session, box)
     except UnreadableSecret as exc:
         raise AppError(f"{exc}; nothing was changed.") from None

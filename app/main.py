@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
-from app.api.auth import KeyCache
 from app.api.chat import router as openai_router
 from app.api.chat import unknown_url
 from app.api.docs import install_docs
@@ -26,15 +25,13 @@ from app.api.prompts import router as prompts_router
 from app.api.webhooks import events as webhook_events
 from app.api.webhooks import router as webhooks_router
 from app.engine.celery_app import CeleryDispatcher, create_celery
-from app.engine.health import database_check
+from app.engine.health import Check, database_check
 from app.engine.inline import inline_runner
 from app.engine.runners import Dispatcher
 from app.engine.runtime import open_runtime
 from app.kit.settings import Settings
 from app.services.auth.bootstrap import create_first_admin, first_run_message
-from app.services.prompt_types.cache import PromptTypeCache
-from app.services.prompts.live import StreamSlots
-from app.services.prompts.pending import PendingGauge
+from app.services.container import build_services
 from app.services.webhooks.pump import create_pump
 
 logger = logging.getLogger(__name__)
@@ -60,30 +57,23 @@ path may also answer 405 `method_not_allowed` (with `Allow`: the methods it serv
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Builds the process's `Services` (app.state.services, the one thing the HTTP layer reads
+    from the app's state) and starts whatever executes prompts here; stops it all at exit."""
     settings: Settings = app.state.settings
     async with open_runtime(settings) as runtime, AsyncExitStack() as stack:
-        app.state.sessions = runtime.sessions
-        app.state.recorder = runtime.recorder
-        app.state.bus = runtime.bus
-        app.state.prompt_types = PromptTypeCache(runtime.sessions)
-        app.state.secret_box = runtime.box
-        app.state.model_router = runtime.router
-        app.state.readiness_checks = {"database": database_check(runtime.sessions)}
-        app.state.pending = PendingGauge(runtime.sessions, limit=settings.max_pending_per_user)
-        stack.push_async_callback(app.state.pending.aclose)
-        app.state.streams = StreamSlots(settings.max_streams_per_user)
         if settings.is_embedded:
             key = await create_first_admin(runtime.sessions)
             if key is not None:
                 print(first_run_message(key, settings), flush=True)
 
+        readiness: dict[str, Check] = {"database": database_check(runtime.sessions)}
         dispatcher: Dispatcher
         if settings.celery_broker_url is not None:
             # Workers execute and sweep; this process only records and hands over.
             celery_dispatcher = CeleryDispatcher(create_celery(settings))
             await celery_dispatcher.start()
             stack.push_async_callback(celery_dispatcher.stop)
-            app.state.readiness_checks["broker"] = celery_dispatcher.ping
+            readiness["broker"] = celery_dispatcher.ping
             dispatcher = celery_dispatcher
         else:
             runner = runtime.runner(concurrency=settings.runner_concurrency)
@@ -96,8 +86,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await pump.start()
             stack.push_async_callback(pump.stop)
             dispatcher = runner
-        app.state.dispatcher = dispatcher
-        app.state.inline_runner = await stack.enter_async_context(inline_runner(runtime))
+        inline = await stack.enter_async_context(inline_runner(runtime))
+        services = build_services(
+            runtime, dispatcher=dispatcher, inline=inline, readiness=readiness
+        )
+        stack.push_async_callback(services.pending.aclose)
+        app.state.services = services
         yield
 
 
@@ -147,7 +141,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
-    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     install_error_handlers(app)
     document_body_errors(app)
     app.add_middleware(

@@ -37,8 +37,8 @@ from app.kit.sealing import generate_key
 from app.kit.settings import CompatibleEndpoint, Settings
 from app.main import create_app
 from app.services.auth import service as auth_service
-from app.services.chat import service as chat_service
-from app.services.prompts import service as prompt_service
+from app.services.chat.service import ChatService
+from app.services.prompts.service import PromptService
 from tests.mocks import anthropic_server, gemini_server
 from tests.mocks.anthropic_server import MockAnthropic
 from tests.mocks.gemini_server import MockGemini
@@ -48,6 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+PROMPT_ROUTES, CHAT_ROUTES = "app.api.prompts", "app.api.chat"  # (the routes' modules)
 
 
 def count_calls(
@@ -66,13 +69,46 @@ def count_calls(
     return calls
 
 
+def calls_from(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    label: Callable[..., Any],
+    *,
+    caller: str,
+    unless: Callable[[Any], bool] = lambda _: False,
+) -> list[Any]:
+    """`count_calls`, counting only the calls made by code of the module `caller` (and
+    whose result is not one to leave out, `unless`): the routes and the fast paths call the
+    same services, and this tells them apart."""
+    calls: list[Any] = []
+    original = getattr(owner, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        ours = sys._getframe(1).f_globals.get("__name__") == caller
+        try:
+            result = await original(*args, **kwargs)
+        except BaseException:
+            if ours:
+                calls.append(label(*args, **kwargs))
+            raise
+        if ours and not unless(result):
+            calls.append(label(*args, **kwargs))
+        return result
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 @pytest.fixture
 def routed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The requests that reached the route (not the fast path) of `POST /ai/prompts/`, then
-    of `POST /v1/chat/completions`: only the routes call these two services."""
+    of `POST /v1/chat/completions`: the services' calls made by the routes' modules."""
     return [
-        count_calls(monkeypatch, prompt_service, "submit_prompt", lambda *_, **__: "submit"),
-        count_calls(monkeypatch, chat_service, "start_chat", lambda *_, **__: "chat"),
+        calls_from(
+            monkeypatch, PromptService, "submit", lambda *_, **__: "submit", caller=PROMPT_ROUTES
+        ),
+        calls_from(monkeypatch, ChatService, "start", lambda *_, **__: "chat", caller=CHAT_ROUTES),
     ]
 
 
@@ -265,7 +301,7 @@ class Api:
 
     @property
     def sessions(self) -> SessionFactory:
-        sessions: SessionFactory = self.app.state.sessions
+        sessions: SessionFactory = self.app.state.services.sessions
         return sessions
 
     async def new_user(self, *, is_admin: bool = False) -> dict[str, str]:

@@ -3,29 +3,15 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Response
 from starlette.types import Receive, Scope, Send
 
 from app.api.auth import CurrentUser
 from app.api.chat_responses import ChatCompletionResponse, ChatStreamResponse
-from app.api.deps import (
-    BusDep,
-    IdempotencyKeyHeader,
-    IdempotencyKeysDep,
-    MaxPromptChars,
-    RecorderDep,
-    RouterDep,
-    SessionsDep,
-    SettingsDep,
-)
+from app.api.deps import IdempotencyKeyHeader, ServicesDep
 from app.api.openai_errors import OpenAIRoute, error_response
-from app.api.prompt_type_deps import PromptTypeCacheDep
-from app.engine.idempotency import IdempotencyRecord, request_fingerprint
-from app.engine.inline import InlineRunner
 from app.services.chat import service
 from app.services.chat.schemas import (
     ChatCompletion,
@@ -36,14 +22,6 @@ from app.services.chat.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
-
-
-async def get_inline_runner(request: Request) -> InlineRunner:
-    runner: InlineRunner = request.app.state.inline_runner
-    return runner
-
-
-InlineRunnerDep = Annotated[InlineRunner, Depends(get_inline_runner)]
 
 
 # One server-sent event (before OpenAPI 3.2, a stream's `schema` describes each event).
@@ -90,15 +68,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 async def create_chat_completion(
     data: ChatCompletionCreate,
     user: CurrentUser,
-    recorder: RecorderDep,
-    model_router: RouterDep,
-    runner: InlineRunnerDep,
-    max_prompt_chars: MaxPromptChars,
-    keys: IdempotencyKeysDep,
-    bus: BusDep,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    prompt_types: PromptTypeCacheDep,
+    services: ServicesDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """OpenAI's chat completions on any model of the catalogue, whatever its provider.
@@ -117,54 +87,18 @@ async def create_chat_completion(
     provider call; streamed, the replayed text comes as one chunk.
     """
 
-    async def start(record: IdempotencyRecord | None) -> service.ChatRun | service.Replay:
-        return await service.start_chat(
-            recorder,
-            runner,
-            user_id=user.id,
-            data=data,
-            router=model_router,
-            max_prompt_chars=max_prompt_chars,
-            prompt_types=prompt_types,
-            idempotency=record,
-        )
-
-    async def replay(_: AsyncSession, prompt_id: uuid.UUID) -> service.Replay:
-        return service.Replay(prompt_id)
-
-    if idempotency_key is None:
-        first: service.ChatRun | service.Replay = await start(None)
-    else:
-        fingerprint = request_fingerprint(
-            "v1.chat.completions", data.model_dump(mode="json", exclude_none=True)
-        )
-        first, _ = await keys.run_once(
-            user_id=user.id,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            create=start,
-            replay=replay,
-        )
-    if isinstance(first, service.Replay):
-        run = await service.replay_chat(
-            bus,
-            sessions,
-            user_id=user.id,
-            replay=first,
-            data=data,
-            wait_seconds=settings.prefer_wait_max_seconds,
-        )
-        response = ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
+    run = await services.chat.start(user.id, data, idempotency_key=idempotency_key)
+    response = ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
+    if run.replayed:
         response.headers_out["Idempotent-Replayed"] = "true"
-        return response
-    return ChatStreamResponse(first) if first.stream else ChatCompletionResponse(first)
+    return response
 
 
 @router.get("/models", summary="List models (OpenAI-compatible)", responses=_errors(401))
-async def list_models(_: CurrentUser, model_router: RouterDep) -> ModelList:
+async def list_models(_: CurrentUser, services: ServicesDep) -> ModelList:
     """The catalogue models whose provider is configured here, in OpenAI's list shape
     (`owned_by` is the provider). `GET /ai/models/` has their prices and limits."""
-    return service.list_models(model_router)
+    return service.list_models(services.models)
 
 
 @router.get(
@@ -172,10 +106,10 @@ async def list_models(_: CurrentUser, model_router: RouterDep) -> ModelList:
     summary="Retrieve a model (OpenAI-compatible)",
     responses=_errors(401, 404),
 )
-async def get_model(_: CurrentUser, model_router: RouterDep, model_id: str) -> Model:
+async def get_model(_: CurrentUser, services: ServicesDep, model_id: str) -> Model:
     """One model of `GET /v1/models`, by its name or an alias; 404 `model_not_found` for any
     other."""
-    return service.get_model(model_router, model_id)
+    return service.get_model(services.models, model_id)
 
 
 async def unknown_url(scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,25 +1,20 @@
-"""The /ai/prompts route dependencies. Every one is `async def`, even those that only read
-`app.state`: FastAPI runs a plain `def` dependency on a thread of its pool, and those hops cost
-about a fifth of a /v1 request's CPU (measured with py-spy, `bench/gateways.py`)."""
+"""The routes' shared dependencies: the process's `Services`, the list filters, the
+`Idempotency-Key` header. Every one is `async def`, even those that only read `app.state`:
+FastAPI runs a plain `def` dependency on a thread of its pool, and those hops cost about a
+fifth of a /v1 request's CPU (py-spy under `bench/gateways.py`; docs/architecture.md)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.database import SessionFactory
 from app.db.models import PromptStatus
-from app.engine.events import EventBus
-from app.engine.idempotency import IdempotencyKeys
-from app.engine.recorder import Recorder
-from app.engine.runners import Dispatcher
-from app.kit.settings import Settings
 from app.kit.text import Text
-from app.providers.registry import ModelRouter
-from app.services.prompts.live import StreamSlots
-from app.services.prompts.pending import PendingGauge
+from app.services.container import Services
 from app.services.prompts.service import PromptFilters
 
 
@@ -50,52 +45,11 @@ async def prompt_filters(
     )
 
 
-async def get_recorder(request: Request) -> Recorder:
-    recorder: Recorder = request.app.state.recorder
-    return recorder
-
-
-async def get_bus(request: Request) -> EventBus:
-    bus: EventBus = request.app.state.bus
-    return bus
-
-
-async def get_sessions(request: Request) -> SessionFactory:
-    sessions: SessionFactory = request.app.state.sessions
-    return sessions
-
-
-async def get_model_router(request: Request) -> ModelRouter:
-    router: ModelRouter = request.app.state.model_router
-    return router
-
-
-async def get_dispatcher(request: Request) -> Dispatcher:
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    return dispatcher
-
-
-async def get_pending(request: Request) -> PendingGauge:
-    pending: PendingGauge = request.app.state.pending
-    return pending
-
-
-async def get_stream_slots(request: Request) -> StreamSlots:
-    streams: StreamSlots = request.app.state.streams
-    return streams
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_idempotency_keys(request: Request) -> IdempotencyKeys:
-    """Where this app keeps idempotency keys, and for how long."""
-    return IdempotencyKeys(
-        sessions=request.app.state.sessions,
-        ttl_seconds=request.app.state.settings.idempotency_key_ttl_seconds,
-    )
+async def get_services(request: Request) -> Services:
+    """The process's services, built in the app's lifespan (app/main.py): the one way the
+    routes reach them (the fast paths read the same object)."""
+    services: Services = request.app.state.services
+    return services
 
 
 IDEMPOTENCY_KEY_HEADER = Header(
@@ -108,19 +62,16 @@ IDEMPOTENCY_KEY_HEADER = Header(
 )
 
 
-async def get_max_prompt_chars(request: Request) -> int:
-    return int(request.app.state.settings.max_prompt_chars)
+async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    """One transaction per request (the rule in app/db/database.py): committed when the
+    handler returns, rolled back if it raises. Declared with `scope="function"` (see
+    `Session`) so the commit happens before the response is sent, and a client never reads
+    back something that is not yet committed."""
+    async with services.sessions.begin() as session:
+        yield session
 
 
 Filters = Annotated[PromptFilters, Depends(prompt_filters)]
-RecorderDep = Annotated[Recorder, Depends(get_recorder)]
-BusDep = Annotated[EventBus, Depends(get_bus)]
-SessionsDep = Annotated[SessionFactory, Depends(get_sessions)]
-RouterDep = Annotated[ModelRouter, Depends(get_model_router)]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-MaxPromptChars = Annotated[int, Depends(get_max_prompt_chars)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-PendingDep = Annotated[PendingGauge, Depends(get_pending)]
-StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
-IdempotencyKeysDep = Annotated[IdempotencyKeys, Depends(get_idempotency_keys)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 IdempotencyKeyHeader = Annotated[str | None, IDEMPOTENCY_KEY_HEADER]
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -2,26 +2,28 @@
 
 A gateway is judged by what it adds to every call. Measured with py-spy under
 `bench/gateways.py`, routing, dependency solving, body parsing and validation through FastAPI
-were about a third of a /v1 request's CPU, more than the database writes and the provider call
-together. So this ASGI middleware takes the requests that need none of it, on
-`POST /v1/chat/completions` and `POST /ai/prompts/` (each with or without its trailing
-slash, as the routes): an API key this process verified recently (`KeyCache`) in the one
-`Authorization` header, a head within MAX_HEADER_BYTES, a JSON body with a Content-Length
-within MAX_BODY_BYTES that validates as the route's model, no `Idempotency-Key` (nor `Prefer`,
-on /ai/prompts/), and a request the service's own checks accept. It then runs the very code
-the route runs (`openai_compat.service.prepare_chat` and `run_chat` with the route's responses;
-`prompts.service.prepare_prompt`, `Recorder.create_prompt`, the dispatcher), so the answer, the
-record and the streaming are the route's.
+were about a third of a /v1 request's CPU (docs/architecture.md, "The hot path"). So this
+ASGI middleware takes the requests that need none of it, on `POST /v1/chat/completions` and
+`POST /ai/prompts/` (each with or without its trailing slash, as the routes): an API key this
+process verified recently (`Authenticator.known`) in the one `Authorization` header, a head
+within MAX_HEADER_BYTES, a JSON body with a Content-Length within MAX_BODY_BYTES that
+validates as the route's model, no `Idempotency-Key` (nor `Prefer`, on /ai/prompts/), and a
+request the services accept.
 
-Anything else is handed, body and all, to the app as if this middleware were not there: the
-route answers it, errors included, so every error keeps one renderer and `/openapi.json`
-stays the routes'. Nothing has been written when that happens: each service raises what is
-wrong with a request before it records anything. A failure past that point (the database is
-down, say) is answered with the route's error handlers, in the route's shape.
+It is a thin caller of the services the routes call: `Services.chat.start` and
+`Services.prompts.submit`, which pass every request through the intake
+(app/services/intake.py), where per-request policies live; the answer, the record and the
+streaming are the route's. Anything else is handed, body and all, to the app as if this
+middleware were not there: the route answers it, errors included, so every error keeps one
+renderer and `/openapi.json` stays the routes'. Nothing has been written when that happens:
+the services raise what is wrong with a request before they record anything. A failure past
+that point (the database is down, say) is answered with the route's error handlers.
 
-It sits in front of the whole app (`main.PromptManagerApp`), outside Starlette's own error,
-telemetry and body-limit layers, which the requests it takes do not need: it checks the body's
-size itself, and renders its failures as above.
+It sits in front of the whole app (`main.PromptManagerApp`), outside the middleware stack and
+the routes' dependencies, so what those do must be done here too. `MIDDLEWARE` and
+`DEPENDENCIES` below say, for each, how: tests/test_fast_path_parity.py compares them with
+the app's middleware and each fast-pathed route's dependencies, so adding a middleware or a
+dependency fails that test until this module says what the fast path does about it.
 """
 
 from __future__ import annotations
@@ -34,63 +36,67 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import openai_errors
-from app.api.auth import KeyCache
 from app.api.bearer import DuplicateAuthorization, bearer_key
 from app.api.chat_responses import ChatCompletionResponse, ChatStreamResponse
 from app.api.middleware import target_bytes
 from app.api.paths import other_form
 from app.api.problems import handled
+from app.api.prompts import location
 from app.db.models import User
 from app.kit.errors import AppError
-from app.services.chat import service as chat_service
 from app.services.chat.schemas import ChatCompletionCreate
-from app.services.prompts import service as prompt_service
+from app.services.container import Services
 from app.services.prompts.schemas import PromptCreate, PromptOut
 
+# The app's middleware (by class name) and what the fast path does in its place.
+MIDDLEWARE: dict[str, str] = {
+    "BodyLimitMiddleware": "_plain_request takes only a Content-Length within MAX_BODY_BYTES "
+    "and a head within MAX_HEADER_BYTES; _read_body stops past MAX_BODY_BYTES",
+}
+# Each fast-pathed route's dependencies (by function or header name) and how the fast path
+# meets them; a route dependency it cannot meet must send the request to the route instead.
+_COMMON = {
+    "current_user": "Services.auth.known: a key this process verified recently; any other "
+    "key (or none) goes to the route",
+    "_Bearer": "_plain_request: the one Authorization header, read by bearer_key",
+    "get_services": "scope['app'].state.services",
+    "idempotency_key": "a request with an Idempotency-Key header goes to the route",
+}
+DEPENDENCIES: dict[str, dict[str, str]] = {
+    "/v1/chat/completions": _COMMON,
+    "/ai/prompts/": _COMMON | {"prefer": "a request with a Prefer header goes to the route"},
+}
+
 # None: the route must answer (the request is not the common case, or it is refused).
-Handler = Callable[[Scope, User, bytes], Awaitable[Response | None]]
+Handler = Callable[[Services, User, bytes], Awaitable[Response | None]]
 ErrorRenderer = Callable[[Request, Exception], Awaitable[Response]]
 
 
-async def _chat(scope: Scope, user: User, body: bytes) -> Response | None:
-    state = scope["app"].state
+async def _chat(services: Services, user: User, body: bytes) -> Response | None:
+    """`POST /v1/chat/completions` as its route (`app.api.chat.create_chat_completion`)
+    answers it without an Idempotency-Key."""
     try:
         data = ChatCompletionCreate.model_validate_json(body)
-        prompt = await chat_service.prepare_chat(
-            user_id=user.id,
-            data=data,
-            router=state.model_router,
-            max_prompt_chars=state.settings.max_prompt_chars,
-            prompt_types=state.prompt_types,
-        )
+        run = await services.chat.start(user.id, data)
     except (pydantic.ValidationError, AppError):
         return None
-    run = await chat_service.run_chat(state.recorder, state.inline_runner, prompt=prompt, data=data)
     return ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
 
 
-async def _submit(scope: Scope, user: User, body: bytes) -> Response | None:
-    state = scope["app"].state
+async def _submit(services: Services, user: User, body: bytes) -> Response | None:
+    """`POST /ai/prompts/` as its route (`app.api.prompts.create_prompt`) answers it without
+    an Idempotency-Key or a `Prefer`."""
     try:
         data = PromptCreate.model_validate_json(body)
-        prompt = await prompt_service.prepare_prompt(
-            user_id=user.id,
-            data=data,
-            router=state.model_router,
-            max_prompt_chars=state.settings.max_prompt_chars,
-            prompt_types=state.prompt_types,
-            pending=state.pending,
-        )
+        submission = await services.prompts.submit(user.id, data)
     except (pydantic.ValidationError, AppError):
         return None
-    await state.recorder.create_prompt(prompt)
-    # (never raises: the sweeper has it otherwise)
-    await state.dispatcher.dispatch(prompt.id, prompt.user_id)
+    prompt = submission.prompt
     return Response(
         PromptOut.model_validate(prompt).model_dump_json(),
         status_code=202,
         media_type="application/json",
-        headers={"Location": f"/ai/prompts/{prompt.id}"},
+        headers={"Location": location(prompt.id)},
     )
 
 
@@ -118,16 +124,17 @@ class FastPaths:
             await self.app(scope, receive, send)
             return
         handler, routed_headers, render_error = route
-        state = scope["app"].state
+        services: Services | None = getattr(scope["app"].state, "services", None)
         token = _plain_request(scope, self.max_bytes, self.max_header_bytes, routed_headers)
-        cache: KeyCache = state.key_cache
-        user = cache.get(token) if token is not None else None
-        if user is None or not hasattr(state, "recorder"):  # (no lifespan: the route says so)
+        user = None
+        if token is not None and services is not None:  # (no lifespan: the route says so)
+            user = services.auth.known(token)
+        if user is None or services is None:
             await self.app(scope, receive, send)
             return
         body, complete = await _read_body(receive, self.max_bytes)
         try:
-            response = await handler(scope, user, body) if complete else None
+            response = await handler(services, user, body) if complete else None
         except Exception as exc:  # the database is down, say: answered as the route would
             response = await render_error(Request(scope), exc)
         if response is None:

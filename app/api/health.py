@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from app.api.deps import ServicesDep
 from app.engine.health import readiness
 from app.kit.errors import PROBLEM_MEDIA_TYPE
 
@@ -22,8 +23,8 @@ async def healthz() -> dict[str, str]:
     summary="Readiness",
     responses={503: {"description": "A dependency is unreachable (`not_ready`)."}},
 )
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready when the database (and, in Celery mode, the broker) answers within 2 s each."""
-    status, body = await readiness(request.app.state.readiness_checks)
+    status, body = await readiness(services.readiness)
     media_type = "application/json" if status == 200 else PROBLEM_MEDIA_TYPE
     return JSONResponse(body, status_code=status, media_type=media_type)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from app.api.auth import CurrentUser
-from app.api.deps import get_model_router
+from app.api.deps import ServicesDep
 from app.api.problems import problem_responses
-from app.providers.registry import ModelRouter
 
 router = APIRouter(prefix="/ai/models", tags=["models"])
 
@@ -38,12 +36,10 @@ class ModelList(BaseModel):
 
 
 @router.get("/", summary="List the models you can call", responses=problem_responses(401))
-async def list_models(
-    _: CurrentUser, model_router: Annotated[ModelRouter, Depends(get_model_router)]
-) -> ModelList:
+async def list_models(_: CurrentUser, services: ServicesDep) -> ModelList:
     """Catalogue models whose provider is configured on this server, with prices."""
     return ModelList(
-        catalogue_version=model_router.catalogue.version,
+        catalogue_version=services.models.catalogue.version,
         models=[
             ModelOut(
                 name=e.name,
@@ -57,7 +53,7 @@ async def list_models(
                 max_output_tokens=e.max_output_tokens,
                 fallbacks=list(e.fallbacks),
             )
-            for e in model_router.available()
+            for e in services.models.available()
         ],
-        providers=sorted(model_router.providers),
+        providers=sorted(services.models.providers),
     )

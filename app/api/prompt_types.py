@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Path, Response
 
 from app.api.auth import CurrentUser
-from app.api.deps import RouterDep
+from app.api.deps import ServicesDep, Session
 from app.api.problems import problem_responses
-from app.api.prompt_type_deps import AdminUser, PromptTypeCacheDep, TypeNamePath
-from app.db.database import Session
+from app.db.models import User
+from app.kit.errors import AppError
+from app.kit.text import TYPE_NAME_PATTERN
 from app.services.prompt_types import service
 from app.services.prompt_types.schemas import PromptTypeDefinition, PromptTypeList, PromptTypeOut
 
 router = APIRouter(prefix="/ai/prompt-types", tags=["prompt-types"])
+
+
+class AdminRequired(AppError):
+    status_code = 403
+    code = "admin_required"
+    title = "Forbidden"
+
+
+async def admin_user(user: CurrentUser) -> User:
+    """The current user, if an admin: the permission check lives here, not in handlers."""
+    if not user.is_admin:
+        raise AdminRequired("Only an admin can change prompt types.")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]
+TypeNamePath = Annotated[
+    str,
+    Path(
+        pattern=TYPE_NAME_PATTERN,
+        description="The type's name, as prompts give it in `prompt_type`: 1 to 64 letters, "
+        "digits, `_`, `.`, `:` or `-`, starting with a letter or digit.",
+        examples=["summary"],
+    ),
+]
 
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -88,8 +114,7 @@ async def put_prompt_type(
     name: TypeNamePath,
     definition: PromptTypeDefinition,
     response: Response,
-    model_router: RouterDep,
-    cache: PromptTypeCacheDep,
+    services: ServicesDep,
 ) -> PromptTypeOut:
     """Make this the type's policy for new prompts, as its next version (**201** for the
     first, **200** after). Prompts already recorded keep the version they ran under.
@@ -106,9 +131,9 @@ async def put_prompt_type(
         session,
         name=name,
         definition=definition,
-        router=model_router,
+        router=services.models,
         user_id=admin.id,
-        on_commit=cache.invalidate,
+        on_commit=services.prompt_types.invalidate,
     )
     if defined.created:
         response.status_code = 201
@@ -122,12 +147,12 @@ async def put_prompt_type(
     responses=_problems(403, 404, 422, 503),
 )
 async def retire_prompt_type(
-    session: Session, admin: AdminUser, name: TypeNamePath, cache: PromptTypeCacheDep
+    session: Session, admin: AdminUser, name: TypeNamePath, services: ServicesDep
 ) -> PromptTypeOut:
     """Retire the type: a new version marked `retired`. New prompts of this type are then
     refused (422 `prompt_type_retired`) until a PUT defines it again; its history stays
     readable at `/versions`."""
     row = await service.retire_prompt_type(
-        session, name=name, user_id=admin.id, on_commit=cache.invalidate
+        session, name=name, user_id=admin.id, on_commit=services.prompt_types.invalidate
     )
     return PromptTypeOut.from_row(row, show_creator=True)

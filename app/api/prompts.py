@@ -7,28 +7,18 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.auth import CurrentUser
-from app.api.deps import (
-    BusDep,
-    DispatcherDep,
-    Filters,
-    IdempotencyKeyHeader,
-    IdempotencyKeysDep,
-    MaxPromptChars,
-    PendingDep,
-    RecorderDep,
-    RouterDep,
-    SessionsDep,
-    SettingsDep,
-    StreamSlotsDep,
-)
+from app.api.deps import Filters, IdempotencyKeyHeader, ServicesDep, Session
 from app.api.problems import problem_responses
-from app.api.prompt_type_deps import PromptTypeCacheDep
-from app.db.database import Session
 from app.db.models import PromptStatus
 from app.services.prompts import live, service
 from app.services.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
 router = APIRouter(prefix="/ai/prompts", tags=["prompts"])
+
+
+def location(prompt_id: uuid.UUID) -> str:
+    """Where a submitted prompt is read back (the `Location` of a 202)."""
+    return f"{router.prefix}/{prompt_id}"
 
 
 _SUBMIT_PROBLEMS = problem_responses(401, 409, 413, 422, 429, 503)
@@ -66,17 +56,7 @@ async def create_prompt(
     data: PromptCreate,
     user: CurrentUser,
     response: Response,
-    recorder: RecorderDep,
-    model_router: RouterDep,
-    dispatcher: DispatcherDep,
-    max_prompt_chars: MaxPromptChars,
-    keys: IdempotencyKeysDep,
-    prompt_types: PromptTypeCacheDep,
-    bus: BusDep,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    pending: PendingDep,
-    streams: StreamSlotsDep,
+    services: ServicesDep,
     prefer: Annotated[
         str | None,
         Header(
@@ -103,28 +83,18 @@ async def create_prompt(
     passed: **200** with the whole prompt (as `GET /ai/prompts/{id}`), or **202** if it is
     still running. Either way the header `Preference-Applied: wait=N` says it was honoured.
     """
-    submission = await service.submit_prompt(
-        recorder,
-        user_id=user.id,
-        data=data,
-        router=model_router,
-        dispatcher=dispatcher,
-        max_prompt_chars=max_prompt_chars,
-        idempotency_key=idempotency_key,
-        keys=keys,
-        prompt_types=prompt_types,
-        pending=pending,
-    )
+    submission = await services.prompts.submit(user.id, data, idempotency_key=idempotency_key)
     prompt = submission.prompt
-    response.headers["Location"] = f"{router.prefix}/{prompt.id}"
+    response.headers["Location"] = location(prompt.id)
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    wait = live.prefer_wait(prefer, cap=settings.prefer_wait_max_seconds)
+    wait = live.prefer_wait(prefer, cap=services.settings.prefer_wait_max_seconds)
+    streams = services.streams
     if wait is not None and streams.take(user.id):  # (at the cap: answered at once)
         try:
             response.headers["Preference-Applied"] = f"wait={wait:g}"
             detail = await live.wait_for_final(
-                bus, sessions, user_id=user.id, prompt_id=prompt.id, seconds=wait
+                services.bus, services.sessions, user_id=user.id, prompt_id=prompt.id, seconds=wait
             )
         finally:
             streams.give_back(user.id)
@@ -185,8 +155,7 @@ async def cancel_prompt(
     user: CurrentUser,
     prompt_id: uuid.UUID,
     response: Response,
-    recorder: RecorderDep,
-    dispatcher: DispatcherDep,
+    services: ServicesDep,
 ) -> PromptDetail:
     """Cancel a `pending` or `running` prompt.
 
@@ -198,9 +167,7 @@ async def cancel_prompt(
     A prompt that is already `completed`, `failed` or `cancelled` is a **409**
     `already_finished`.
     """
-    detail = await service.cancel_prompt(
-        session, recorder, user_id=user.id, prompt_id=prompt_id, dispatcher=dispatcher
-    )
+    detail = await services.prompts.cancel(session, user_id=user.id, prompt_id=prompt_id)
     if detail.status == PromptStatus.RUNNING:
         response.status_code = 202
     return detail
@@ -233,9 +200,7 @@ async def cancel_prompt(
 async def prompt_events(
     user: CurrentUser,
     prompt_id: uuid.UUID,
-    bus: BusDep,
-    sessions: SessionsDep,
-    streams: StreamSlotsDep,
+    services: ServicesDep,
 ) -> StreamingResponse:
     """Status changes and, while it runs, the generated text, until the prompt is final.
 
@@ -247,6 +212,7 @@ async def prompt_events(
     Each user may hold MAX_STREAMS_PER_USER streams (and `Prefer: wait` submissions) open at
     once per API process; past that, **429** `too_many_streams`.
     """
+    bus, sessions, streams = services.bus, services.sessions, services.streams
     await live.read(sessions, user.id, prompt_id)  # a missing prompt is a 404, not a stream
     if not streams.take(user.id):
         raise streams.refuse()

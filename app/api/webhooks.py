@@ -3,13 +3,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 
 from app.api.auth import CurrentUser
+from app.api.deps import ServicesDep, Session
 from app.api.problems import problem_responses
-from app.db.database import Session
 from app.db.models import WebhookEvent
-from app.kit.outbound import OutboundPolicy, policy_for
+from app.kit.outbound import OutboundPolicy
 from app.kit.sealing import SecretBox
 from app.services.webhooks import service
 from app.services.webhooks.schemas import (
@@ -24,18 +24,15 @@ from app.services.webhooks.schemas import (
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
-def get_secret_box(request: Request) -> SecretBox:
-    box: SecretBox = request.app.state.secret_box
-    return box
+async def get_secret_box(services: ServicesDep) -> SecretBox:
+    return services.box
+
+
+async def get_outbound_policy(services: ServicesDep) -> OutboundPolicy:
+    return services.outbound
 
 
 SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
-
-
-def get_outbound_policy(request: Request) -> OutboundPolicy:
-    return policy_for(request.app.state.settings.outbound_allowlist)
-
-
 PolicyDep = Annotated[OutboundPolicy, Depends(get_outbound_policy)]
 
 

@@ -1,13 +1,21 @@
-"""The engine, the session factory and the request-scoped session dependency."""
+"""The engine and the session factory, and the one transaction rule.
+
+**Transactions.** A unit of work is one transaction, opened and ended in one place:
+`async with sessions.begin() as session:` (Core batches: `async with engine.begin() as
+connection:`). It commits when the block ends and rolls back when it raises; nothing else
+commits or rolls back. A route's request-scoped `Session` (app/api/deps.py) is such a block,
+committed before the response is sent; services given a session only read, add and flush.
+Code that only reads may use `async with sessions() as session:` (its implicit transaction
+is rolled back on close). tests/test_layout.py fails on a `commit()` or `rollback()` call
+anywhere else in app/.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
@@ -104,24 +112,3 @@ async def read_one_snapshot(session: AsyncSession) -> None:
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request: committed when the handler returns, rolled back if it raises.
-
-    Services only flush; this is the one place that commits request-scoped work. It is declared
-    with `scope="function"` (see `Session`) so the commit happens before the response is sent,
-    and a client never reads back something that is not yet committed.
-    """
-    factory: SessionFactory = request.app.state.sessions
-    async with factory() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-        else:
-            await session.commit()
-
-
-Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

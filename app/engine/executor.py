@@ -53,7 +53,7 @@ from app.providers.base import (
     estimate_tokens,
 )
 from app.providers.catalogue import Price
-from app.providers.registry import ModelRouter, Route
+from app.providers.registry import ModelResolver, Route
 from app.providers.resilience import CircuitBreaker, CircuitOpen, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Execution:
     """What executing a prompt needs, built once per process."""
 
     recorder: Recorder
-    router: ModelRouter
+    router: ModelResolver
     policy: RetryPolicy
     breaker: CircuitBreaker
     bus: EventBus
@@ -121,7 +121,7 @@ def build_messages(claim: Claim) -> list[Message]:
     return messages
 
 
-def _routes(claim: Claim, router: ModelRouter) -> list[Route]:
+def _routes(claim: Claim, router: ModelResolver) -> list[Route]:
     primary = router.route_for(claim.provider, claim.upstream_model, model=claim.model)
     routes = [primary]
     for name in claim.parameters.get("fallbacks", []):

@@ -138,7 +138,7 @@ class Recorder:
 
     async def purge_idempotency_keys(self) -> int:
         """Delete a bounded batch of expired idempotency keys (the sweeper's pass)."""
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             return await purge_expired_keys(session)
 
     async def claim(self, prompt_id: uuid.UUID, *, lease_seconds: float) -> Claim | None:
@@ -182,7 +182,7 @@ class Recorder:
             .where(_P.id.in_(prompt_ids), _P.status == PromptStatus.RUNNING)
             .with_for_update(skip_locked=True)
         )
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             await session.execute(
                 update(_P)
                 .where(_P.id.in_(free.scalar_subquery()))
@@ -216,7 +216,7 @@ class Recorder:
         """`running → cancelled` for a prompt whose execution its runner stopped on request.
         False if the claim was lost or the prompt finished first."""
         now = utcnow()
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             result = await session.execute(
                 update(_P)
                 .where(*_held_by(claim))
@@ -241,7 +241,7 @@ class Recorder:
             return
         now = utcnow()
         cancelled: list[uuid.UUID] = []
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             for claim in claims:
                 await session.execute(
                     update(_P)
@@ -272,7 +272,7 @@ class Recorder:
         now = utcnow()
         expired = (_P.status == PromptStatus.RUNNING, _P.lease_expires_at < now)
         lost = (_P.id, _P.provider, _P.upstream_model, _P.started_at, _P.user_id)
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             cancelled = await session.execute(
                 update(_P)
                 .where(*expired, _CANCEL_REQUESTED)
@@ -374,7 +374,7 @@ class Recorder:
             .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer
         )
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             ids = list(await session.scalars(oldest))
             if not ids:
                 return []
@@ -409,7 +409,7 @@ class Recorder:
         no such prompt (someone else's is as missing as a missing one)."""
         now = utcnow()
         owned = (_P.id == prompt_id, _P.user_id == user_id)
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             # Each statement sees the latest committed state; a runner may move the prompt
             # between them (claim it, finish it, hand it back), so look again until one holds.
             while True:

@@ -23,7 +23,7 @@ from app.engine.sweeper import Sweeper
 from app.kit.sealing import SecretBox
 from app.kit.settings import Settings
 from app.providers.catalogue import load_catalogue
-from app.providers.registry import ModelRouter, build_providers
+from app.providers.registry import ModelResolver, build_providers
 from app.providers.resilience import CircuitBreaker, RetryPolicy
 
 
@@ -34,7 +34,7 @@ class Runtime:
     sessions: SessionFactory
     recorder: Recorder
     bus: EventBus
-    router: ModelRouter
+    models: ModelResolver  # model names → provider routes
     execution: Execution
     box: SecretBox  # opens and seals the stored webhook secrets
 
@@ -75,7 +75,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         sessions = create_session_factory(engine)
         catalogue = load_catalogue(settings.model_catalogue_path)
         providers = build_providers(settings, catalogue)
-        router = ModelRouter(providers, catalogue)
+        router = ModelResolver(providers, catalogue)
         bus: EventBus = RedisBus(settings.events_url) if settings.events_url else LocalBus()
         recorder = Recorder(engine, bus=bus)
         execution = Execution(

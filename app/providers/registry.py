@@ -39,7 +39,7 @@ class Route:
         return self.entry.timeout_seconds if self.entry else None
 
 
-class ModelRouter:
+class ModelResolver:
     """Resolves model names against the catalogue and the providers configured here."""
 
     def __init__(self, providers: dict[str, Provider], catalogue: Catalogue) -> None:

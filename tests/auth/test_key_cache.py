@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from app.api.auth import KeyCache
 from app.db.base import utcnow
 from app.db.models import User
 from app.kit.errors import Unauthorized
+from app.services.auth.authenticator import KeyCache
 
 KEY = "pm_test-key"
 

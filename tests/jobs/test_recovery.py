@@ -123,7 +123,10 @@ async def test_duplicate_dispatch_across_processes_calls_the_provider_once(
         created = await api.submit(headers, model=f"openai/slow-200-{model}")
         prompt_id = uuid.UUID(created["id"])
         await asyncio.gather(
-            *(app.app.state.dispatcher.dispatch(prompt_id) for app in (api, other, api, other))
+            *(
+                app.app.state.services.dispatcher.dispatch(prompt_id)
+                for app in (api, other, api, other)
+            )
         )
         done = await api.wait_final(headers, created["id"])
     assert done["status"] == "completed" and done["executions"] == 1

@@ -41,7 +41,7 @@ def _assert_recorded(v1: V1, prompt: dict[str, Any], model: str, provider: str) 
     assert answer["input_tokens"] > 0 and answer["output_tokens"] > 0
     assert answer["usage_estimated"] is False
     assert answer["duration_ms"] >= 0
-    entry = v1.api.app.state.model_router.catalogue.get(model)
+    entry = v1.api.app.state.services.models.catalogue.get(model)
     expected = (
         entry.input * answer["input_tokens"] + entry.output * answer["output_tokens"]
     ) / 10**6
@@ -146,7 +146,7 @@ async def test_the_model_list(v1: V1):
     async with v1.client(key) as client:
         page = await client.models.list()
     models = [m async for m in page]
-    available = v1.api.app.state.model_router.available()
+    available = v1.api.app.state.services.models.available()
     assert [m.id for m in models] == [e.name for e in available]
     assert {"gpt-4o-mini", "gemini-2.5-flash", "claude-haiku-4-5"} <= {m.id for m in models}
     by_id = {m.id: m for m in models}

@@ -2,7 +2,7 @@
 the route does, and hands the route everything it does not take, body included.
 
 Which of the two served a call is not visible to a client by design; these tests tell them
-apart by `service.start_chat`, which only the route calls."""
+apart by the route module's calls of `ChatService.start`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.services.chat import service
-from tests.conftest import count_calls
+from app.services.chat.service import ChatService
+from tests.conftest import CHAT_ROUTES, calls_from
 from tests.openai_compat.conftest import V1
 
 BODY: dict[str, Any] = {
@@ -25,8 +25,15 @@ BODY: dict[str, Any] = {
 
 @pytest.fixture
 def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The models of the chats that the route started."""
-    return count_calls(monkeypatch, service, "start_chat", lambda *_, **kw: kw["data"].model)
+    """The models of the chats that the route started (not replayed)."""
+    return calls_from(
+        monkeypatch,
+        ChatService,
+        "start",
+        lambda _service, _user, data, **_: data.model,
+        caller=CHAT_ROUTES,
+        unless=lambda run: run.replayed,
+    )
 
 
 async def _chunked(body: bytes) -> AsyncIterator[bytes]:

@@ -18,7 +18,7 @@ async def test_another_process_sees_a_change_within_the_ttl(api: Api):
     assert first is not None and first.version == 1
 
     await define(api, admin, name, system_instruction="v2")
-    mine = await api.app.state.prompt_types.get(name)
+    mine = await api.app.state.services.prompt_types.get(name)
     assert mine is not None and mine.version == 2  # this process: at once
     stale = await other.get(name)
     assert stale is not None and stale.version == 1  # the other: not yet

@@ -80,9 +80,10 @@ async def test_a_pending_prompt_is_cancelled_at_once_and_never_runs(
         # The slot frees up and the runner takes the queued prompt: nothing left to claim.
         assert (await _cancel(api, headers, blocker["id"])).status_code == 200
         assert (
-            await api.app.state.recorder.claim(uuid.UUID(waiting["id"]), lease_seconds=30) is None
+            await api.app.state.services.recorder.claim(uuid.UUID(waiting["id"]), lease_seconds=30)
+            is None
         )
-        await api.app.state.dispatcher.dispatch(uuid.UUID(waiting["id"]))
+        await api.app.state.services.dispatcher.dispatch(uuid.UUID(waiting["id"]))
         await asyncio.sleep(0.3)
         after = (await api.client.get(f"/ai/prompts/{waiting['id']}", headers=headers)).json()
     assert after["status"] == "cancelled" and after["executions"] == 0
@@ -138,7 +139,7 @@ async def test_someone_elses_or_a_missing_prompt_is_404(api: Api):
     _, stranger = await _user(api)
     # It hangs if it runs, so it is still pending or running when its owner cancels it.
     prompt = new_prompt(f"hang-owner-{uuid.uuid4().hex[:8]}", user_id=owner_id)
-    await api.app.state.recorder.create_prompt(prompt)
+    await api.app.state.services.recorder.create_prompt(prompt)
 
     assert_problem(await _cancel(api, stranger, str(prompt.id)), 404, "not_found")
     assert_problem(await _cancel(api, stranger, str(uuid.uuid4())), 404, "not_found")

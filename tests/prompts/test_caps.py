@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 
 from app.db.models import PromptRequest
-from app.services.prompts import service
-from app.services.prompts.pending import REFRESH_SECONDS
-from tests.conftest import Api, count_calls, make_settings, migrate, running_api
+from app.services.caps import REFRESH_SECONDS
+from app.services.intake import Intake
+from app.services.prompts.service import PromptService
+from tests.conftest import (
+    PROMPT_ROUTES,
+    Api,
+    calls_from,
+    count_calls,
+    make_settings,
+    migrate,
+    running_api,
+)
 from tests.mocks.openai_server import MockOpenAI
 from tests.prompts.test_validation import assert_problem
 
@@ -39,8 +48,10 @@ async def test_pending_prompts_are_capped_per_user_on_both_paths(
         max_pending_per_user=CAP,
         local_model_enabled=False,
     )
-    route_calls = count_calls(monkeypatch, service, "submit_prompt", lambda *_, **kw: 1)
-    checks = count_calls(monkeypatch, service, "prepare_prompt", lambda *_, **kw: 1)
+    route_calls = calls_from(
+        monkeypatch, PromptService, "submit", lambda *_, **__: 1, caller=PROMPT_ROUTES
+    )
+    checks = count_calls(monkeypatch, Intake, "admit", lambda *_, **__: 1)
     async with running_api(settings) as api:
         user, other = await api.new_user(), await api.new_user()
         # Another user's call holds the runner's one slot: the user's prompts stay pending.
@@ -96,7 +107,7 @@ async def test_event_streams_are_capped_per_user(api: Api):
     streams = [asyncio.create_task(follow()) for _ in range(limit)]
     try:
         for _ in range(100):  # until the server holds every one of them open
-            if api.app.state.streams.held(row.user_id) == limit:
+            if api.app.state.services.streams.held(row.user_id) == limit:
                 break
             await asyncio.sleep(0.05)
         assert not any(task.done() for task in streams)

@@ -45,12 +45,12 @@ async def test_a_catalogue_model_on_each_provider(
     assert answer["response_text"] == f"echo: {text}"
     assert answer["input_tokens"] > 0 and answer["output_tokens"] > 0
     assert answer["usage_estimated"] is False
-    entry = api.app.state.model_router.catalogue.get(model)
+    entry = api.app.state.services.models.catalogue.get(model)
     expected = (
         entry.input * answer["input_tokens"] + entry.output * answer["output_tokens"]
     ) / 10**6
     assert Decimal(answer["cost_usd"]) == expected
-    assert answer["catalogue_version"] == api.app.state.model_router.catalogue.version
+    assert answer["catalogue_version"] == api.app.state.services.models.catalogue.version
 
     [call] = mock.calls[before:]
     seen = " ".join(call.headers.values())

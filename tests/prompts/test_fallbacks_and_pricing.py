@@ -107,7 +107,7 @@ async def test_parameters_a_model_cannot_honour_are_refused(api: Api):
 
 async def test_cost_uses_the_catalogue_price_and_cached_tokens(api: Api):
     headers = await api.new_user()
-    catalogue = api.app.state.model_router.catalogue
+    catalogue = api.app.state.services.models.catalogue
     created = await api.submit(
         headers, model="openai/cached-2-gpt-4o-mini", prompt_text="one two three four"
     )
@@ -163,6 +163,6 @@ async def test_models_lists_what_this_server_can_run(api: Api):
     assert set(body["providers"]) == {"openai", "backup", "gemini", "anthropic", "local"}
     mini = next(m for m in body["models"] if m["name"] == "gpt-4o-mini")
     assert Decimal(mini["input_price"]) == Decimal("0.15")
-    assert body["catalogue_version"] == api.app.state.model_router.catalogue.version
+    assert body["catalogue_version"] == api.app.state.services.models.catalogue.version
     assert "backup" in body["providers"]
     assert_problem(await api.client.get("/ai/models/"), 401, "missing_api_key")

@@ -2,7 +2,7 @@
 route does, and hands the route everything it does not take, body included.
 
 Which of the two served a call is not visible to a client by design; these tests tell them
-apart by `service.submit_prompt`, which only the route calls. (/v1's fast path:
+apart by the route module's calls of `PromptService.submit`. (/v1's fast path:
 tests/openai_compat/test_fast_path.py.)"""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from app.services.prompts import service
-from tests.conftest import Api, count_calls
+from app.services.prompts.service import PromptService
+from tests.conftest import PROMPT_ROUTES, Api, calls_from
 
 BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
@@ -28,8 +28,12 @@ BODY: dict[str, Any] = {
 @pytest.fixture
 def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The prompt texts of the submissions that the route handled."""
-    return count_calls(
-        monkeypatch, service, "submit_prompt", lambda *_, **kw: kw["data"].prompt_text
+    return calls_from(
+        monkeypatch,
+        PromptService,
+        "submit",
+        lambda _service, _user, data, **_: data.prompt_text,
+        caller=PROMPT_ROUTES,
     )
 
 

@@ -227,7 +227,7 @@ async def test_the_sweeper_purges_expired_keys(api: Api):
         await _age(api, prompt["id"])
 
     sweeper = Sweeper(
-        api.app.state.recorder,
+        api.app.state.services.recorder,
         _NoRoom(),  # type: ignore[arg-type]
         interval_seconds=60,
         redispatch_after_seconds=60,

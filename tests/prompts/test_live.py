@@ -114,16 +114,16 @@ async def test_events_carry_the_text_as_it_is_generated(api: Api):
     owner_id, headers = await _user(api)
     prompt = new_prompt(f"drip-30-live-{uuid.uuid4().hex[:8]}", user_id=owner_id)
     prompt.prompt_text = "one two three four five"
-    await api.app.state.recorder.create_prompt(prompt)  # recorded, not yet dispatched
+    await api.app.state.services.recorder.create_prompt(prompt)  # recorded, not yet dispatched
 
     follower = asyncio.create_task(
         api.client.get(f"/ai/prompts/{prompt.id}/events", headers=headers)
     )
     deadline = time.monotonic() + 10
-    while not await api.app.state.bus.watched(prompt.id):
+    while not await api.app.state.services.bus.watched(prompt.id):
         assert time.monotonic() < deadline, "the stream never subscribed"
         await asyncio.sleep(0.02)
-    await api.app.state.dispatcher.dispatch(prompt.id)
+    await api.app.state.services.dispatcher.dispatch(prompt.id)
     response = await asyncio.wait_for(follower, 20)
 
     events = _events(response.text)

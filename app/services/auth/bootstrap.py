@@ -14,17 +14,16 @@ FIRST_ADMIN_EMAIL = "admin@localhost"
 
 async def create_first_admin(sessions: SessionFactory) -> str | None:
     """Create the first admin and return its key, or None when a user already exists."""
-    async with sessions() as session:
-        if await service.count_users(session) > 0:
-            return None
-        try:
+    try:
+        async with sessions.begin() as session:
+            if await service.count_users(session) > 0:
+                return None
             user = await service.create_user(
                 session, email=FIRST_ADMIN_EMAIL, name="Administrator", is_admin=True
             )
             _, key = await service.create_api_key(session, user=user, name="first-run")
-            await session.commit()
-        except (Conflict, IntegrityError):
-            return None  # another process of the same server got there first
+    except (Conflict, IntegrityError):
+        return None  # another process of the same server got there first
     return key
 
 

@@ -14,8 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from app.kit.text import TypeName, check_json_text
-from app.services.prompts.schemas import (
+from app.kit.fields import (
     MetadataKey,
     MetadataValue,
     Name,
@@ -26,6 +25,7 @@ from app.services.prompts.schemas import (
     VariableName,
     VariableValue,
 )
+from app.kit.text import TypeName, check_json_text
 
 
 def _is(neutral: Any) -> Callable[[Any], bool]:

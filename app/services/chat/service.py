@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal, NoReturn
 
-from app.db.base import utcnow
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.db.database import SessionFactory
 from app.db.models import NewPrompt, PromptRequest, PromptStatus
 from app.engine.events import EventBus
 from app.engine.executor import Outcome
-from app.engine.idempotency import IdempotencyRecord
+from app.engine.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
 from app.engine.inline import InlineRunner
 from app.engine.recorder import Recorder
 from app.kit.errors import AppError, Conflict, InvalidInput, NotFound
 from app.providers.base import Completion, Message, ProviderError
-from app.providers.registry import ModelRouter
+from app.providers.registry import ModelResolver
 from app.services.chat.errors import UpstreamFailed
 from app.services.chat.schemas import (
     UNSUPPORTED_FIELDS,
@@ -37,11 +38,9 @@ from app.services.chat.schemas import (
     ResponseMessage,
     Usage,
 )
-from app.services.prompt_types.cache import PromptTypeCache
-from app.services.prompt_types.policy import apply_to_chat
+from app.services.intake import Ask, Intake
 from app.services.prompts import live
 from app.services.prompts.schemas import PromptDetail
-from app.services.prompts.service import check_parameters
 
 CHAT_PROMPT_TYPE = "chat"
 _FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
@@ -72,6 +71,7 @@ class ChatRun:
     include_usage: bool
     task: asyncio.Task[Outcome] | None = None
     events: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    replayed: bool = False  # an Idempotency-Key replay: the answer an earlier request got
 
     @property
     def completion_id(self) -> str:
@@ -107,54 +107,89 @@ class ChatRun:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def start_chat(
-    recorder: Recorder,
-    runner: InlineRunner,
-    *,
-    user_id: uuid.UUID,
-    data: ChatCompletionCreate,
-    router: ModelRouter,
-    max_prompt_chars: int,
-    prompt_types: PromptTypeCache,
-    idempotency: IdempotencyRecord | None = None,
-) -> ChatRun:
-    """Check the chat, record it as a prompt already claimed by this process (with its
-    idempotency key, in the same transaction) and start executing it."""
-    prompt = await prepare_chat(
-        user_id=user_id,
-        data=data,
-        router=router,
-        max_prompt_chars=max_prompt_chars,
-        prompt_types=prompt_types,
-    )
-    return await run_chat(recorder, runner, prompt=prompt, data=data, idempotency=idempotency)
+class ChatService:
+    """Starting chat completions: what `POST /v1/chat/completions` (its route and its fast
+    path) does. One per process (`Services.chat`)."""
 
+    def __init__(
+        self,
+        *,
+        intake: Intake,
+        recorder: Recorder,
+        runner: InlineRunner,
+        keys: IdempotencyKeys,
+        bus: EventBus,
+        sessions: SessionFactory,
+        replay_wait_seconds: float,
+    ) -> None:
+        self.intake = intake
+        self.recorder = recorder
+        self.runner = runner
+        self.keys = keys
+        self.bus = bus
+        self.sessions = sessions
+        self.replay_wait_seconds = replay_wait_seconds
 
-async def run_chat(
-    recorder: Recorder,
-    runner: InlineRunner,
-    *,
-    prompt: NewPrompt,
-    data: ChatCompletionCreate,
-    idempotency: IdempotencyRecord | None = None,
-) -> ChatRun:
-    """Record a checked chat (`prepare_chat`) as claimed by this process and start it."""
-    claim = await recorder.create_claimed(
-        prompt, lease_seconds=runner.lease_seconds, idempotency=idempotency
-    )
-    options = data.stream_options
-    run = ChatRun(
-        prompt,
-        stream=bool(data.stream),
-        include_usage=bool(options and options.include_usage),
-    )
+    async def start(
+        self, user_id: uuid.UUID, data: ChatCompletionCreate, *, idempotency_key: str | None = None
+    ) -> ChatRun:
+        """Check the chat (the intake raises whatever is wrong with it before anything is
+        written), record it as a prompt already claimed by this process (with its
+        idempotency key, in the same transaction) and start executing it.
 
-    async def on_delta(text: str) -> None:
-        run.events.put_nowait(text)
+        With an `idempotency_key`, a retry of the same body gets the first call's answer
+        (`replayed`; waited for, up to `replay_wait_seconds`, if it is still running), and
+        no second prompt or provider call."""
+        if idempotency_key is None:
+            return await self._start(user_id, data, None)
 
-    run.task = runner.run(claim, on_delta=on_delta if run.stream else None)
-    run.task.add_done_callback(lambda _: run.events.put_nowait(None))
-    return run
+        async def start(record: IdempotencyRecord | None) -> ChatRun | Replay:
+            return await self._start(user_id, data, record)
+
+        async def replay(_: AsyncSession, prompt_id: uuid.UUID) -> Replay:
+            return Replay(prompt_id)
+
+        fingerprint = request_fingerprint(
+            "v1.chat.completions", data.model_dump(mode="json", exclude_none=True)
+        )
+        first, _ = await self.keys.run_once(
+            user_id=user_id,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            create=start,
+            replay=replay,
+        )
+        if isinstance(first, Replay):
+            return await replay_chat(
+                self.bus,
+                self.sessions,
+                user_id=user_id,
+                replay=first,
+                data=data,
+                wait_seconds=self.replay_wait_seconds,
+            )
+        return first
+
+    async def _start(
+        self, user_id: uuid.UUID, data: ChatCompletionCreate, idempotency: IdempotencyRecord | None
+    ) -> ChatRun:
+        prompt = await self.intake.admit(ask_for(user_id, data))
+        claim = await self.recorder.create_claimed(
+            prompt, lease_seconds=self.runner.lease_seconds, idempotency=idempotency
+        )
+        options = data.stream_options
+        run = ChatRun(
+            prompt,
+            stream=bool(data.stream),
+            include_usage=bool(options and options.include_usage),
+        )
+
+        async def on_delta(text: str) -> None:
+            run.events.put_nowait(text)
+
+        run.task = self.runner.run(claim, on_delta=on_delta if run.stream else None)
+        run.task.add_done_callback(lambda _: run.events.put_nowait(None))
+        return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +226,10 @@ async def replay_chat(
     assert prompt is not None
     options = data.stream_options
     run = ChatRun(
-        prompt, stream=bool(data.stream), include_usage=bool(options and options.include_usage)
+        prompt,
+        stream=bool(data.stream),
+        include_usage=bool(options and options.include_usage),
+        replayed=True,
     )
     run.task = asyncio.create_task(_recorded_outcome(detail))
     await asyncio.gather(run.task, return_exceptions=True)
@@ -231,20 +269,11 @@ def _subclasses(cls: type[ProviderError]) -> list[type[ProviderError]]:
 _ERRORS_BY_CODE = {cls.code: cls for cls in reversed(_subclasses(ProviderError))}
 
 
-async def prepare_chat(
-    *,
-    user_id: uuid.UUID,
-    data: ChatCompletionCreate,
-    router: ModelRouter,
-    max_prompt_chars: int,
-    prompt_types: PromptTypeCache,
-) -> NewPrompt:
-    """The prompt row for a chat request, after refusing what cannot be honoured, under the
-    current policy of its prompt type (`chat` unless it names another), if defined: what
-    `prompts.service.prepare_prompt` is to `/ai/prompts/`. Nothing is written."""
+def ask_for(user_id: uuid.UUID, data: ChatCompletionCreate) -> Ask:
+    """What a chat request asks for, for the intake, after refusing what cannot be honoured:
+    its prompt type is `chat` unless it names another, and a defined type's template wraps
+    its last user message."""
     refuse_unsupported(data)
-    prompt_type = data.prompt_type or CHAT_PROMPT_TYPE
-    policy = await prompt_types.get(prompt_type)
     messages = [_message(i, m) for i, m in enumerate(data.messages)]
     last = next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "user"), None)
     if last is None:
@@ -253,59 +282,24 @@ async def prepare_chat(
             code="invalid_messages",
             extra={"parameter": "messages"},
         )
-    applied = apply_to_chat(
-        policy,
-        prompt_type=prompt_type,
-        text=messages[last]["content"],
-        variables=data.variables,
-        model=data.model,
-        max_tokens=data.max_completion_tokens or data.max_tokens,
-        router=router,
-        max_prompt_chars=max_prompt_chars,
-    )
-    messages[last] = {"role": "user", "content": applied.text}
-    total, limit = sum(len(m["content"]) for m in messages), applied.max_prompt_chars
-    if total > limit:
-        whose = f"prompt type '{prompt_type}'" if limit < max_prompt_chars else "MAX_PROMPT_CHARS"
-        raise InvalidInput(
-            f"The messages have {total:,} characters; the limit here is {limit:,} ({whose}).",
-            code="prompt_too_large",
-            extra={"limit": limit, "parameter": "messages"},
-        )
-    route = router.resolve(data.model)
-    fallbacks = router.fallbacks(route, applied.fallbacks)
-    max_tokens = applied.max_tokens
-    for candidate in (route, *fallbacks):  # the same checks as /ai/prompts
-        check_parameters(candidate, router, temperature=data.temperature, max_tokens=max_tokens)
-    parameters: dict[str, Any] = {"messages": messages}
-    if applied.system_instruction:  # sent before the conversation (executor.build_messages)
-        parameters["system_prompt"] = applied.system_instruction
-    if data.temperature is not None:
-        parameters["temperature"] = data.temperature
-    if max_tokens is not None:
-        parameters["max_tokens"] = max_tokens
-    if applied.timeout_seconds is not None:
-        parameters["timeout_seconds"] = applied.timeout_seconds
-    if fallbacks:
-        parameters["fallbacks"] = [f.model for f in fallbacks]
+    passthrough: dict[str, Any] = {}
     if data.user:
-        parameters["user"] = data.user
+        passthrough["user"] = data.user
     if data.stream:
-        parameters["stream"] = True
-    if applied.template_input is not None:
-        parameters["template_input"] = applied.template_input
-    return NewPrompt(
-        id=uuid.uuid4(),
+        passthrough["stream"] = True
+    return Ask(
         user_id=user_id,
         model=data.model,
-        prompt_type=prompt_type,
-        prompt_type_version=applied.version,
-        prompt_text=applied.text,
-        created_at=utcnow(),
-        provider=route.provider,
-        upstream_model=route.upstream_model,
-        parameters=parameters,
-        meta=dict(data.metadata or {}),
+        prompt_type=data.prompt_type or CHAT_PROMPT_TYPE,
+        text=messages[last]["content"],
+        variables=data.variables,
+        temperature=data.temperature,
+        max_tokens=data.max_completion_tokens or data.max_tokens,
+        metadata=dict(data.metadata or {}),
+        messages=messages,
+        last=last,
+        passthrough=passthrough,
+        queued=False,
     )
 
 
@@ -386,7 +380,7 @@ def usage(completion: Completion) -> Usage:
     )
 
 
-def list_models(router: ModelRouter) -> ModelList:
+def list_models(router: ModelResolver) -> ModelList:
     """The catalogue models whose provider is configured here."""
     created = _catalogue_time(router.catalogue.version)
     return ModelList(
@@ -394,7 +388,7 @@ def list_models(router: ModelRouter) -> ModelList:
     )
 
 
-def get_model(router: ModelRouter, model_id: str) -> Model:
+def get_model(router: ModelResolver, model_id: str) -> Model:
     """One model of `list_models` (by its name or an alias)."""
     entry = router.catalogue.get(model_id)
     if entry is None or entry.provider not in router.providers:

@@ -10,8 +10,10 @@ executor needs to know nothing about types. An undefined `prompt_type` is free t
 before: no policy, no version.
 
 A chat through `/v1/chat/completions` is a prompt of type `chat` (or the one its
-`prompt_type` extension names), and a defined type governs it the same way
-(`apply_to_chat`): an admin's ceilings hold whichever endpoint a client uses.
+`prompt_type` extension names), and a defined type governs it the same way: the intake
+(app/services/intake.py) applies `apply_policy` to every request, whichever endpoint it came
+through, so an admin's ceilings hold for all of them. The template wraps a chat's last user
+message.
 """
 
 from __future__ import annotations
@@ -20,111 +22,73 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.kit.errors import InvalidInput
-from app.providers.registry import ModelRouter
+from app.providers.registry import ModelResolver
 from app.services.prompt_types.cache import PromptTypePolicy
 from app.services.prompt_types.template import PROMPT_TEXT
-from app.services.prompts.schemas import PromptCreate
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    data: PromptCreate  # the request with the type's policy filled in
+    """A request as it runs under its prompt type's current version (or as asked, when the
+    type is not defined)."""
+
+    model: str | None  # the request's, else the type's default
+    text: str  # the request's text as the model gets it (rendered by the template)
+    max_prompt_chars: int  # the limit on the prompt's characters (a chat's: all messages')
+    fallbacks: list[str] | None  # the request's, else the type's; None: the catalogue's
+    system_instruction: str | None  # the type's instruction, then the request's own
+    max_tokens: int | None
+    timeout_seconds: float | None
     version: int | None = None  # the type version it ran under; None for an undefined type
     template_input: dict[str, Any] | None = None  # the request's text and variables
 
+    def limited_by_type(self, max_prompt_chars: int) -> bool:
+        return self.version is not None and self.max_prompt_chars < max_prompt_chars
 
-def apply_prompt_type(
-    data: PromptCreate,
+
+def apply_policy(
     policy: PromptTypePolicy | None,
     *,
-    router: ModelRouter,
+    prompt_type: str | None,
+    model: str | None,
+    text: str,
+    variables: dict[str, str] | None,
+    fallbacks: list[str] | None,
+    system_prompt: str | None,
+    max_tokens: int | None,
+    timeout_seconds: float | None,
+    models: ModelResolver,
     max_prompt_chars: int,
 ) -> Applied:
-    """The request as it runs under `policy` (the current version of its type, if any)."""
+    """The request under `policy`, the current version of its type, whichever endpoint it
+    came through: an admin's ceilings hold for `/ai/prompts/` and `/v1` alike."""
     if policy is None:
-        _refuse_variables(data.prompt_type, data.variables)
-        return Applied(data)
+        _refuse_variables(prompt_type, variables)
+        return Applied(
+            model, text, max_prompt_chars, fallbacks, system_prompt, max_tokens, timeout_seconds
+        )
     name = policy.name
     _refuse_retired(policy)
     where = {"prompt_type": name, "prompt_type_version": policy.version}
-    model = data.model or policy.default_model
+    model = model or policy.default_model
     if model is None:
         raise InvalidInput(
             f"model is required: prompt type '{name}' has no default model.",
             code="model_required",
             extra=where,
         )
-    fallbacks = data.fallbacks if data.fallbacks is not None else policy.fallbacks
-    text = _render(data.prompt_text, data.variables, policy)
-    limit = min(policy.max_prompt_chars or max_prompt_chars, max_prompt_chars)
-    if len(text) > limit:
-        rendered = " as rendered by its template" if policy.template else ""
-        raise InvalidInput(
-            f"The prompt{rendered} has {len(text):,} characters; prompt type '{name}' "
-            f"allows at most {limit:,}.",
-            code="prompt_too_large",
-            extra={"limit": limit, **where},
-        )
-    update: dict[str, Any] = {
-        "model": model,
-        "fallbacks": fallbacks,
-        "prompt_text": text,
-        "system_prompt": "\n\n".join(
-            part for part in (policy.system_instruction, data.system_prompt) if part
-        )
-        or None,
-        "max_tokens": _max_tokens(data.max_tokens, policy, router, model, fallbacks),
-        "timeout_seconds": _ceiling(
-            "timeout_seconds", data.timeout_seconds, policy.timeout_seconds, where
-        ),
-    }
-    template_input = (
-        {PROMPT_TEXT: data.prompt_text, "variables": dict(data.variables or {})}
-        if policy.template
-        else None
-    )
-    return Applied(data.model_copy(update=update), policy.version, template_input)
-
-
-@dataclass(frozen=True, slots=True)
-class ChatApplied:
-    """What a prompt type makes of a chat (`/v1/chat/completions`)."""
-
-    text: str  # the last user message as the model gets it (rendered by the template)
-    max_prompt_chars: int  # the limit on the whole conversation's characters
-    max_tokens: int | None
-    fallbacks: list[str] | None  # None: the catalogue's
-    system_instruction: str | None
-    timeout_seconds: float | None
-    version: int | None = None
-    template_input: dict[str, Any] | None = None
-
-
-def apply_to_chat(
-    policy: PromptTypePolicy | None,
-    *,
-    prompt_type: str,
-    text: str,
-    variables: dict[str, str] | None,
-    model: str,
-    max_tokens: int | None,
-    router: ModelRouter,
-    max_prompt_chars: int,
-) -> ChatApplied:
-    """A chat under `policy`, the current version of its type: the same ceilings, fallbacks,
-    instruction and template as a prompt of `/ai/prompts/` gets. The template wraps the last
-    user message (`text`). A chat always names its model, so the default model is unused."""
-    if policy is None:
-        _refuse_variables(prompt_type, variables)
-        return ChatApplied(text, max_prompt_chars, max_tokens, None, None, None)
-    _refuse_retired(policy)
-    return ChatApplied(
+    fallbacks = fallbacks if fallbacks is not None else policy.fallbacks
+    return Applied(
+        model=model,
         text=_render(text, variables, policy),
         max_prompt_chars=min(policy.max_prompt_chars or max_prompt_chars, max_prompt_chars),
-        max_tokens=_max_tokens(max_tokens, policy, router, model, policy.fallbacks),
-        fallbacks=policy.fallbacks,
-        system_instruction=policy.system_instruction,
-        timeout_seconds=policy.timeout_seconds,  # (a chat asks for none: the type's is its own)
+        fallbacks=fallbacks,
+        system_instruction="\n\n".join(
+            part for part in (policy.system_instruction, system_prompt) if part
+        )
+        or None,
+        max_tokens=_max_tokens(max_tokens, policy, models, model, fallbacks),
+        timeout_seconds=_ceiling("timeout_seconds", timeout_seconds, policy.timeout_seconds, where),
         version=policy.version,
         template_input=(
             {PROMPT_TEXT: text, "variables": dict(variables or {})} if policy.template else None
@@ -194,7 +158,7 @@ def _ceiling(field: str, asked: float | None, ceiling: float | None, where: dict
 def _max_tokens(
     asked: int | None,
     policy: PromptTypePolicy,
-    router: ModelRouter,
+    models: ModelResolver,
     model: str,
     fallbacks: list[str] | None,
 ) -> int | None:
@@ -204,8 +168,8 @@ def _max_tokens(
     tokens: int | None = _ceiling("max_tokens", asked, policy.max_output_tokens, where)
     if asked is not None or tokens is None:
         return tokens
-    route = router.resolve(model)
-    for candidate in (route, *router.fallbacks(route, fallbacks)):
+    route = models.resolve(model)
+    for candidate in (route, *models.fallbacks(route, fallbacks)):
         limit = candidate.entry.max_output_tokens if candidate.entry else None
         if limit is not None:
             tokens = min(tokens, limit)

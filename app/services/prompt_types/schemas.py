@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.db.models import PromptType
+from app.kit.fields import Name, StrictFloat, StrictInt, Text, distinct
 from app.providers.registry import MAX_FALLBACKS
 from app.services.prompt_types.template import parse_template
-from app.services.prompts.schemas import Name, StrictFloat, StrictInt, Text, distinct
 
 
 def _none_if_blank(value: str | None) -> str | None:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import PromptType
 from app.kit.errors import Conflict, InvalidInput, NotFound
-from app.providers.registry import ModelRouter
+from app.providers.registry import ModelResolver
 from app.services.prompt_types.schemas import PromptTypeDefinition
 from app.services.prompt_types.template import TemplateError, parse_template
 
@@ -86,7 +86,7 @@ async def list_versions(session: AsyncSession, *, name: str) -> list[PromptType]
     return rows
 
 
-def check_definition(definition: PromptTypeDefinition, router: ModelRouter) -> None:
+def check_definition(definition: PromptTypeDefinition, router: ModelResolver) -> None:
     """Refuse a policy that could not be applied: a template that does not parse, or models
     that do not resolve here (the same 422 `unknown_model` a prompt would get)."""
     if definition.template is not None:
@@ -104,7 +104,7 @@ async def define_prompt_type(
     *,
     name: str,
     definition: PromptTypeDefinition,
-    router: ModelRouter,
+    router: ModelResolver,
     user_id: uuid.UUID,
     on_commit: Callable[[], None],
 ) -> Defined:

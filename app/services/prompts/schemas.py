@@ -7,54 +7,22 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.db.models import PromptRequest, PromptStatus
-from app.kit.text import Name, Text, TypeName, check_text
-
-__all__ = ["Name", "Text"]  # (the request schemas of /v1 and /ai/prompt-types use them too)
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain some non-whitespace text")
-    return value
-
-
-MetadataKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=64), AfterValidator(check_text)
-]
-MetadataValue = Annotated[str, StringConstraints(max_length=512), AfterValidator(check_text)]
-
-
-def _not_prompt_text(value: str) -> str:
-    if value == "prompt_text":
-        raise ValueError("prompt_text is the request's own text, not a variable")
-    return value
-
-
-VariableName = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
-    AfterValidator(_not_prompt_text),
-]
-VariableValue = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(check_text)]
-
-# Numbers and flags in a body are JSON numbers and booleans, not `"5"` or `true` for 1: a
-# client that sends a string there has a bug, and a gateway that guesses hides it.
-StrictInt = Annotated[int, Strict()]
-StrictFloat = Annotated[float, Strict()]  # (an integer is still a number: 1 is 1.0)
-StrictBool = Annotated[bool, Strict()]
-
-
-def distinct(models: list[str]) -> list[str]:
-    """Fallbacks name each model once: a repeat would only retry the same failure."""
-    seen: set[str] = set()
-    for model in models:
-        if model in seen:
-            raise ValueError(f"'{model}' is listed twice; name each model once")
-        seen.add(model)
-    return models
+from app.kit.fields import (
+    MetadataKey,
+    MetadataValue,
+    Name,
+    StrictFloat,
+    StrictInt,
+    Text,
+    TypeName,
+    VariableName,
+    VariableValue,
+    distinct,
+    not_blank,
+)
 
 
 class PromptCreate(BaseModel):
@@ -90,7 +58,7 @@ class PromptCreate(BaseModel):
         "label.",
         examples=["text"],
     )
-    prompt_text: Annotated[Text, AfterValidator(_not_blank)] = Field(
+    prompt_text: Annotated[Text, AfterValidator(not_blank)] = Field(
         min_length=1,
         description="The prompt. At most MAX_PROMPT_CHARS characters (100,000 by default), "
         "or the prompt type's `max_prompt_chars` if lower. With a type's template, it fills "

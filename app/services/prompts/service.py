@@ -1,4 +1,4 @@
-"""The /ai/prompts domain: submit, list, read and cancel prompts. Plain async functions."""
+"""The /ai/prompts domain: submit and cancel prompts (`PromptService`), list and read them."""
 
 from __future__ import annotations
 
@@ -12,16 +12,12 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
-from app.db.base import utcnow
 from app.db.models import NewPrompt, PromptRequest, PromptStatus
 from app.engine.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
 from app.engine.recorder import Recorder
 from app.engine.runners import Dispatcher
 from app.kit.errors import Conflict, InvalidInput, NotFound
-from app.providers.registry import ModelRouter, Route
-from app.services.prompt_types.cache import PromptTypeCache
-from app.services.prompt_types.policy import apply_prompt_type
-from app.services.prompts.pending import PendingGauge
+from app.services.intake import Ask, Intake
 from app.services.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
 
@@ -43,160 +39,98 @@ class Submission:
 SUBMIT_ENDPOINT = "POST /ai/prompts/"
 
 
-async def submit_prompt(
-    recorder: Recorder,
-    *,
-    user_id: uuid.UUID,
-    data: PromptCreate,
-    router: ModelRouter,
-    dispatcher: Dispatcher,
-    max_prompt_chars: int,
-    idempotency_key: str | None = None,
-    keys: IdempotencyKeys | None = None,
-    prompt_types: PromptTypeCache,
-    pending: PendingGauge,
-) -> Submission:
-    """Store the prompt as `pending`, commit, then dispatch it (never before the commit).
-
-    With an `idempotency_key` (kept in `keys`), the user's same key with the same body
-    replays the prompt it first created, as it stands now: nothing is stored or dispatched
-    again (see idempotency.py).
-
-    A defined `prompt_type` applies its current policy (app/services/prompt_types/policy.py) and the
-    prompt records its version (`prompt_types` is the process's cache of the definitions).
-
-    A user with MAX_PENDING_PER_USER prompts waiting already is refused (`pending`)."""
-
-    async def create(idempotency: IdempotencyRecord | None) -> NewPrompt | PromptRequest:
-        prompt = await prepare_prompt(
-            user_id=user_id,
-            data=data,
-            router=router,
-            max_prompt_chars=max_prompt_chars,
-            prompt_types=prompt_types,
-            pending=pending,
-        )
-        await recorder.create_prompt(prompt, idempotency=idempotency)
-        return prompt
-
-    async def replay(session: AsyncSession, prompt_id: uuid.UUID) -> PromptRequest | None:
-        prompt: PromptRequest | None = await session.scalar(
-            select(PromptRequest).where(
-                PromptRequest.id == prompt_id, PromptRequest.user_id == user_id
-            )
-        )
-        return prompt
-
-    if idempotency_key is None:
-        prompt = await create(None)
-    else:
-        if keys is None:
-            raise ValueError("an idempotency_key needs the keys store")
-        body = data.model_dump(mode="json", exclude_none=True)
-        prompt, replayed = await keys.run_once(
-            user_id=user_id,
-            key=idempotency_key,
-            fingerprint=request_fingerprint(SUBMIT_ENDPOINT, body),
-            create=create,
-            replay=replay,
-        )
-        if replayed:
-            return Submission(prompt, replayed=True)
-    await dispatcher.dispatch(prompt.id, user_id)
-    return Submission(prompt)
-
-
-async def prepare_prompt(
-    *,
-    user_id: uuid.UUID,
-    data: PromptCreate,
-    router: ModelRouter,
-    max_prompt_chars: int,
-    prompt_types: PromptTypeCache,
-    pending: PendingGauge,
-) -> NewPrompt:
-    """The checked `pending` prompt that a submission stores, its prompt type's policy
-    applied. Whatever is wrong with the request is raised here, before anything is written;
-    last, the user's pending prompts are counted against their cap (`TooManyPending`)."""
-    applied = apply_prompt_type(
-        data,
-        await prompt_types.get(data.prompt_type),
-        router=router,
-        max_prompt_chars=max_prompt_chars,
-    )
-    prompt = _new_prompt(
-        user_id=user_id, data=applied.data, router=router, max_prompt_chars=max_prompt_chars
-    )
-    prompt.prompt_type_version = applied.version
-    if applied.template_input is not None:
-        prompt.parameters["template_input"] = applied.template_input
-    await pending.admit(user_id)
-    return prompt
-
-
-def _new_prompt(
-    *, user_id: uuid.UUID, data: PromptCreate, router: ModelRouter, max_prompt_chars: int
-) -> NewPrompt:
-    """A validated `pending` prompt, not yet stored."""
-    if len(data.prompt_text) > max_prompt_chars:
-        raise InvalidInput(
-            f"prompt_text has {len(data.prompt_text):,} characters; the limit here is "
-            f"{max_prompt_chars:,} (MAX_PROMPT_CHARS).",
-            code="prompt_too_large",
-            extra={"limit": max_prompt_chars},
-        )
-    if data.model is None:
-        raise InvalidInput(
-            f"model is required: prompt type '{data.prompt_type}' is not defined here, so it "
-            "has no default model.",
-            code="model_required",
-        )
-    route = router.resolve(data.model)
-    fallbacks = router.fallbacks(route, data.fallbacks)
-    for candidate in (route, *fallbacks):
-        check_parameters(
-            candidate, router, temperature=data.temperature, max_tokens=data.max_tokens
-        )
-    parameters = data.model_dump(
-        include={"system_prompt", "temperature", "max_tokens", "timeout_seconds"},
-        exclude_none=True,
-    )
-    if fallbacks:
-        parameters["fallbacks"] = [f.model for f in fallbacks]
-    return NewPrompt(
-        id=uuid.uuid4(),
+def ask_for(user_id: uuid.UUID, data: PromptCreate) -> Ask:
+    """What a `POST /ai/prompts/` body asks for, for the intake."""
+    return Ask(
         user_id=user_id,
         model=data.model,
         prompt_type=data.prompt_type,
-        prompt_text=data.prompt_text,
-        created_at=utcnow(),
-        provider=route.provider,
-        upstream_model=route.upstream_model,
-        parameters=parameters,
-        meta=data.metadata,
+        text=data.prompt_text,
+        variables=data.variables,
+        system_prompt=data.system_prompt,
+        temperature=data.temperature,
+        max_tokens=data.max_tokens,
+        timeout_seconds=data.timeout_seconds,
+        fallbacks=data.fallbacks,
+        metadata=data.metadata,
     )
 
 
-def check_parameters(
-    route: Route, router: ModelRouter, *, temperature: float | None, max_tokens: int | None
-) -> None:
-    """Refuse what a provider cannot honour, rather than dropping it silently."""
-    highest = router.providers[route.provider].max_temperature
-    if temperature is not None and (highest is None or temperature > highest):
-        accepted = "no temperature" if highest is None else f"at most {highest:g}"
-        raise InvalidInput(
-            f"temperature {temperature} cannot be honoured by {route.provider} "
-            f"({accepted}) for model {route.model}.",
-            code="unsupported_parameter",
-            extra={"parameter": "temperature", "model": route.model},
-        )
-    limit = route.entry.max_output_tokens if route.entry else None
-    if max_tokens is not None and limit is not None and max_tokens > limit:
-        raise InvalidInput(
-            f"max_tokens {max_tokens} is above the {limit} that model {route.model} can produce.",
-            code="unsupported_parameter",
-            extra={"parameter": "max_tokens", "model": route.model},
-        )
+class PromptService:
+    """Submitting and cancelling prompts: what `POST /ai/prompts/` (its route and its fast
+    path) and `POST /ai/prompts/{id}/cancel` do. One per process (`Services.prompts`)."""
+
+    def __init__(
+        self,
+        *,
+        intake: Intake,
+        recorder: Recorder,
+        dispatcher: Dispatcher,
+        keys: IdempotencyKeys,
+    ) -> None:
+        self.intake = intake
+        self.recorder = recorder
+        self.dispatcher = dispatcher
+        self.keys = keys
+
+    async def submit(
+        self, user_id: uuid.UUID, data: PromptCreate, *, idempotency_key: str | None = None
+    ) -> Submission:
+        """Store the prompt as `pending`, commit, then dispatch it (never before the commit).
+
+        Everything wrong with the request is raised by the intake (app/services/intake.py)
+        before anything is written. With an `idempotency_key`, the user's same key with the
+        same body replays the prompt it first created, as it stands now: nothing is stored
+        or dispatched again (see app/engine/idempotency.py)."""
+
+        async def create(idempotency: IdempotencyRecord | None) -> NewPrompt | PromptRequest:
+            prompt = await self.intake.admit(ask_for(user_id, data))
+            await self.recorder.create_prompt(prompt, idempotency=idempotency)
+            return prompt
+
+        async def replay(session: AsyncSession, prompt_id: uuid.UUID) -> PromptRequest | None:
+            prompt: PromptRequest | None = await session.scalar(
+                select(PromptRequest).where(
+                    PromptRequest.id == prompt_id, PromptRequest.user_id == user_id
+                )
+            )
+            return prompt
+
+        if idempotency_key is None:
+            prompt = await create(None)
+        else:
+            body = data.model_dump(mode="json", exclude_none=True)
+            prompt, replayed = await self.keys.run_once(
+                user_id=user_id,
+                key=idempotency_key,
+                fingerprint=request_fingerprint(SUBMIT_ENDPOINT, body),
+                create=create,
+                replay=replay,
+            )
+            if replayed:
+                return Submission(prompt, replayed=True)
+        await self.dispatcher.dispatch(prompt.id, user_id)  # (never raises: see Dispatcher)
+        return Submission(prompt)
+
+    async def cancel(
+        self, session: AsyncSession, *, user_id: uuid.UUID, prompt_id: uuid.UUID
+    ) -> PromptDetail:
+        """Cancel one of the user's prompts. A pending one is cancelled at once and never
+        runs; a running one is stopped by its runner (at once when it runs in this process,
+        within about a second elsewhere). Returns the prompt as it stands after that."""
+        status = await self.recorder.cancel(prompt_id, user_id=user_id)
+        if status is None:
+            raise NotFound("No prompt with this id.")
+        if status not in (PromptStatus.PENDING, PromptStatus.RUNNING):
+            raise Conflict(
+                f"This prompt is already {status}: only a pending or running prompt can be "
+                "cancelled.",
+                code="already_finished",
+                extra={"prompt_status": status},
+            )
+        if status == PromptStatus.RUNNING:
+            await self.dispatcher.cancel(prompt_id)
+        return await get_prompt(session, user_id=user_id, prompt_id=prompt_id)
 
 
 def encode_cursor(prompt: PromptRequest) -> str:
@@ -273,28 +207,3 @@ async def get_prompt(
     if prompt is None:
         raise NotFound("No prompt with this id.")
     return PromptDetail.from_prompt(prompt)
-
-
-async def cancel_prompt(
-    session: AsyncSession,
-    recorder: Recorder,
-    *,
-    user_id: uuid.UUID,
-    prompt_id: uuid.UUID,
-    dispatcher: Dispatcher,
-) -> PromptDetail:
-    """Cancel one of the user's prompts. A pending one is cancelled at once and never runs; a
-    running one is stopped by its runner (at once when it runs in this process, within about
-    a second elsewhere). Returns the prompt as it stands after that."""
-    status = await recorder.cancel(prompt_id, user_id=user_id)
-    if status is None:
-        raise NotFound("No prompt with this id.")
-    if status not in (PromptStatus.PENDING, PromptStatus.RUNNING):
-        raise Conflict(
-            f"This prompt is already {status}: only a pending or running prompt can be cancelled.",
-            code="already_finished",
-            extra={"prompt_status": status},
-        )
-    if status == PromptStatus.RUNNING:
-        await dispatcher.cancel(prompt_id)
-    return await get_prompt(session, user_id=user_id, prompt_id=prompt_id)

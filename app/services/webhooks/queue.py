@@ -131,7 +131,7 @@ def _insert_new(session: AsyncSession) -> Any:
 async def enqueue_finished(sessions: SessionFactory, *, now: datetime) -> bool:
     """Create the missing deliveries of prompts that finished since each endpoint's watermark,
     then move the watermarks on. True when the batch was full: call again."""
-    async with sessions() as session, session.begin():
+    async with sessions.begin() as session:
         found = (
             await session.execute(
                 select(_E.id, _P.id, _P.status, _P.finished_at)
@@ -281,7 +281,7 @@ async def claim_due(
     `n` (every due delivery, so WEBHOOK_CONCURRENCY was not kept). The UPDATE checks again
     that each row is due, so two pumps that pick the same rows still never claim one twice:
     the second finds it `sending` and skips it."""
-    async with sessions() as session, session.begin():
+    async with sessions.begin() as session:
         await _abandon_expired(session, max_attempts=max_attempts, now=now)
         chosen = list(
             await session.scalars(
@@ -376,7 +376,7 @@ async def record_outcome(
     else:
         retry_at = ended + backoff(attempt, base_seconds=retry_base_seconds)
         values |= {"status": DeliveryStatus.PENDING, "next_attempt_at": retry_at}
-    async with sessions() as session, session.begin():
+    async with sessions.begin() as session:
         result = await session.execute(
             update(_D)
             .where(*_held(claim))
@@ -402,7 +402,7 @@ async def release(sessions: SessionFactory, claims: list[DeliveryClaim], *, now:
     """Hand claims back (the process is stopping), due at once for another process."""
     if not claims:
         return
-    async with sessions() as session, session.begin():
+    async with sessions.begin() as session:
         for claim in claims:
             await session.execute(
                 update(_D)

@@ -1,0 +1,198 @@
+"""The intake: the one place where a request for work becomes a `NewPrompt`.
+
+`POST /ai/prompts/` and `POST /v1/chat/completions` (their routes and their fast paths alike)
+each turn their body into an `Ask`, and `Intake.admit` does the rest, in this order:
+the prompt type's current policy (app/services/prompt_types/policy.py), the size limit,
+routing and fallbacks (the catalogue), the parameter checks every candidate provider must
+honour, then the per-request policies of the user (today MAX_PENDING_PER_USER). Whatever is
+wrong with a request is raised here as an `AppError`, before anything is written: the fast
+paths rely on that to hand a refused request to its route, which then answers it.
+
+A policy that every request creating work must pass (rate limits, budgets, ...) belongs in
+`admit`: it is the one call both endpoints, routed or fast-pathed, go through.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.db.base import utcnow
+from app.db.models import NewPrompt
+from app.kit.errors import InvalidInput
+from app.providers.base import Message
+from app.providers.registry import ModelResolver, Route
+from app.services.caps import PendingGauge
+from app.services.prompt_types.cache import PromptTypeCache
+from app.services.prompt_types.policy import Applied, apply_policy
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What a client asks for, whichever endpoint it used, before any policy.
+
+    A conversation (/v1) gives its `messages`, and `text` is the last user message (at index
+    `last`), which a prompt type's template wraps; a prompt (/ai/prompts/) gives only `text`.
+    """
+
+    user_id: uuid.UUID
+    model: str | None
+    prompt_type: str
+    text: str
+    variables: dict[str, str] | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout_seconds: float | None = None
+    fallbacks: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    messages: list[Message] | None = None
+    last: int = -1
+    # Stored with the parameters as they are (a chat's `user` and `stream`).
+    passthrough: dict[str, Any] = field(default_factory=dict)
+    # Whether the prompt waits in the queue (counted against MAX_PENDING_PER_USER); a chat
+    # is run at once by the process that received it.
+    queued: bool = True
+
+
+class Intake:
+    """Turns an `Ask` into the checked `NewPrompt` to record; one per process (`Services`)."""
+
+    def __init__(
+        self,
+        *,
+        models: ModelResolver,
+        prompt_types: PromptTypeCache,
+        pending: PendingGauge,
+        max_prompt_chars: int,
+    ) -> None:
+        self.models = models
+        self.prompt_types = prompt_types
+        self.pending = pending
+        self.max_prompt_chars = max_prompt_chars
+
+    async def admit(self, ask: Ask) -> NewPrompt:
+        """The prompt to record for `ask`, or the `AppError` that refuses it. Nothing is
+        written; last, a queued prompt is counted against its owner's cap."""
+        models, max_chars = self.models, self.max_prompt_chars
+        applied = apply_policy(
+            await self.prompt_types.get(ask.prompt_type),
+            prompt_type=ask.prompt_type,
+            model=ask.model,
+            text=ask.text,
+            variables=ask.variables,
+            fallbacks=ask.fallbacks,
+            system_prompt=ask.system_prompt,
+            max_tokens=ask.max_tokens,
+            timeout_seconds=ask.timeout_seconds,
+            models=models,
+            max_prompt_chars=max_chars,
+        )
+        messages = None
+        if ask.messages is not None:
+            messages = list(ask.messages)
+            messages[ask.last] = {"role": "user", "content": applied.text}
+        self._check_size(ask, applied, messages)
+        if applied.model is None:
+            raise InvalidInput(
+                f"model is required: prompt type '{ask.prompt_type}' is not defined here, so "
+                "it has no default model.",
+                code="model_required",
+            )
+        route = models.resolve(applied.model)
+        fallbacks = models.fallbacks(route, applied.fallbacks)
+        for candidate in (route, *fallbacks):
+            check_parameters(
+                candidate, models, temperature=ask.temperature, max_tokens=applied.max_tokens
+            )
+        parameters: dict[str, Any] = {}
+        if messages is not None:
+            parameters["messages"] = messages
+        # (a chat's instruction is sent before its conversation: executor.build_messages)
+        optional = {
+            "system_prompt": applied.system_instruction,
+            "temperature": ask.temperature,
+            "max_tokens": applied.max_tokens,
+            "timeout_seconds": applied.timeout_seconds,
+        }
+        parameters.update((k, v) for k, v in optional.items() if v is not None)
+        if fallbacks:
+            parameters["fallbacks"] = [f.model for f in fallbacks]
+        parameters.update(ask.passthrough)
+        if applied.template_input is not None:
+            parameters["template_input"] = applied.template_input
+        prompt = NewPrompt(
+            id=uuid.uuid4(),
+            user_id=ask.user_id,
+            model=applied.model,
+            prompt_type=ask.prompt_type,
+            prompt_type_version=applied.version,
+            prompt_text=applied.text,
+            created_at=utcnow(),
+            provider=route.provider,
+            upstream_model=route.upstream_model,
+            parameters=parameters,
+            meta=ask.metadata,
+        )
+        if ask.queued:
+            await self.pending.admit(ask.user_id)
+        return prompt
+
+    def _check_size(self, ask: Ask, applied: Applied, messages: list[Message] | None) -> None:
+        """The prompt's characters (a chat's: all its messages') within the limit, that of
+        its prompt type when it sets a lower one than MAX_PROMPT_CHARS."""
+        text, limit, version = applied.text, applied.max_prompt_chars, applied.version
+        by_type = limit < self.max_prompt_chars
+        whose = f"prompt type '{ask.prompt_type}'" if by_type else "MAX_PROMPT_CHARS"
+        if messages is not None:
+            total = sum(len(m["content"]) for m in messages)
+            if total > limit:
+                raise InvalidInput(
+                    f"The messages have {total:,} characters; the limit here is {limit:,} "
+                    f"({whose}).",
+                    code="prompt_too_large",
+                    extra={"limit": limit, "parameter": "messages"},
+                )
+        elif len(text) > limit:
+            if version is None:
+                raise InvalidInput(
+                    f"prompt_text has {len(text):,} characters; the limit here is {limit:,} "
+                    "(MAX_PROMPT_CHARS).",
+                    code="prompt_too_large",
+                    extra={"limit": limit},
+                )
+            templated = applied.template_input is not None
+            rendered = " as rendered by its template" if templated else ""
+            raise InvalidInput(
+                f"The prompt{rendered} has {len(text):,} characters; prompt type "
+                f"'{ask.prompt_type}' allows at most {limit:,}.",
+                code="prompt_too_large",
+                extra={
+                    "limit": limit,
+                    "prompt_type": ask.prompt_type,
+                    "prompt_type_version": version,
+                },
+            )
+
+
+def check_parameters(
+    route: Route, models: ModelResolver, *, temperature: float | None, max_tokens: int | None
+) -> None:
+    """Refuse what a provider cannot honour, rather than dropping it silently."""
+    highest = models.providers[route.provider].max_temperature
+    if temperature is not None and (highest is None or temperature > highest):
+        accepted = "no temperature" if highest is None else f"at most {highest:g}"
+        raise InvalidInput(
+            f"temperature {temperature} cannot be honoured by {route.provider} "
+            f"({accepted}) for model {route.model}.",
+            code="unsupported_parameter",
+            extra={"parameter": "temperature", "model": route.model},
+        )
+    limit = route.entry.max_output_tokens if route.entry else None
+    if max_tokens is not None and limit is not None and max_tokens > limit:
+        raise InvalidInput(
+            f"max_tokens {max_tokens} is above the {limit} that model {route.model} can produce.",
+            code="unsupported_parameter",
+            extra={"parameter": "max_tokens", "model": route.model},
+        )
