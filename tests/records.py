@@ -10,7 +10,7 @@ from typing import Any
 from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.db.models import NewPrompt, PromptRequest, PromptStatus
-from app.engine.batch_writes import AttemptRecord, ResponseRecord
+from app.engine.records import AttemptRecord, ResponseRecord
 from app.services.auth import service as auth_service
 
 
@@ -38,7 +38,7 @@ def _values(upstream: str, fields: dict[str, Any]) -> dict[str, Any]:
         "upstream_model": upstream,
         "parameters": {},
         "meta": {},
-        "attempts": 0,
+        "executions": 0,
     }
     values.update(fields)
     return values

@@ -1,7 +1,7 @@
 """The API key of a request, from its `Authorization: Bearer <key>` header.
 
 One parser for every way a request reaches the app: the routes' dependency
-(`dependencies.current_user`) and the fast paths (`app/api/fast_paths.py`) both call
+(`app/api/auth.py` `current_user`) and the fast paths (`app/api/fast_paths.py`) both call
 `bearer_key` on the request's `Authorization` headers, so a request means the same key to
 both. They used to read it two ways (the routes the first header, the fast path the last), so
 a request with two could be refused by one and accepted by the other. Two or more are now a

@@ -87,7 +87,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # FastAPI re-raises HTTPException from body parsing; the handler in
-                    # app.kit.errors turns it into the same 413 problem.
+                    # app/api/problems.py turns it into the same 413 problem.
                     raise HTTPException(413, TOO_LARGE)
             return message
 

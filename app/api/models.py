@@ -27,7 +27,7 @@ class ModelOut(BaseModel):
     fallbacks: list[str] = Field(description="Tried in order when this model keeps failing.")
 
 
-class ModelList(BaseModel):
+class ModelCatalogue(BaseModel):
     catalogue_version: str = Field(examples=["2026-11-25"])
     models: list[ModelOut]
     providers: list[str] = Field(
@@ -36,9 +36,9 @@ class ModelList(BaseModel):
 
 
 @router.get("/", summary="List the models you can call", responses=problem_responses(401))
-async def list_models(_: CurrentUser, services: ServicesDep) -> ModelList:
+async def list_models(_: CurrentUser, services: ServicesDep) -> ModelCatalogue:
     """Catalogue models whose provider is configured on this server, with prices."""
-    return ModelList(
+    return ModelCatalogue(
         catalogue_version=services.models.catalogue.version,
         models=[
             ModelOut(

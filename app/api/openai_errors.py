@@ -1,7 +1,7 @@
 """Errors under /v1 in OpenAI's shape, so the official SDKs raise their usual exceptions.
 
 Everything raised while serving a /v1 route (authentication, validation, our `AppError`s,
-database and unexpected errors) first goes through the app's own handlers (app.kit.errors), so
+database and unexpected errors) first goes through the app's own handlers (app/api/problems.py), so
 logging, codes, headers and messages stay exactly those of /ai; `OpenAIRoute` then re-renders
 the problem as `{"error": {"message", "type", "param", "code"}}` with OpenAI's status
 conventions: invalid input is a 400 (not our 422), and an unknown model a 404

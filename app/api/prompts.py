@@ -1,10 +1,14 @@
+"""/ai/prompts: submit, list, read, cancel and follow prompts (app/services/prompts)."""
+
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.api.auth import CurrentUser
 from app.api.deps import Filters, IdempotencyKeyHeader, ServicesDep, Session
@@ -14,6 +18,21 @@ from app.services.prompts import live, service
 from app.services.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
 router = APIRouter(prefix="/ai/prompts", tags=["prompts"])
+
+
+class HeldStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (finished, client
+    gone, server stopping)."""
+
+    def __init__(self, content: Any, *, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def location(prompt_id: uuid.UUID) -> str:
@@ -216,7 +235,7 @@ async def prompt_events(
     await live.read(sessions, user.id, prompt_id)  # a missing prompt is a 404, not a stream
     if not streams.take(user.id):
         raise streams.refuse()
-    return live.HeldStream(
+    return HeldStream(
         live.event_stream(bus, sessions, user_id=user.id, prompt_id=prompt_id),
         release=lambda: streams.give_back(user.id),
         media_type="text/event-stream",

@@ -1,13 +1,10 @@
 """One asyncpg connection of its own for a writer that runs one statement at a time.
 
-On PostgreSQL each group-commit batch is a single statement (`prompts/pg_batches.py`).
+On PostgreSQL each group-commit batch is a single statement (`app/engine/pg_batches.py`).
 Through SQLAlchemy, the pool checkout, the greenlet hop, and the cursor and result wrappers
-around it cost more than the statement: 0.51 ms of CPU and 0.84 ms of wall time per
-statement here, against 0.11 and 0.43 ms for asyncpg alone (an INSERT over an array,
-autocommit, one after the other). A writer whose batches go one after the other needs none of
-it, so it keeps one connection, opened with the engine's own connection arguments
-(`DATABASE_URL`). /v1 with one API worker at 16 clients went from 1.43 to 1.11 ms of CPU per
-request with this.
+around it cost several times what the statement does (bench/results/design.md). A writer
+whose batches go one after the other needs none of it, so it keeps one connection, opened
+with the engine's own connection arguments (`DATABASE_URL`).
 
 Errors leave in SQLAlchemy's types, so the rest of the app handles them as it always has: a
 lost connection is an `OperationalError` (answered 503 `database_unavailable`; the next

@@ -1,13 +1,14 @@
 """How the recorder's batches are written: the rows, the statements, and the transaction.
 
 `Recorder` queues its hottest writes (new prompts, claims, outcomes) on group commit
-(`group_commit.py`), which hands a batch at a time to `BatchWrites`. Every database gets the
-Core statements below (no ORM unit of work: ARCHITECTURE §5); on PostgreSQL, a batch of new
-prompts and a batch of outcomes are each one statement over arrays (`pg_batches.py`), run
-without BEGIN and COMMIT since a single statement is atomic and durable on its own, straight
-on asyncpg (`db/dedicated.py`).
+(`app/kit/group_commit.py`), which hands a batch at a time to `BatchWrites`. Every database
+gets the Core statements below (no ORM unit of work: docs/architecture.md, "The hot path");
+on PostgreSQL, a batch of new prompts and a batch of outcomes are each one statement over
+arrays (`pg_batches.py`), run without BEGIN and COMMIT since a single statement is atomic
+and durable on its own, straight on asyncpg (`db/dedicated.py`).
 
-The records a runner hands over (`Claim`, `AttemptRecord`, `ResponseRecord`) are defined here too.
+The records a runner hands over (`Claim`, `AttemptRecord`, `ResponseRecord`) are defined in
+`records.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, update
@@ -27,58 +27,11 @@ from app.db.base import utcnow
 from app.db.dedicated import DedicatedConnection
 from app.db.models import NewPrompt, PromptAttempt, PromptRequest, PromptResponse, PromptStatus
 from app.engine.pg_batches import PromptBatches
+from app.engine.records import AttemptRecord, Claim, ResponseRecord
 
 _REQUESTS: Table = PromptRequest.__table__  # type: ignore[assignment]
 _ATTEMPTS: Table = PromptAttempt.__table__  # type: ignore[assignment]
 _RESPONSES: Table = PromptResponse.__table__  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """What a runner needs to execute a prompt it has claimed. `fence` is the execution
-    number: only the holder of the current one may finish the prompt."""
-
-    prompt_id: uuid.UUID
-    fence: int
-    model: str
-    provider: str
-    upstream_model: str
-    prompt_text: str
-    parameters: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    provider: str
-    model: str
-    started_at: datetime
-    ended_at: datetime
-    outcome: str
-    http_status: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cached_input_tokens: int | None = None
-    usage_estimated: bool = False
-    cost_usd: Decimal | None = None
-    catalogue_version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseRecord:
-    response_text: str
-    duration_ms: int
-    provider: str
-    upstream_model: str
-    input_tokens: int
-    output_tokens: int
-    usage_estimated: bool
-    cost_usd: Decimal
-    finish_reason: str | None
-    catalogue_version: str | None
-    # Streamed answers only: from the start of the call that answered to its first text.
-    time_to_first_token_ms: int | None = None
 
 
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (AttemptRecord, ResponseRecord)}
@@ -129,13 +82,13 @@ _CLAIM_MANY = (
     )
     .values(
         status=PromptStatus.RUNNING,
-        attempts=_REQUESTS.c.attempts + 1,
+        executions=_REQUESTS.c.executions + 1,
         started_at=bindparam("b_now"),
         lease_expires_at=bindparam("b_lease"),
     )
     .returning(
         _REQUESTS.c.id,
-        _REQUESTS.c.attempts,
+        _REQUESTS.c.executions,
         _REQUESTS.c.model,
         _REQUESTS.c.provider,
         _REQUESTS.c.upstream_model,
@@ -148,7 +101,7 @@ _FINISH_HELD = (
     .where(
         _REQUESTS.c.id == bindparam("b_id"),
         _REQUESTS.c.status == PromptStatus.RUNNING,
-        _REQUESTS.c.attempts == bindparam("b_fence"),
+        _REQUESTS.c.executions == bindparam("b_fence"),
     )
     .values(
         status=bindparam("b_status"),

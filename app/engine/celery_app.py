@@ -101,7 +101,7 @@ class CeleryDispatcher:
     committed while a message is being published go out together in the next one (up to
     MAX_PROMPTS_PER_MESSAGE), the way group commit batches writes. A lone request still gets a
     message of its own at once; under load, each message costs the API and the worker's Celery
-    consumer (about 1.4 ms of its CPU per message, measured) once for many prompts.
+    consumer (bench/results/design.md) once for many prompts.
     """
 
     def __init__(self, celery: Celery, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -153,7 +153,7 @@ class CeleryDispatcher:
         await self._broker_check()
 
     def _publish(self, prompts: Sequence[tuple[uuid.UUID, uuid.UUID | None]]) -> None:
-        """One task, its arguments `[prompt id, owner]` pairs (see `execute` in worker.py: the
-        owner lets a worker share its capacity fairly between users)."""
+        """One task, its arguments `[prompt id, owner]` pairs (see `execute` in
+        app/worker/main.py: the owner lets a worker share its capacity fairly between users)."""
         args = [[str(i), str(owner) if owner else None] for i, owner in prompts]
         self._celery.send_task(EXECUTE_TASK, args=args, retry=False)

@@ -180,15 +180,15 @@ class RedisBus:
 
     async def _send(self) -> None:
         """PUBLISH on a connection of its own on which Redis sends no replies (CLIENT REPLY
-        OFF): nothing to wait for or read back. Against a redis-py pipeline and its replies,
-        /v1 with one API worker at 16 clients went from 0.94-1.04 to 0.79-0.89 ms of CPU per
-        request (alternating runs). What cannot be sent (Redis down) is dropped with a
-        warning, and the next batch reconnects: events are a fast path.
+        OFF): nothing to wait for or read back, which costs less CPU per request than a
+        redis-py pipeline and its replies (bench/results/design.md). What cannot be sent
+        (Redis down) is dropped with a warning, and the next batch reconnects: events are a
+        fast path.
 
         It starts PUBLISH_DELAY_SECONDS after the first event: the commit that produced it has
-        just woken its waiters, and their answers go out first (with one client, publishing
-        straight away was about 6 % of each request's CPU, all of it spent before the answer:
-        py-spy, `bench/gateways.py`); what is published meanwhile joins the same write."""
+        just woken its waiters, and their answers go out first (publishing straight away was
+        spent before the answer: bench/results/design.md); what is published meanwhile joins
+        the same write."""
         try:
             await asyncio.sleep(PUBLISH_DELAY_SECONDS)
             while self._outbox:

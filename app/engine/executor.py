@@ -34,9 +34,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from app.db.base import utcnow
-from app.engine.batch_writes import AttemptRecord, Claim, ResponseRecord
 from app.engine.events import EventBus, PromptEvent
 from app.engine.recorder import Recorder
+from app.engine.records import AttemptRecord, Claim, ResponseRecord
 from app.kit.errors import InvalidInput
 from app.kit.text import scrub
 from app.providers.base import (

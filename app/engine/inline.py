@@ -19,8 +19,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from app.engine.batch_writes import Claim
 from app.engine.executor import DeltaSink, Execution, Outcome, carried_through, run_prompt
+from app.engine.records import Claim
 from app.engine.runners import CANCEL_POLL_SECONDS, keep_leases, watch_cancellations
 from app.engine.runtime import Runtime
 from app.kit.dbapi import lost_connection

@@ -35,8 +35,8 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 def _rows(columns: Sequence[tuple[str, str]], numbers: Iterator[int], *, one: bool) -> str:
     """The rows to write, one parameter per column (name, PostgreSQL type): `unnest($n::type[],
     …)` over arrays, or for a single row `(VALUES ($n::type, …))`, which PostgreSQL plans and
-    the driver encodes faster (0.52 against 0.69 ms per one-row insert here, 0.13 against
-    0.20 ms of CPU; most batches hold one row below a few hundred requests per second)."""
+    the driver encodes faster (bench/results/design.md; most batches hold one row below a few
+    hundred requests per second)."""
     if one:
         return "(VALUES (" + ", ".join(f"${next(numbers)}::{t}" for _, t in columns) + "))"
     return "unnest(" + ", ".join(f"${next(numbers)}::{t}[]" for _, t in columns) + ")"
@@ -143,7 +143,7 @@ class PromptBatches:
                 SET status = v.status, finished_at = $1, lease_expires_at = NULL,
                     error_code = v.code, error_message = v.message
                 FROM {changes} AS v(id, fence, status, code, message)
-                WHERE p.id = v.id AND p.status = 'running' AND p.attempts = v.fence
+                WHERE p.id = v.id AND p.status = 'running' AND p.executions = v.fence
                 RETURNING p.id
             ),
             response_rows AS (

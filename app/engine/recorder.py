@@ -1,4 +1,4 @@
-"""Every write to the prompt records goes through here (ARCHITECTURE §5).
+"""Every write to the prompt records goes through here (docs/architecture.md, "The hot path").
 
 Each method is one short transaction that is committed before it returns, so a caller never
 acts (answers a client, dispatches, calls a provider) on something that is not yet durable.
@@ -15,7 +15,7 @@ The writes every request and every execution make (a new prompt, its claim, its 
 the attempt rows) go through group commit (`group_commit.py`): each caller still returns only
 once its rows are committed, but a busy process writes hundreds of them per transaction, in a
 few statements on the tables rather than through the ORM, one on PostgreSQL
-(`batch_writes.py`, ARCHITECTURE §5).
+(`batch_writes.py`).
 """
 
 from __future__ import annotations
@@ -34,16 +34,14 @@ from app.db.models import IS_PENDING, NewPrompt, PromptRequest, PromptStatus
 from app.engine.batch_writes import (
     INSERT_ATTEMPTS,
     INSERT_PROMPT,
-    AttemptRecord,
     BatchWrites,
-    Claim,
     ClaimRequest,
     OutcomeWrite,
-    ResponseRecord,
     prompt_row,
 )
 from app.engine.events import EventBus, LocalBus, PromptEvent
 from app.engine.idempotency import IdempotencyRecord, insert_key, purge_expired_keys
+from app.engine.records import AttemptRecord, Claim, ResponseRecord
 from app.kit.group_commit import GroupCommit
 
 _P = PromptRequest
@@ -70,7 +68,7 @@ def _held_by(claim: Claim) -> tuple[ColumnElement[bool], ...]:
     return (
         _P.id == claim.prompt_id,
         _P.status == PromptStatus.RUNNING,
-        _P.attempts == claim.fence,
+        _P.executions == claim.fence,
     )
 
 
@@ -122,7 +120,7 @@ class Recorder:
         server has only just made up (a follower reads the state once it has subscribed)."""
         now = utcnow()
         prompt.status = PromptStatus.RUNNING
-        prompt.attempts = 1
+        prompt.executions = 1
         prompt.started_at = now
         prompt.lease_expires_at = now + timedelta(seconds=lease_seconds)
         await self.create_prompt(prompt, idempotency=idempotency)
@@ -248,7 +246,7 @@ class Recorder:
                     .where(*_held_by(claim), _P.cancel_requested_at.is_(None))
                     .values(
                         status=PromptStatus.PENDING,
-                        attempts=claim.fence if counted else claim.fence - 1,
+                        executions=claim.fence if counted else claim.fence - 1,
                         lease_expires_at=None,
                     )
                 )
@@ -282,7 +280,7 @@ class Recorder:
             cancelled_rows = cancelled.all()
             failed = await session.execute(
                 update(_P)
-                .where(*expired, _P.attempts >= max_attempts)
+                .where(*expired, _P.executions >= max_attempts)
                 .values(
                     status=PromptStatus.FAILED,
                     finished_at=now,
@@ -360,7 +358,7 @@ class Recorder:
         self, owner: uuid.UUID, *, limit: int, lease_seconds: float
     ) -> list[Claim]:
         """Claim up to `limit` of the owner's pending prompts, oldest first: what a full runner
-        left in the database (dispatcher.py). Rows another runner is claiming are skipped,
+        left in the database (runners.py). Rows another runner is claiming are skipped,
         not waited for.
 
         Two statements, not `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`:
@@ -383,13 +381,13 @@ class Recorder:
                 .where(_P.id.in_(ids), IS_PENDING)
                 .values(
                     status=PromptStatus.RUNNING,
-                    attempts=_P.attempts + 1,
+                    executions=_P.executions + 1,
                     started_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
                 )
                 .returning(
                     _P.id,
-                    _P.attempts,
+                    _P.executions,
                     _P.model,
                     _P.provider,
                     _P.upstream_model,

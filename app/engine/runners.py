@@ -32,8 +32,8 @@ from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from app.engine.batch_writes import Claim
 from app.engine.recorder import Recorder
+from app.engine.records import Claim
 from app.kit.dbapi import lost_connection
 
 logger = logging.getLogger(__name__)

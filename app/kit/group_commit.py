@@ -1,14 +1,14 @@
 """Group commit: many callers' writes in one transaction, each caller woken once it is durable.
 
 A process executing hundreds of prompts at once would otherwise spend most of its CPU and its
-database's on per-prompt transactions (measured: the ORM claim and finish took about 60 % of a
-worker's CPU, `bench/celery_load.py`). Here a caller queues its item and waits; one flusher
+database's on per-prompt transactions (the ORM claim and finish took most of a worker's CPU:
+bench/results/design.md). Here a caller queues its item and waits; one flusher
 writes everything queued in one transaction and resolves every waiter from its result.
 
 The flusher starts as soon as the first item arrives and runs again at once if more came in
 while it was writing: a lone caller pays one transaction and no timer, and under load the
-batches grow by themselves (ARCHITECTURE §5). Durability is unchanged: a waiter is woken only
-after the commit.
+batches grow by themselves (docs/architecture.md, "The hot path"). Durability is unchanged:
+a waiter is woken only after the commit.
 
 The same shape serves the broker (`CeleryDispatcher` publishes the prompts committed during
 one publish together, in the next message) and Redis (`RedisBus.watched` asks about all the

@@ -1,10 +1,11 @@
 """A small HTTP/1.1 client for one upstream URL: POST a body, read the whole answer.
 
 Why: for each call, aiohttp's request machinery (URL and header handling, its payload
-registry, tracing hooks, the cookie jar) cost about 0.2 ms of CPU, measured alone against
-`bench.mock_upstream` with 32 calls in flight; this client, 23 µs. For a gateway whose own
-work on a /v1 call is around 1.5 ms, that was the largest single item of a py-spy profile
-(ARCHITECTURE §5: a direct HTTP path where measurement shows the library is the cost).
+registry, tracing hooks, the cookie jar) cost far more CPU than this client does, measured
+against `bench.mock_upstream` with many calls in flight; next to the gateway's own work on a
+/v1 call, that was the largest single item of a py-spy profile. bench/providers_overhead.py
+measures the direct path against raw aiohttp; figures in bench/results/. Why a direct HTTP
+path where measurement shows the library is the cost: docs/architecture.md, "The hot path".
 
 What it does, and no more: keep-alive connections (plain or TLS) to one host, reused last in,
 first out, and dropped once the server closes them or they sit idle for `IDLE_SECONDS`; the

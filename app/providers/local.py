@@ -10,9 +10,10 @@ so the server is started with our own (LOCAL_MODEL_* settings):
 
 - Its prompt cache keeps a copy of each finished prompt's KV state (about 20 KB a token here,
   so about 1 MB per short prompt) for reuse by a later prompt with the same start, up to
-  8 GiB by default. With distinct prompts it only grows: 1.4 MB a prompt, never released,
-  in `bench/local_memory.py`. `cache_ram_mib` bounds it (oldest entries go first); 0 turns
-  it off. The slots' own KV (the context) is allocated once at start and reused.
+  8 GiB by default. With distinct prompts it only grows, never released
+  (`bench/local_memory.py`, bench/results/local_memory*.md). `cache_ram_mib` bounds it
+  (oldest entries go first); 0 turns it off. The slots' own KV (the context) is allocated
+  once at start and reused.
 - Its sampling (temperature 0.8, no repetition penalty) sends SmolLM2-135M into a loop of
   repeated tokens on about one plain prompt in eight ("Say hello" answered with 256 tokens
   of the same emoji). The model card's example samples it at temperature 0.2; with that

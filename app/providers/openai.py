@@ -20,23 +20,15 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from app.providers.base import (
-    AuthenticationFailed,
-    BadRequest,
     Completion,
     CompletionRequest,
     ConnectionFailed,
-    ContentFiltered,
-    ContextLengthExceeded,
     MalformedResponse,
     ProviderError,
     ProviderTimeout,
-    RateLimited,
-    Unavailable,
-    estimate_prompt_tokens,
-    estimate_tokens,
-    retry_after_seconds,
 )
 from app.providers.openai_http import dropped
+from app.providers.openai_wire import build_completion, map_finish_reason, status_error
 from app.providers.transport import is_connection_failure
 
 DEFAULT_STREAM_SECONDS = 600.0  # the SDK's own default timeout, for a client built without one
@@ -47,7 +39,7 @@ def build_client(
 ) -> AsyncOpenAI:
     """One client per process. The SDK's own retries are off: the gateway owns that loop so
     that every upstream call is counted and billed once. The aiohttp transport holds up far
-    better than the default one under many concurrent calls (WIRE-FORMATS.md)."""
+    better than the default one under many concurrent calls (docs/wire-formats.md)."""
     return AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -79,9 +71,12 @@ class OpenAIProvider:
         if not reply.choices:
             raise MalformedResponse(f"{self.name} answered with no choices")
         choice = reply.choices[0]
-        finish_reason = _finish_reason(choice.finish_reason, provider=self.name)
+        finish_reason = map_finish_reason(choice.finish_reason, provider=self.name)
         text = choice.message.content or ""
-        return _result(request, text, finish_reason, reply.model, reply.usage)
+        usage = _usage_json(reply.usage)
+        return build_completion(
+            request, text, finish_reason, reply.model, usage, provider=self.name
+        )
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         deadline = asyncio.get_running_loop().time() + _seconds(request, self._client.timeout)
@@ -134,7 +129,7 @@ class _StreamedAnswer:
         if not chunk.choices:
             return None
         choice = chunk.choices[0]
-        finish = _finish_reason(choice.finish_reason, provider=self._provider)
+        finish = map_finish_reason(choice.finish_reason, provider=self._provider)
         self._finish_reason = finish or self._finish_reason
         text = choice.delta.content
         if text:
@@ -145,7 +140,10 @@ class _StreamedAnswer:
         if self._finish_reason is None:  # cut off, though the connection ended cleanly
             raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
         text = "".join(self._pieces)
-        return _result(request, text, self._finish_reason, self._model, self._usage)
+        usage = _usage_json(self._usage)
+        return build_completion(
+            request, text, self._finish_reason, self._model, usage, provider=self._provider
+        )
 
 
 @contextlib.contextmanager
@@ -165,39 +163,12 @@ def _sdk_errors(provider: str, *, reading: bool = False) -> Iterator[None]:
         raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
 
 
-def _finish_reason(finish_reason: str | None, *, provider: str) -> str | None:
-    if finish_reason == "content_filter":
-        raise ContentFiltered(f"{provider} withheld the answer under its content policy")
-    return finish_reason
-
-
-def _result(
-    request: CompletionRequest,
-    text: str,
-    finish_reason: str | None,
-    model: str,
-    usage: CompletionUsage | None,
-) -> Completion:
-    cached = 0
-    if usage is not None:
-        input_tokens = usage.prompt_tokens
-        output_tokens = usage.completion_tokens
-        details = usage.prompt_tokens_details
-        cached = (details.cached_tokens or 0) if details is not None else 0
-        reported = True
-    else:
-        input_tokens = estimate_prompt_tokens(request)
-        output_tokens = estimate_tokens(text)
-        reported = False
-    return Completion(
-        text=text,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        usage_reported=reported,
-        finish_reason=finish_reason,
-        upstream_model=model or request.model,
-        cached_input_tokens=cached,
-    )
+def _usage_json(usage: CompletionUsage | None) -> object:
+    """The SDK's usage model as the JSON object it was read from, for
+    `openai_wire.read_usage` (which reads it as the direct transport reads the bytes)."""
+    if isinstance(usage, CompletionUsage):
+        return usage.model_dump(warnings=False)
+    return usage  # None (no usage), or what the SDK let through unread
 
 
 _Number = TypeVar("_Number", int, float)
@@ -228,17 +199,10 @@ def _timeout(request: CompletionRequest) -> float | openai.NotGiven:
     return request.timeout if request.timeout is not None else openai.NOT_GIVEN
 
 
-def _vendor_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])[:500]
-    return f"HTTP {exc.status_code}"
-
-
 def map_openai_error(exc: openai.APIError, *, provider: str) -> ProviderError:
-    """Translate an SDK exception into our error tree. Messages never include the API key:
+    """Translate an SDK exception into our error tree: a status error as
+    `openai_wire.status_error` maps the same answer for the direct transport, from the status,
+    the body and the Retry-After header the SDK kept. Messages never include the API key:
     they come from the vendor's error body or are written here."""
     if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
         if is_connection_failure(exc):
@@ -248,24 +212,5 @@ def map_openai_error(exc: openai.APIError, *, provider: str) -> ProviderError:
         return ConnectionFailed(f"could not connect to {provider}")
     if not isinstance(exc, openai.APIStatusError):
         return MalformedResponse(f"{provider} sent a response that could not be read")
-    status = exc.status_code
-    message = f"{provider}: {_vendor_message(exc)}"
-    if status in (401, 403):
-        return AuthenticationFailed(
-            f"{provider} rejected the gateway's credentials ({_vendor_message(exc)})",
-            status=status,
-        )
-    retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
-    if status == 429:
-        return RateLimited(message, status=status, retry_after=retry_after)
-    if status >= 500:
-        return Unavailable(message, status=status, retry_after=retry_after)
-    code = ""
-    if isinstance(exc.body, dict):
-        inner = exc.body.get("error", exc.body)
-        code = str(inner.get("code") or "") if isinstance(inner, dict) else ""
-    if code == "context_length_exceeded":
-        return ContextLengthExceeded(message, status=status)
-    if code == "content_filter" or code == "content_policy_violation":
-        return ContentFiltered(message, status=status)
-    return BadRequest(message, status=status)
+    retry_after = exc.response.headers.get("retry-after")
+    return status_error(exc.status_code, exc.body, retry_after, provider=provider)

@@ -1,12 +1,13 @@
 """OpenAI's chat-completions API spoken directly over HTTP, without the `openai` SDK.
 
-Why: the SDK spends about 1 to 1.5 ms of CPU on every call (building an httpx2 request,
-bridging it to aiohttp, validating the reply into pydantic models), a large share of what a
-prompt may cost here (ARCHITECTURE.md §5). This adapter sends the same JSON body and reads the
-answer and the usage itself: about a fifth of the CPU over aiohttp
-(bench/results/providers_overhead.md), and a non-streamed call over `http1.HTTP1Client`
-saves about 0.2 ms more (aiohttp stays for streams, and for a URL reached through a proxy).
-This module is the transport; reading the JSON, the chunks and the errors is `openai_wire.py`.
+Why: the SDK spends much of its CPU on every call building an httpx2 request, bridging it to
+aiohttp and validating the reply into pydantic models, a large share of what a prompt may cost
+here (docs/architecture.md, "The hot path"). This adapter sends the same JSON body and reads
+the answer and the usage itself, for a fraction of the CPU, and a non-streamed call over
+`http1.HTTP1Client` saves more still (aiohttp stays for streams, and for a URL reached through
+a proxy): measured by bench/providers_overhead.py; figures in bench/results/.
+This module is the transport; reading the JSON, the chunks and the errors is `openai_wire.py`,
+whose mapping of errors, finish reasons and usage the SDK adapter shares.
 
 It must be indistinguishable from `OpenAIProvider`: the same `Completion` for the same answer,
 and the same `ProviderError` (class, code, status, retry_after, message) for the same failure,
@@ -39,7 +40,7 @@ from app.providers.base import (
     ProviderTimeout,
 )
 from app.providers.http1 import HTTP1Client
-from app.providers.openai_wire import StreamedAnswer, parse_completion, status_error
+from app.providers.openai_wire import StreamedAnswer, error_body, parse_completion, status_error
 from app.providers.sse import Event, EventReader
 from app.providers.transport import is_connection_failure
 
@@ -86,8 +87,9 @@ class OpenAIHTTPProvider:
         self._timeout = timeout  # the whole call, unless the request gives its own
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
-        # Non-streamed calls: `HTTP1Client` (a fifth of aiohttp's CPU per call), unless a proxy
-        # is configured for the URL, which only the aiohttp session knows how to go through.
+        # Non-streamed calls: `HTTP1Client` (far less CPU per call than aiohttp: figures in
+        # bench/results/), unless a proxy is configured for the URL, which only the aiohttp
+        # session knows how to go through.
         self._direct: HTTP1Client | None = None
         self._proxied: bool | None = None
 
@@ -97,7 +99,8 @@ class OpenAIHTTPProvider:
             async with asyncio.timeout(self._seconds(request)):
                 reply = await self._post(body)
         if not 200 <= reply.status < 300:
-            raise status_error(reply.status, reply.body, reply.retry_after, provider=self.name)
+            error = error_body(reply.body)
+            raise status_error(reply.status, error, reply.retry_after, provider=self.name)
         return parse_completion(reply.body, request, provider=self.name)
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
@@ -153,7 +156,7 @@ class OpenAIHTTPProvider:
                 async with response:
                     content = await response.read()
         retry_after = response.headers.get("Retry-After")
-        raise status_error(response.status, content, retry_after, provider=self.name)
+        raise status_error(response.status, error_body(content), retry_after, provider=self.name)
 
     async def _read(self, reader: EventReader, deadline: float) -> list[Event] | None:
         with _transport_errors(self.name, reading=True):

@@ -1,8 +1,14 @@
-"""OpenAI's chat-completions wire format, read: an answer's JSON, a stream's
-`chat.completion.chunk`s, and an error body, each turned into what the SDK adapter
-(`openai.py`) makes of the same bytes: a `Completion` or a `ProviderError`.
+"""OpenAI's chat-completions wire format, read: the one place that says what OpenAI's answers
+mean in our terms, for both transports (the SDK adapter `openai.py` and the direct one,
+`openai_http.py`).
 
-The transport that fetches those bytes is `openai_http.py`.
+Shared by both: `status_error` (an HTTP status, error body and Retry-After → our
+`ProviderError`), `map_finish_reason` (a choice's finish_reason → ours), `read_usage` (a
+`usage` object → input and output tokens, and whether they were reported) and
+`build_completion` (the `Completion` those make). The direct transport's own readers are here
+too: an answer's JSON (`parse_completion`), a stream's `chat.completion.chunk`s
+(`StreamedAnswer`) and an error body (`error_body`), each read into what the SDK makes of the
+same bytes. The vendor's wire facts are in docs/wire-formats.md.
 """
 
 from __future__ import annotations
@@ -36,11 +42,115 @@ class _WrongShape(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Usage:
+class Usage:
     input_tokens: int
     output_tokens: int
-    cached_input_tokens: int
-    reported: bool
+    cached_input_tokens: int  # of input_tokens, those served from the vendor's prompt cache
+    reported: bool  # False: the vendor sent no usage and the counts are estimates
+
+
+# Both transports: errors, finish reasons, usage.
+
+
+def status_error(
+    status: int, body: object, retry_after: str | None, *, provider: str
+) -> ProviderError:
+    """A non-2xx answer → our error tree. `body` is what the SDK keeps as an APIStatusError's
+    `body` (`error_body` makes the same from the bytes); its `error` object, when it has one,
+    gives the message and the code. `retry_after` is the Retry-After header. Messages come from
+    the vendor's error body or are written here: they never include the API key."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    vendor = _vendor_message(error, status)
+    message = f"{provider}: {vendor}"
+    if status in (401, 403):
+        return AuthenticationFailed(
+            f"{provider} rejected the gateway's credentials ({vendor})", status=status
+        )
+    wait = retry_after_seconds(retry_after)
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=wait)
+    if status >= 500:
+        return Unavailable(message, status=status, retry_after=wait)
+    code = str(error.get("code") or "") if isinstance(error, dict) else ""
+    if code == "context_length_exceeded":
+        return ContextLengthExceeded(message, status=status)
+    if code in ("content_filter", "content_policy_violation"):
+        return ContentFiltered(message, status=status)
+    return BadRequest(message, status=status)
+
+
+def map_finish_reason(finish_reason: str | None, *, provider: str) -> str | None:
+    """A choice's finish_reason as ours: the same string, except that an answer withheld under
+    the vendor's content policy is no answer at all."""
+    if finish_reason == "content_filter":
+        raise ContentFiltered(f"{provider} withheld the answer under its content policy")
+    return finish_reason
+
+
+def read_usage(usage: object, request: CompletionRequest, text: str, *, provider: str) -> Usage:
+    """A `usage` JSON object (None when the answer has none) → the tokens of the call: those
+    reported, or an estimate from the request and the answer's `text` when there are none."""
+    try:
+        if usage is None:  # some compatible servers report none: estimate, and say so
+            return Usage(estimate_prompt_tokens(request), estimate_tokens(text), 0, reported=False)
+        details = _field(usage, "prompt_tokens_details")
+        cached = _count(_field(details, "cached_tokens")) if details is not None else None
+        return Usage(
+            input_tokens=_required_count(_field(usage, "prompt_tokens")),
+            output_tokens=_required_count(_field(usage, "completion_tokens")),
+            cached_input_tokens=cached or 0,
+            reported=True,
+        )
+    except _WrongShape:
+        raise _unreadable(provider) from None
+
+
+def build_completion(
+    request: CompletionRequest,
+    text: str,
+    finish_reason: str | None,
+    model: str | None,
+    usage: object,
+    *,
+    provider: str,
+) -> Completion:
+    """The `Completion` of an answer: its text, its finish reason (from `map_finish_reason`),
+    the model that answered (else the one asked for) and its `usage` JSON object, as
+    `read_usage` reads it."""
+    counted = read_usage(usage, request, text, provider=provider)
+    return Completion(
+        text=text,
+        input_tokens=counted.input_tokens,
+        output_tokens=counted.output_tokens,
+        usage_reported=counted.reported,
+        finish_reason=finish_reason,
+        upstream_model=model or request.model,
+        cached_input_tokens=counted.cached_input_tokens,
+    )
+
+
+def _vendor_message(error: object, status: int) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:MAX_VENDOR_MESSAGE]
+    return f"HTTP {status}"
+
+
+def _unreadable(provider: str) -> MalformedResponse:
+    return MalformedResponse(f"{provider} sent a response that could not be read")
+
+
+# The direct transport: the bytes the SDK would have read for it.
+
+
+def error_body(raw: bytes) -> object:
+    """A non-2xx answer's bytes → what the SDK keeps as the APIStatusError's `body`: the JSON,
+    its `error` object when it has one (`body.get("error", body)`, as the SDK has it); None
+    when the body is not JSON (the SDK keeps the text, which gives no message either)."""
+    try:
+        body: object = json.loads(raw.decode("utf-8", errors="replace").strip())
+    except (ValueError, RecursionError):
+        return None
+    return body.get("error", body) if isinstance(body, dict) else body
 
 
 def parse_completion(raw: bytes, request: CompletionRequest, *, provider: str) -> Completion:
@@ -52,7 +162,7 @@ def parse_completion(raw: bytes, request: CompletionRequest, *, provider: str) -
     try:
         return _completion(reply, request, provider=provider)
     except _WrongShape:
-        raise MalformedResponse(f"{provider} sent a response that could not be read") from None
+        raise _unreadable(provider) from None
 
 
 def _completion(reply: object, request: CompletionRequest, *, provider: str) -> Completion:
@@ -62,36 +172,11 @@ def _completion(reply: object, request: CompletionRequest, *, provider: str) -> 
     if not isinstance(choices, list):
         raise _WrongShape("choices")
     choice = choices[0]
-    finish_reason = _finish_reason(choice, provider=provider)
+    finish_reason = map_finish_reason(_text(_field(choice, "finish_reason")), provider=provider)
     text = _text(_field(_field(choice, "message"), "content")) or ""
     model = _text(_field(reply, "model"))
-    return _result(request, text, finish_reason, model, _field(reply, "usage"))
-
-
-def _finish_reason(choice: object, *, provider: str) -> str | None:
-    finish_reason = _text(_field(choice, "finish_reason"))
-    if finish_reason == "content_filter":
-        raise ContentFiltered(f"{provider} withheld the answer under its content policy")
-    return finish_reason
-
-
-def _result(
-    request: CompletionRequest,
-    text: str,
-    finish_reason: str | None,
-    model: str | None,
-    usage: object,
-) -> Completion:
-    counted = _usage(usage, request, text)
-    return Completion(
-        text=text,
-        input_tokens=counted.input_tokens,
-        output_tokens=counted.output_tokens,
-        usage_reported=counted.reported,
-        finish_reason=finish_reason,
-        upstream_model=model or request.model,
-        cached_input_tokens=counted.cached_input_tokens,
-    )
+    usage = _field(reply, "usage")
+    return build_completion(request, text, finish_reason, model, usage, provider=provider)
 
 
 class StreamedAnswer:
@@ -120,16 +205,20 @@ class StreamedAnswer:
         try:
             return self._take(chunk)
         except _WrongShape:
-            raise self._unreadable() from None
+            raise _unreadable(self._provider) from None
 
     def completion(self) -> Completion:
         if self._finish_reason is None:  # cut off, though the connection ended cleanly
             raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
         text = "".join(self._pieces)
-        try:
-            return _result(self._request, text, self._finish_reason, self._model, self._usage)
-        except _WrongShape:
-            raise self._unreadable() from None
+        return build_completion(
+            self._request,
+            text,
+            self._finish_reason,
+            self._model,
+            self._usage,
+            provider=self._provider,
+        )
 
     def _take(self, chunk: object) -> str | None:
         if _field(chunk, "error"):  # an error reported inside the stream, as the SDK reads it
@@ -142,29 +231,16 @@ class StreamedAnswer:
             return None
         if not isinstance(choices, list):
             raise _WrongShape("choices")
-        finish_reason = _finish_reason(choices[0], provider=self._provider)
+        choice = choices[0]
+        finish_reason = map_finish_reason(
+            _text(_field(choice, "finish_reason")), provider=self._provider
+        )
         self._finish_reason = finish_reason or self._finish_reason
-        delta = _field(choices[0], "delta")
+        delta = _field(choice, "delta")
         text = _text(_field(delta, "content")) if delta is not None else None
         if text:
             self._pieces.append(text)
         return text or None
-
-    def _unreadable(self) -> MalformedResponse:
-        return MalformedResponse(f"{self._provider} sent a response that could not be read")
-
-
-def _usage(usage: object, request: CompletionRequest, text: str) -> _Usage:
-    if usage is None:  # some compatible servers report none: estimate, and say so
-        return _Usage(estimate_prompt_tokens(request), estimate_tokens(text), 0, reported=False)
-    details = _field(usage, "prompt_tokens_details")
-    cached = _count(_field(details, "cached_tokens")) if details is not None else None
-    return _Usage(
-        input_tokens=_required_count(_field(usage, "prompt_tokens")),
-        output_tokens=_required_count(_field(usage, "completion_tokens")),
-        cached_input_tokens=cached or 0,
-        reported=True,
-    )
 
 
 def _field(obj: object, key: str) -> object:
@@ -190,48 +266,3 @@ def _required_count(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise _WrongShape("expected a token count")
-
-
-def status_error(
-    status: int, raw: bytes, retry_after: str | None, *, provider: str
-) -> ProviderError:
-    """A non-2xx answer → our error tree, exactly as `map_openai_error` maps the SDK's
-    APIStatusError. Messages come from the vendor's error body or are written here: they
-    never include the API key."""
-    error = _error_object(raw)
-    vendor = _vendor_message(error, status)
-    message = f"{provider}: {vendor}"
-    if status in (401, 403):
-        return AuthenticationFailed(
-            f"{provider} rejected the gateway's credentials ({vendor})", status=status
-        )
-    wait = retry_after_seconds(retry_after)
-    if status == 429:
-        return RateLimited(message, status=status, retry_after=wait)
-    if status >= 500:
-        return Unavailable(message, status=status, retry_after=wait)
-    code = str(error.get("code") or "") if isinstance(error, dict) else ""
-    if code == "context_length_exceeded":
-        return ContextLengthExceeded(message, status=status)
-    if code in ("content_filter", "content_policy_violation"):
-        return ContentFiltered(message, status=status)
-    return BadRequest(message, status=status)
-
-
-def _error_object(raw: bytes) -> object:
-    """The vendor's `error` object. The SDK keeps `body.get("error", body)` as the exception's
-    body and `map_openai_error` unwraps `error` once more: both steps are repeated here."""
-    try:
-        body: object = json.loads(raw.decode("utf-8", errors="replace").strip())
-    except (ValueError, RecursionError):
-        return None
-    for _ in range(2):
-        if isinstance(body, dict):
-            body = body.get("error", body)
-    return body
-
-
-def _vendor_message(error: object, status: int) -> str:
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])[:MAX_VENDOR_MESSAGE]
-    return f"HTTP {status}"

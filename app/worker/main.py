@@ -2,10 +2,9 @@
 
 LLM calls are slow I/O, so a worker process holds up to WORKER_CONCURRENCY prompts in flight
 on one event loop (async HTTP, async database driver) rather than one per thread: Celery's
-thread pool tops out near 175 completions/s per process on this kind of machine, while this
-worker, measured with a mock provider answering after 1 s, holds 1,000 calls in flight and
-completes about 650 prompts/s at about 1.3 ms of CPU each (`bench/celery_load.py`). What made
-that possible: claims and outcomes written by group commit (`app/kit/group_commit.py`), the
+thread pool tops out far lower per process, while this worker holds WORKER_CONCURRENCY calls
+in flight (`bench/celery_load.py`; figures in bench/results/design.md). What made that
+possible: claims and outcomes written by group commit (`app/kit/group_commit.py`), the
 direct HTTP path for OpenAI-compatible providers, one broker message for many prompts, and a
 hand-over from Celery's thread that needs no round trip.
 

@@ -1,7 +1,7 @@
 """A user's pending prompts, oldest first: a partial index on (user_id, created_at) of the
 rows whose status is `pending`.
 
-The per-user cap counts them (app/services/prompts/pending.py) and a full runner claims them back by
+The per-user cap counts them (app/services/caps.py) and a full runner claims them back by
 owner (app/engine/runners.py); both then read only the pending rows, however long the user's
 history.
 

@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 
 from app.db.database import create_engine, create_session_factory
 from app.db.models import PromptRequest, PromptStatus
-from app.engine.batch_writes import Claim
 from app.engine.recorder import Recorder
+from app.engine.records import Claim
 from app.engine.runners import EmbeddedRunner, FairQueue
 from app.services.auth import service as auth_service
 from tests.conftest import (

@@ -95,7 +95,7 @@ async def test_new_prompts_and_lost_claims_in_shared_batches(fresh_database: str
             for i in range(50)
         ]
         for prompt in new[::2]:  # left to their columns' defaults
-            prompt.attempts = None  # type: ignore[assignment]
+            prompt.executions = None  # type: ignore[assignment]
             prompt.status = None  # type: ignore[assignment]
         await asyncio.gather(*(recorder.create_prompt(p) for p in new))
         claims = await asyncio.gather(*(recorder.claim(p.id, lease_seconds=30) for p in new))
@@ -123,7 +123,7 @@ async def test_new_prompts_and_lost_claims_in_shared_batches(fresh_database: str
     for i, prompt in enumerate(new):
         row = stored[prompt.id]
         assert row.parameters == {"messages": [{"role": "user", "content": f"é {i}"}], "n": i}
-        assert row.meta == {"team": f"t{i}"} and row.attempts == 1
+        assert row.meta == {"team": f"t{i}"} and row.executions == 1
     lost_ids = {c.prompt_id for c in lost}
     assert {p.id for p in new if stored[p.id].status == PromptStatus.RUNNING} == lost_ids
     assert with_response == {p.id for p in new} - lost_ids

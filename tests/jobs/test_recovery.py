@@ -38,14 +38,14 @@ async def test_restart_picks_up_pending_and_orphaned_prompts(
     orphaned = openai_prompt(
         "restart-orphaned",
         status=PromptStatus.RUNNING,
-        attempts=1,
+        executions=1,
         started_at=utcnow() - timedelta(minutes=5),
         lease_expires_at=utcnow() - timedelta(seconds=1),
     )
     exhausted = openai_prompt(
         "restart-exhausted",
         status=PromptStatus.RUNNING,
-        attempts=3,
+        executions=3,
         lease_expires_at=utcnow() - timedelta(seconds=1),
     )
     headers = await _seed(fresh_database, [left_pending, orphaned, exhausted])
@@ -157,7 +157,9 @@ async def test_shutdown_hands_running_prompts_back(tmp_path, mock_openai: MockOp
         ).all()
     await engine.dispose()
     assert row is not None
-    assert row.status == PromptStatus.PENDING and row.attempts == 0 and row.lease_expires_at is None
+    assert (
+        row.status == PromptStatus.PENDING and row.executions == 0 and row.lease_expires_at is None
+    )
     # The abandoned call is still on the record (it may be billed).
     assert [(a.outcome, a.error_code) for a in attempts] == [("abandoned", "abandoned")]
 

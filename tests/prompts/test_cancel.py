@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.database import SessionFactory, create_engine, create_session_factory
 from app.db.models import PromptRequest, PromptResponse, PromptStatus
-from app.engine.batch_writes import Claim
 from app.engine.executor import execute_prompt
 from app.engine.recorder import Recorder
+from app.engine.records import Claim
 from app.engine.runners import EmbeddedRunner
 from app.engine.runtime import open_runtime
 from app.services.auth import service as auth_service

@@ -66,9 +66,9 @@ class PromptRequest(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(200))
     prompt_type: Mapped[str] = mapped_column(String(64))
-    # The version of the type's policy it ran under (app/prompt_types); None for a type that
-    # was not defined. No foreign key: versions are never deleted, and a composite key would
-    # cost every insert a lookup and SQLite a copy of this table to add.
+    # The version of the type's policy it ran under (app/services/prompt_types); None for a
+    # type that was not defined. No foreign key: versions are never deleted, and a composite
+    # key would cost every insert a lookup and SQLite a copy of this table to add.
     prompt_type_version: Mapped[int | None] = mapped_column(Integer)
     prompt_text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=PromptStatus.PENDING)
@@ -78,7 +78,9 @@ class PromptRequest(Base):
     upstream_model: Mapped[str] = mapped_column(String(200))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Executions claimed so far (each makes one or more provider calls: `attempt_log`); the
+    # fence of a claim, so a stale runner's outcome is refused.
+    executions: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -124,7 +126,7 @@ class NewPrompt:
     meta: dict[str, str] = field(default_factory=dict)
     prompt_type_version: int | None = None
     status: str = PromptStatus.PENDING
-    attempts: int = 0
+    executions: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
     lease_expires_at: datetime | None = None

@@ -11,7 +11,7 @@ from app.db.base import Base, JSONType, UTCDateTime, utcnow
 
 
 class PromptType(Base):
-    """One version of a prompt type's policy (app/prompt_types). Rows are append-only: a
+    """One version of a prompt type's policy (app/services/prompt_types). Rows are append-only: a
     change is a new version and retiring is a new version marked `retired`, so a prompt's
     `prompt_type_version` always names the exact policy it ran under. The type's current
     state is its highest version.

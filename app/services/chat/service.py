@@ -1,9 +1,9 @@
-"""/v1/chat/completions and /v1/models on top of the prompt records. Plain async functions.
+"""/v1/chat/completions and /v1/models on top of the prompt records (`ChatService`).
 
 A chat completion is a prompt like any other (`prompt_type` `chat`, its messages stored in
 `parameters["messages"]`, `prompt_text` the last user message), recorded and claimed before
 any provider call, and run through the same executor as every prompt. Only who runs it
-differs: the API process that received it, while its client waits (see `runner.py`).
+differs: the API process that received it, while its client waits (see app/engine/inline.py).
 """
 
 from __future__ import annotations

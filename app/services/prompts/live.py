@@ -13,11 +13,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from collections.abc import AsyncIterator
 
 from app.db.database import SessionFactory
 from app.engine.events import EventBus
@@ -71,21 +67,6 @@ class StreamSlots:
             extra={"limit": self.limit},
             headers={"Retry-After": "1"},
         )
-
-
-class HeldStream(StreamingResponse):
-    """A stream that gives its slot back when it ends, however it ends (finished, client
-    gone, server stopping)."""
-
-    def __init__(self, content: Any, *, release: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
 
 
 def prefer_wait(header: str | None, *, cap: float) -> float | None:

@@ -272,7 +272,7 @@ class PromptDetail(PromptOut):
             **PromptOut.model_validate(prompt).model_dump(),
             upstream_model=prompt.upstream_model,
             parameters=prompt.parameters,
-            executions=prompt.attempts,
+            executions=prompt.executions,
             response=ResponseOut.model_validate(prompt.response) if prompt.response else None,
             error=error,
             attempts=[AttemptOut.model_validate(a) for a in prompt.attempt_log],

@@ -42,7 +42,13 @@ from app.kit.outbound import OutboundClient, OutboundPolicy, OutboundRefused, po
 from app.kit.sealing import SecretBox, UnreadableSecret
 from app.kit.settings import Settings
 from app.services.webhooks import queue
-from app.services.webhooks.queue import ABANDONED, INTERNAL_ERROR, DeliveryClaim, Message, Outcome
+from app.services.webhooks.queue import (
+    ABANDONED,
+    INTERNAL_ERROR,
+    DeliveryClaim,
+    DeliveryMessage,
+    DeliveryOutcome,
+)
 from app.services.webhooks.signing import sign
 
 logger = logging.getLogger(__name__)
@@ -165,26 +171,26 @@ class WebhookPump:
             else:
                 self._log_failure(claim, "its outcome could not be recorded")
 
-    async def _attempt(self, claim: DeliveryClaim) -> Outcome | None:
+    async def _attempt(self, claim: DeliveryClaim) -> DeliveryOutcome | None:
         """Build and send the delivery. Every failure is an outcome (None: nothing to send);
         only losing the database raises, since the outcome could not be recorded either."""
         attempted_at = utcnow()
         try:
             message = await queue.load_message(self._sessions, self._box, claim)
         except UnreadableSecret as exc:  # not sent unsigned: failed, and retried later
-            return Outcome(attempted_at, 0, None, f"secret_unreadable: {exc}")
+            return DeliveryOutcome(attempted_at, 0, None, f"secret_unreadable: {exc}")
         except Exception as exc:
             if lost_connection(exc):
                 raise
             self._log_failure(claim, "its message could not be built")
-            return Outcome(attempted_at, 0, None, INTERNAL_ERROR)
+            return DeliveryOutcome(attempted_at, 0, None, INTERNAL_ERROR)
         if message is None:
             return None
         try:
             return await self._post(claim, message)
         except Exception:  # not the network's doing: `_post` turns that into an outcome
             self._log_failure(claim, "it could not be sent")
-            return Outcome(attempted_at, 0, None, INTERNAL_ERROR)
+            return DeliveryOutcome(attempted_at, 0, None, INTERNAL_ERROR)
 
     def _log_failure(self, claim: DeliveryClaim, what: str) -> None:
         """A traceback the first time a delivery fails this way, one line on each attempt
@@ -202,7 +208,7 @@ class WebhookPump:
                 "webhook delivery %s attempt %d: %s", claim.id, claim.fence, what, exc_info=True
             )
 
-    async def _post(self, claim: DeliveryClaim, message: Message) -> Outcome:
+    async def _post(self, claim: DeliveryClaim, message: DeliveryMessage) -> DeliveryOutcome:
         assert self._http is not None
         timestamp = int(time.time())
         headers = {
@@ -236,7 +242,7 @@ class WebhookPump:
                 refused = refusal(exc)
                 error = UNREACHABLE if refused is None else f"blocked: {refused}"[:500]
         duration = timedelta(seconds=time.perf_counter() - started)
-        return Outcome(attempted_at, duration // timedelta(milliseconds=1), status, error)
+        return DeliveryOutcome(attempted_at, duration // timedelta(milliseconds=1), status, error)
 
 
 def create_pump(settings: Settings, sessions: SessionFactory, box: SecretBox) -> WebhookPump:

@@ -97,14 +97,14 @@ class DeliveryClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class DeliveryMessage:
     url: str
     secret: str
     body: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class DeliveryOutcome:
     attempted_at: datetime
     duration_ms: int
     status_code: int | None
@@ -320,7 +320,7 @@ async def claim_due(
 
 async def load_message(
     sessions: SessionFactory, box: SecretBox, claim: DeliveryClaim
-) -> Message | None:
+) -> DeliveryMessage | None:
     """Where to send the claimed delivery, the secret to sign it with, and its body: the
     prompt as its owner reads it. None if the endpoint or the prompt is gone. Raises
     `UnreadableSecret` if this process's keys cannot open the endpoint's secret."""
@@ -336,7 +336,7 @@ async def load_message(
             {"id": claim.id, "type": claim.event, "created_at": claim.created_at, "data": detail}
         )
         secret = box.open(endpoint.sealed_secret)
-        return Message(endpoint.url, secret, message.model_dump_json().encode())
+        return DeliveryMessage(endpoint.url, secret, message.model_dump_json().encode())
 
 
 def _held(claim: DeliveryClaim) -> tuple[ColumnElement[bool], ...]:
@@ -350,7 +350,7 @@ def _held(claim: DeliveryClaim) -> tuple[ColumnElement[bool], ...]:
 async def record_outcome(
     sessions: SessionFactory,
     claim: DeliveryClaim,
-    outcome: Outcome,
+    outcome: DeliveryOutcome,
     *,
     max_attempts: int,
     retry_base_seconds: float,
