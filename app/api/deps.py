@@ -52,6 +52,9 @@ async def get_services(request: Request) -> Services:
     return services
 
 
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
 IDEMPOTENCY_KEY_HEADER = Header(
     alias="Idempotency-Key",
     description="Makes retries safe: 1 to 255 printable ASCII characters (e.g. a UUID), one "
@@ -72,6 +75,5 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 
 
 Filters = Annotated[PromptFilters, Depends(prompt_filters)]
-ServicesDep = Annotated[Services, Depends(get_services)]
 IdempotencyKeyHeader = Annotated[str | None, IDEMPOTENCY_KEY_HEADER]
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,7 +1,7 @@
 """PostgreSQL: a group commit's batch written in one statement.
 
 The recorder's two hottest writes (new prompts, and outcomes: attempts + status changes +
-responses) take a batch of rows at a time (group_commit.py). Written through SQLAlchemy Core
+responses) take a batch of rows at a time (app/kit/group_commit.py). Written through SQLAlchemy Core
 as executemany plus one statement per status change, they were over 40 % of a /v1 request's
 CPU at 16 clients (py-spy under `bench/gateways.py`): per-row parameter processing, and a
 round trip per statement. Here each batch is a single statement over arrays (`unnest`), one

@@ -12,10 +12,10 @@ A prompt that finishes before its runner stops it keeps that outcome: `finish` a
 `finish_cancelled` are both fenced on the claim, so exactly one of them wins.
 
 The writes every request and every execution make (a new prompt, its claim, its outcome with
-the attempt rows) go through group commit (`group_commit.py`): each caller still returns only
-once its rows are committed, but a busy process writes hundreds of them per transaction, in a
-few statements on the tables rather than through the ORM, one on PostgreSQL
-(`batch_writes.py`).
+the attempt rows) go through group commit (`app/kit/group_commit.py`): each caller still
+returns only once its rows are committed, but a busy process writes hundreds of them per
+transaction, in a few statements on the tables rather than through the ORM, one on
+PostgreSQL (`batch_writes.py`).
 """
 
 from __future__ import annotations

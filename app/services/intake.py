@@ -28,12 +28,13 @@ from app.services.prompt_types.cache import PromptTypeCache
 from app.services.prompt_types.policy import Applied, apply_policy
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass costs a µs more per request to build)
 class Ask:
     """What a client asks for, whichever endpoint it used, before any policy.
 
     A conversation (/v1) gives its `messages`, and `text` is the last user message (at index
     `last`), which a prompt type's template wraps; a prompt (/ai/prompts/) gives only `text`.
+    An `Ask` is made for one `Intake.admit`, which may change its `messages` in place.
     """
 
     user_id: uuid.UUID
@@ -89,9 +90,8 @@ class Intake:
             models=models,
             max_prompt_chars=max_chars,
         )
-        messages = None
-        if ask.messages is not None:
-            messages = list(ask.messages)
+        messages = ask.messages
+        if messages is not None:
             messages[ask.last] = {"role": "user", "content": applied.text}
         self._check_size(ask, applied, messages)
         if applied.model is None:
@@ -110,16 +110,18 @@ class Intake:
         if messages is not None:
             parameters["messages"] = messages
         # (a chat's instruction is sent before its conversation: executor.build_messages)
-        optional = {
-            "system_prompt": applied.system_instruction,
-            "temperature": ask.temperature,
-            "max_tokens": applied.max_tokens,
-            "timeout_seconds": applied.timeout_seconds,
-        }
-        parameters.update((k, v) for k, v in optional.items() if v is not None)
+        if applied.system_instruction is not None:
+            parameters["system_prompt"] = applied.system_instruction
+        if ask.temperature is not None:
+            parameters["temperature"] = ask.temperature
+        if applied.max_tokens is not None:
+            parameters["max_tokens"] = applied.max_tokens
+        if applied.timeout_seconds is not None:
+            parameters["timeout_seconds"] = applied.timeout_seconds
         if fallbacks:
             parameters["fallbacks"] = [f.model for f in fallbacks]
-        parameters.update(ask.passthrough)
+        if ask.passthrough:
+            parameters.update(ask.passthrough)
         if applied.template_input is not None:
             parameters["template_input"] = applied.template_input
         prompt = NewPrompt(

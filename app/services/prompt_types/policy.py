@@ -27,7 +27,7 @@ from app.services.prompt_types.cache import PromptTypePolicy
 from app.services.prompt_types.template import PROMPT_TEXT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (built on every request: not frozen, which costs more to build)
 class Applied:
     """A request as it runs under its prompt type's current version (or as asked, when the
     type is not defined)."""
@@ -41,9 +41,6 @@ class Applied:
     timeout_seconds: float | None
     version: int | None = None  # the type version it ran under; None for an undefined type
     template_input: dict[str, Any] | None = None  # the request's text and variables
-
-    def limited_by_type(self, max_prompt_chars: int) -> bool:
-        return self.version is not None and self.max_prompt_chars < max_prompt_chars
 
 
 def apply_policy(

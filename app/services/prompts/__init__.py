@@ -1,0 +1,1 @@
+"""Prompts: submit and cancel (`PromptService`), list and read, follow them live."""
