@@ -111,7 +111,7 @@ class Db:
 
     async def prompts(self, ids: list[str]) -> dict[str, asyncpg.Record]:
         rows = await self.fetch(
-            "SELECT id::text AS id, status, attempts, error_code, lease_expires_at "
+            "SELECT id::text AS id, status, executions AS attempts, error_code, lease_expires_at "
             "FROM prompt_requests WHERE id = ANY($1::uuid[])",
             ids,
         )

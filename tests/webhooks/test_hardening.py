@@ -81,7 +81,7 @@ async def _finish_prompts(
                     upstream_model="gpt-4o-mini",
                     parameters={},
                     meta={},
-                    attempts=1,
+                    executions=1,
                 )
             )
         if parameters is not None:

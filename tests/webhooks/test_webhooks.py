@@ -357,7 +357,7 @@ async def test_a_prompt_finished_anywhere_is_found_in_the_database_once_by_any_n
             upstream_model="gpt-4o-mini",
             parameters={},
             meta={},
-            attempts=1,
+            executions=1,
         )
         session.add(prompt)
         await session.commit()
