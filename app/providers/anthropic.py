@@ -110,6 +110,7 @@ def to_anthropic_messages(messages: list[Message]) -> tuple[str | None, list[Mes
 
 class AnthropicProvider:
     max_temperature = None  # not accepted at all by API version 2026-10-21
+    kind = "anthropic"
 
     def __init__(
         self, client: AsyncAnthropic, *, default_max_tokens: int, name: str = "anthropic"

@@ -6,14 +6,55 @@ of the system decides retry / fallback / fail on our codes, never on a vendor's 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
+
+
+class TextPart(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(TypedDict):
+    url: str  # https://… or data:image/<type>;base64,…
+    detail: NotRequired[str]
+
+
+class ImagePart(TypedDict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+Part = TextPart | ImagePart
+
+
+class FunctionCall(TypedDict):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
 
 
 class Message(TypedDict):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    """One turn, in OpenAI's chat-completions shape (the gateway's own vocabulary; each adapter
+    translates it). `content` is a string, or for a user turn a list of text and image parts;
+    an assistant turn that called tools has `tool_calls` (its content may then be None); a
+    `tool` turn answers the call named by `tool_call_id`."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[Part] | None
+    tool_calls: NotRequired[list[ToolCall]]
+    tool_call_id: NotRequired[str]
+    name: NotRequired[str]
+
+
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +64,22 @@ class CompletionRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     timeout: float | None = None  # total seconds for this call; None: the client's default
+    # The other chat-completions fields the request uses, by their OpenAI names and in OpenAI's
+    # shape (`tools`, `tool_choice`, `response_format`, `stop` (always a list), `top_p`, …:
+    # app/providers/fidelity.py lists them and what each provider makes of them). Only fields
+    # the provider can honour arrive here: the intake refuses (or drops) the others.
+    options: Mapping[str, Any] = field(default=_NO_OPTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams them: the first piece of call `index`
+    has its `id` and `name`, later ones only more `arguments` text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +91,17 @@ class Completion:
     finish_reason: str | None
     upstream_model: str
     cached_input_tokens: int = 0  # of input_tokens, those served from the vendor's prompt cache
+    tool_calls: tuple[ToolCall, ...] = ()  # finish_reason is then `tool_calls`
+    refusal: str | None = None  # the model's refusal message (OpenAI's `refusal`), if any
+    reasoning_tokens: int = 0  # of output_tokens, those spent thinking
+    logprobs: Any = None  # OpenAI's `choices[0].logprobs` object, where the provider gives one
 
 
 class Provider(Protocol):
     name: str
+    # Which column of the translation matrix (app/providers/fidelity.py) it follows:
+    # "openai" (OpenAI and compatible servers), "gemini", "anthropic" or "local".
+    kind: str
 
     @property
     def max_temperature(self) -> float | None:
@@ -45,9 +109,12 @@ class Provider(Protocol):
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+    def stream(
+        self, request: CompletionRequest
+    ) -> AsyncIterator[str | ToolCallDelta | Completion]:
         """The same call, streamed: yields the answer's text as it arrives (non-empty `str`
-        deltas), then exactly one `Completion` (the whole text, usage, finish reason) last.
+        deltas) and its tool calls in pieces (`ToolCallDelta`), then exactly one `Completion`
+        (the whole text and tool calls, usage, finish reason) last.
         Fails with the same `ProviderError`s as `complete`, before or after some deltas;
         closing the iterator early abandons the upstream call."""
         ...
@@ -138,6 +205,21 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
+def message_text(message: Message) -> str:
+    """The text of a turn: its content, or its text parts joined; a tool call's arguments."""
+    content = message["content"]
+    if isinstance(content, str):
+        text = content
+    elif content is None:
+        text = ""
+    else:
+        text = "\n".join(p["text"] for p in content if p["type"] == "text")
+    calls = message.get("tool_calls")
+    if calls:
+        text = " ".join([text, *(c["function"]["name"] + c["function"]["arguments"] for c in calls)])
+    return text
+
+
 def estimate_prompt_tokens(request: CompletionRequest) -> int:
     """`estimate_tokens` of everything the request sends (its messages, one separator apart)."""
-    return estimate_tokens(" ".join(m["content"] for m in request.messages))
+    return estimate_tokens(" ".join(message_text(m) for m in request.messages))

@@ -142,6 +142,7 @@ def build_client(
 
 class GeminiProvider:
     max_temperature = 2.0
+    kind = "gemini"
 
     def __init__(self, client: GeminiClient, *, name: str = "gemini") -> None:
         self.name = name

@@ -131,6 +131,7 @@ class LocalProvider:
     is up (llama.cpp's server speaks chat completions)."""
 
     name = "local"
+    kind = "local"
     max_temperature = 2.0
 
     def __init__(

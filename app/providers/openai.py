@@ -51,6 +51,7 @@ def build_client(
 
 class OpenAIProvider:
     max_temperature = 2.0
+    kind = "openai"
 
     def __init__(self, client: AsyncOpenAI, *, name: str = "openai") -> None:
         self.name = name

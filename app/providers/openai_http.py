@@ -71,6 +71,7 @@ class OpenAIHTTPProvider:
     """
 
     max_temperature = 2.0
+    kind = "openai"
 
     def __init__(
         self,
