@@ -28,11 +28,13 @@ from starlette.types import Receive, Scope, Send
 from app.api import openai_errors as errors
 from app.engine.executor import Outcome, carried_through
 from app.kit.errors import AppError
+from app.providers.base import ToolCallDelta
 from app.services.chat.service import ChatRun, completion_body, finish_reason, usage
 
 logger = logging.getLogger(__name__)
 
 PROMPT_ID_HEADER = "X-Prompt-Id"
+DROPPED_HEADER = "X-Dropped-Params"  # the fields left out for the model (drop_params)
 
 
 class _WatchedResponse(Response):
@@ -47,6 +49,8 @@ class _WatchedResponse(Response):
         super().__init__()  # the attributes a Response has; what it sends is `respond`'s
         self.run = run
         self.headers_out = {PROMPT_ID_HEADER: str(run.prompt.id)}
+        if dropped := run.dropped_params:
+            self.headers_out[DROPPED_HEADER] = ", ".join(dropped)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -128,18 +132,31 @@ class ChatStreamResponse(_WatchedResponse):
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         await emit(self.chunk({"role": "assistant", "content": ""}))
-        sent = False
-        item: str | Outcome = first
+        sent = called = False
+        item: str | ToolCallDelta | Outcome = first
         try:
-            while isinstance(item, str):
-                await emit(self.chunk({"content": item}))
-                sent = True
+            while not isinstance(item, Outcome):
+                if isinstance(item, str):
+                    await emit(self.chunk({"content": item}))
+                    sent = True
+                else:
+                    await emit(self.chunk(self.tool_delta(item)))
+                    called = True
                 item = await run.next_event()
             completion = item.completion
             assert completion is not None
             if not sent and completion.text:  # a provider that sent the text in one piece
                 await emit(self.chunk({"content": completion.text}))
-            await emit(self.chunk({}, finish_reason=finish_reason(completion)))
+            if not called:  # (a replay: the calls as recorded, each in one piece)
+                for index, call in enumerate(completion.tool_calls):
+                    function = call["function"]
+                    piece = ToolCallDelta(
+                        index, call["id"], function["name"], function["arguments"]
+                    )
+                    await emit(self.chunk(self.tool_delta(piece)))
+            if completion.refusal:
+                await emit(self.chunk({"refusal": completion.refusal}))
+            await emit(self.chunk({}, finish_reason=finish_reason(run, completion)))
             if run.include_usage:
                 await emit(self.event(choices=[], usage=usage(completion).model_dump()))
             await emit(b"data: [DONE]\n\n")
@@ -149,6 +166,21 @@ class ChatStreamResponse(_WatchedResponse):
             logger.exception("chat stream %s failed", run.prompt.id)
             await emit(errors.error_event(AppError(f"The stream failed ({type(exc).__name__}).")))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def tool_delta(self, piece: ToolCallDelta) -> dict[str, Any]:
+        """A tool call's piece as OpenAI streams it: the first with its id, type and name (and
+        maybe some arguments), the next ones with more arguments only; for the legacy
+        `functions`, as a `function_call` delta."""
+        function: dict[str, Any] = {"arguments": piece.arguments}
+        if piece.name is not None:
+            function = {"name": piece.name, "arguments": piece.arguments}
+        if self.run.legacy_functions:
+            return {"function_call": function}
+        call: dict[str, Any] = {"index": piece.index}
+        if piece.id is not None:
+            call |= {"id": piece.id, "type": "function"}
+        call["function"] = function
+        return {"tool_calls": [call]}
 
     def chunk(self, delta: dict[str, Any], *, finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}

@@ -25,6 +25,12 @@ class ModelOut(BaseModel):
     context_window: int | None
     max_output_tokens: int | None
     fallbacks: list[str] = Field(description="Tried in order when this model keeps failing.")
+    capabilities: list[str] | None = Field(
+        description="What it can do beyond text: tools, vision, structured_output, reasoning, "
+        "embeddings. A request that needs more is refused (400 `unsupported_parameter`). "
+        "null: not stated in the catalogue.",
+        examples=[["tools", "vision", "structured_output"]],
+    )
 
 
 class ModelCatalogue(BaseModel):
@@ -52,6 +58,7 @@ async def list_models(_: CurrentUser, services: ServicesDep) -> ModelCatalogue:
                 context_window=e.context_window,
                 max_output_tokens=e.max_output_tokens,
                 fallbacks=list(e.fallbacks),
+                capabilities=list(e.capabilities) if e.capabilities is not None else None,
             )
             for e in services.models.available()
         ],

@@ -39,7 +39,9 @@ from app.engine.recorder import Recorder
 from app.engine.records import AttemptRecord, Claim, ResponseRecord
 from app.kit.errors import InvalidInput
 from app.kit.text import scrub
+from app.providers import fidelity
 from app.providers.base import (
+    NO_OPTIONS,
     AdapterFailed,
     AuthenticationFailed,
     Completion,
@@ -49,6 +51,7 @@ from app.providers.base import (
     Provider,
     ProviderError,
     ProviderNotConfigured,
+    ToolCallDelta,
     estimate_prompt_tokens,
     estimate_tokens,
 )
@@ -60,8 +63,11 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DeltaSink = Callable[[str], Awaitable[None]]
-"""Receives each piece of a streamed answer's text, in order, as it arrives."""
+DeltaSink = Callable[[str | ToolCallDelta], Awaitable[None]]
+"""Receives each piece of a streamed answer (text, or a piece of a tool call), in order, as it
+arrives."""
+
+_OPTION_FIELDS = frozenset(fidelity.OPTION_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,7 @@ class _Streamed:
 
     on_delta: DeltaSink
     started: float
-    parts: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # the text, and tool calls' arguments
     first_at: float | None = None
 
     def add(self, text: str) -> None:
@@ -115,7 +121,7 @@ def build_messages(claim: Claim) -> list[Message]:
         messages.append({"role": "system", "content": system})
     stored = claim.parameters.get("messages")
     if stored:
-        messages.extend({"role": m["role"], "content": m["content"]} for m in stored)
+        messages.extend(stored)  # (stored in the gateway's shape: providers/base.py Message)
     else:
         messages.append({"role": "user", "content": claim.prompt_text})
     return messages
@@ -132,6 +138,26 @@ def _routes(claim: Claim, router: ModelResolver) -> list[Route]:
     return routes
 
 
+def options_of(claim: Claim) -> dict[str, Any]:
+    """The prompt's fields of the translation matrix (tools, response_format, stop, ...),
+    stored among its parameters by their OpenAI names."""
+    parameters = claim.parameters
+    if not parameters.keys() & _OPTION_FIELDS:
+        return {}
+    return {name: parameters[name] for name in fidelity.OPTION_FIELDS if name in parameters}
+
+
+def _options_for(claim: Claim, route: Route, provider: Provider, options: dict[str, Any]) -> Any:
+    """What `provider` is sent of the options: those its column of the matrix forwards or
+    translates, less those left out for this model at submission (`drop_params`)."""
+    if not options:
+        return NO_OPTIONS
+    sent = fidelity.sent_options(provider.kind, options)
+    for name in claim.parameters.get("dropped_params", {}).get(route.model, ()):
+        sent.pop(name, None)
+    return sent
+
+
 async def execute_prompt(claim: Claim, *, execution: Execution) -> None:
     """Execute a prompt a runner claimed; everything that happens is recorded. When someone
     follows its text (`GET /ai/prompts/{id}/events`), the call is streamed and each piece of
@@ -140,8 +166,9 @@ async def execute_prompt(claim: Claim, *, execution: Execution) -> None:
     on_delta: DeltaSink | None = None
     if await bus.watched(prompt_id):
 
-        async def on_delta(text: str) -> None:
-            await bus.publish([PromptEvent(prompt_id, "delta", text=text)])
+        async def on_delta(piece: str | ToolCallDelta) -> None:
+            if isinstance(piece, str):  # (tool calls are shown with the answer)
+                await bus.publish([PromptEvent(prompt_id, "delta", text=piece)])
 
     await run_prompt(claim, execution=execution, on_delta=on_delta)
 
@@ -162,6 +189,7 @@ async def run_prompt(
     recorder, breaker = execution.recorder, execution.breaker
     calls = 0
     last: ProviderError | None = None
+    options = options_of(claim)
     for route in _routes(claim, execution.router):
         provider = execution.router.providers.get(route.provider)
         if provider is None:
@@ -173,6 +201,7 @@ async def run_prompt(
             temperature=claim.parameters.get("temperature"),
             max_tokens=claim.parameters.get("max_tokens"),
             timeout=claim.parameters.get("timeout_seconds") or route.timeout,
+            options=_options_for(claim, route, provider, options),
         )
         retry = 0
         while True:
@@ -258,7 +287,11 @@ async def _stream_call(
         async for item in iterator:
             if isinstance(item, Completion):
                 return item
-            if item:
+            if isinstance(item, ToolCallDelta):
+                item = dataclasses.replace(item, arguments=scrub(item.arguments))
+                streamed.add(item.arguments or item.name or "")
+                await streamed.on_delta(item)
+            elif item:
                 item = scrub(item)
                 streamed.add(item)
                 await streamed.on_delta(item)
@@ -271,6 +304,19 @@ def _valid_text(completion: Completion) -> Completion:
     """The answer with any lone surrogate replaced (app/kit/text.py): an upstream's JSON can spell
     one, and then neither the database nor an answer's JSON could encode the text."""
     text = scrub(completion.text)
+    if completion.tool_calls:
+        calls = tuple(
+            {
+                "id": scrub(call["id"]),
+                "type": "function",
+                "function": {
+                    "name": scrub(call["function"]["name"]),
+                    "arguments": scrub(call["function"]["arguments"]),
+                },
+            }
+            for call in completion.tool_calls
+        )
+        return dataclasses.replace(completion, text=text, tool_calls=calls)  # type: ignore[arg-type]
     return completion if text is completion.text else dataclasses.replace(completion, text=text)
 
 
@@ -408,6 +454,7 @@ async def _finish_success(
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
             cached_input_tokens=completion.cached_input_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
             usage_estimated=estimated,
             cost_usd=cost,
             catalogue_version=version,
@@ -424,5 +471,9 @@ async def _finish_success(
             finish_reason=completion.finish_reason,
             catalogue_version=version,
             time_to_first_token_ms=first_token_ms,
+            cached_input_tokens=completion.cached_input_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
+            tool_calls=[dict(call) for call in completion.tool_calls] or None,
+            refusal=completion.refusal,
         ),
     )

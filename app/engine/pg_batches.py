@@ -106,6 +106,7 @@ class PromptBatches:
         self._prompt_jsonb = _jsonb_columns(requests)
         self._attempt_columns = _columns(attempts)
         self._response_columns = _columns(responses)
+        self._response_jsonb = _jsonb_columns(responses)
         # The SQL is made of the tables' own names, never of a value (values are parameters).
         # Each statement in two forms: over arrays (a batch), and over one row's values.
         self._insert_prompts = {one: self._insert_sql(requests, one=one) for one in (False, True)}
@@ -148,7 +149,8 @@ class PromptBatches:
             ),
             response_rows AS (
                 INSERT INTO {responses.name} ({response_names})
-                SELECT r.* FROM {response_rows} AS r({response_names})
+                SELECT {_select(self._response_columns, self._response_jsonb, "r")}
+                FROM {response_rows} AS r({response_names})
                 WHERE r.prompt_id IN (SELECT id FROM finished)
             )
             SELECT id FROM finished
@@ -182,7 +184,7 @@ class PromptBatches:
             self._write_outcomes[one],
             now,
             *_parameters(attempts, self._attempt_columns, set(), one=one),
-            *_parameters(responses, self._response_columns, set(), one=one),
+            *_parameters(responses, self._response_columns, self._response_jsonb, one=one),
             *_shaped(changes, one=one),
         )
         return {row[0] for row in rows}

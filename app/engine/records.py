@@ -38,6 +38,7 @@ class AttemptRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
     usage_estimated: bool = False
     cost_usd: Decimal | None = None
     catalogue_version: str | None = None
@@ -57,3 +58,8 @@ class ResponseRecord:
     catalogue_version: str | None
     # Streamed answers only: from the start of the call that answered to its first text.
     time_to_first_token_ms: int | None = None
+    cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    # OpenAI's shape: [{"id", "type": "function", "function": {"name", "arguments"}}]
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None = None

@@ -136,6 +136,14 @@ class Settings(BaseSettings):
         "submission is a 429 `too_many_pending_prompts`. 0: no cap. Counted per API process "
         "from a count read at most every second, so several processes may pass it briefly.",
     )
+    drop_params: bool = Field(
+        False,
+        description="Leave out, rather than refuse with 400 `unsupported_parameter`, the "
+        "request fields the chosen provider cannot honour (a request can ask the same with "
+        "`drop_params: true`). Each field left out is recorded on the prompt and named in "
+        "the `X-Dropped-Params` response header. Image parts and tool turns are never left "
+        "out.",
+    )
     max_streams_per_user: int = Field(
         20,
         ge=0,

@@ -10,26 +10,53 @@ way out, which closes the HTTP response. Unlike openai's, this SDK does not wrap
 transport raises while a stream is read: those arrive as bare `httpx2` errors and are mapped
 here. An `error` event inside a stream that began 200 OK (Anthropic sends `overloaded_error` so
 under load) is mapped by its error type, as the status that type stands for would be.
+
+The rest of a chat-completions request is translated as the "anthropic" column of the matrix
+(app/providers/fidelity.py) says, and nothing else is: `tools` (`parameters` become
+`input_schema`), `tool_choice` (auto, any, tool, none), `parallel_tool_calls` false
+(`disable_parallel_tool_use` on the tool choice), `response_format` (`output_config.format`, a
+JSON schema; `json_object` asks for any object), `stop` (`stop_sequences`), `reasoning_effort`
+(`thinking` with a token budget) and `user` (`metadata.user_id`). In the conversation, image
+parts become image blocks, an assistant's tool calls `tool_use` blocks and tool turns
+`tool_result` blocks. The intake refuses what the matrix refuses, so another option reaching
+the adapter is a bug upstream: it is a `BadRequest` naming it, never silently dropped. In the
+reply, `tool_use` blocks come back as OpenAI tool calls (streamed as `ToolCallDelta`s), and
+thinking blocks are the model's working, not its answer: they are left out of the text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
-from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
 
 import aiohttp
 import anthropic
 import httpx2
-from anthropic import AsyncAnthropic, AsyncAPIResponse
+from anthropic import AsyncAnthropic, AsyncAPIResponse, Omit, omit
 from anthropic.types import (
+    ImageBlockParam,
     MessageDeltaUsage,
     MessageParam,
+    MetadataParam,
+    OutputConfigParam,
     RawMessageStreamEvent,
     RefusalStopDetails,
     TextBlock,
+    TextBlockParam,
+    ThinkingConfigParam,
+    ToolChoiceAnyParam,
+    ToolChoiceAutoParam,
+    ToolChoiceParam,
+    ToolChoiceToolParam,
+    ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlock,
+    ToolUseBlockParam,
     Usage,
 )
 
@@ -43,9 +70,12 @@ from app.providers.base import (
     ContextLengthExceeded,
     MalformedResponse,
     Message,
+    Part,
     ProviderError,
     ProviderTimeout,
     RateLimited,
+    ToolCall,
+    ToolCallDelta,
     Unavailable,
     estimate_prompt_tokens,
     estimate_tokens,
@@ -61,6 +91,21 @@ _FINISH_REASONS = {
     "max_tokens": "length",
     # The answer was cut short because the context window filled up: a truncation, as above.
     "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+}
+# The options the adapter translates: the "anthropic" column's `translated` cells.
+_OPTIONS = frozenset(
+    {"tools", "tool_choice", "parallel_tool_calls", "response_format", "stop"}
+    | {"reasoning_effort", "user"}
+)
+# OpenAI's reasoning efforts as thinking budgets (1024 is the least Anthropic accepts).
+_THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+_MediaType = Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+_IMAGE_TYPES: dict[str, _MediaType] = {
+    "image/jpeg": "image/jpeg",
+    "image/png": "image/png",
+    "image/gif": "image/gif",
+    "image/webp": "image/webp",
 }
 # The status each error type stands for, for an `error` event inside a 200 OK stream.
 _ERROR_EVENT_STATUS = {
@@ -94,18 +139,204 @@ def build_client(
     )
 
 
+class _Params(TypedDict):
+    """The arguments of `messages.create`, the same streamed or not."""
+
+    model: str
+    max_tokens: int
+    messages: list[MessageParam]
+    system: str | Omit
+    tools: list[ToolParam] | Omit
+    tool_choice: ToolChoiceParam | Omit
+    output_config: OutputConfigParam | Omit
+    stop_sequences: list[str] | Omit
+    thinking: ThinkingConfigParam | Omit
+    metadata: MetadataParam | Omit
+
+
 def to_anthropic_messages(messages: list[Message]) -> tuple[str | None, list[MessageParam]]:
-    """System messages become the top-level `system` prompt (joined); the rest are turns."""
+    """System messages become the top-level `system` prompt (joined); the rest are turns, in
+    Anthropic's blocks where OpenAI has parts: images, an assistant's tool calls (`tool_use`)
+    and tool turns (`tool_result`, in a user turn). Consecutive tool turns share one user turn,
+    as Anthropic wants every result of an assistant's calls together in the turn after it."""
     system: list[str] = []
     turns: list[MessageParam] = []
+    results: list[ToolResultBlockParam] | None = None  # those of the last turn, if it has some
     for message in messages:
-        if message["role"] == "system":
-            system.append(message["content"])
-        elif message["role"] == "user":
-            turns.append({"role": "user", "content": message["content"]})
+        role = message["role"]
+        if role == "system":
+            system.append(_text(message["content"]))
+        elif role == "tool":
+            if results is None:
+                results = []
+                turns.append({"role": "user", "content": results})
+            results.append(_tool_result(message))
+        elif role == "user":
+            results = None
+            turns.append({"role": "user", "content": _user_content(message["content"])})
         else:
-            turns.append({"role": "assistant", "content": message["content"]})
+            results = None
+            turns.append({"role": "assistant", "content": _assistant_content(message)})
     return ("\n\n".join(system) if system else None), turns
+
+
+def _text(content: str | list[Part] | None) -> str:
+    """The text of a turn's content (its text parts, joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part["text"] for part in content if part["type"] == "text")
+
+
+def _user_content(content: str | list[Part] | None) -> str | list[TextBlockParam | ImageBlockParam]:
+    if content is None or isinstance(content, str):
+        return content or ""
+    blocks: list[TextBlockParam | ImageBlockParam] = []
+    for part in content:
+        if part["type"] == "text":
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part["type"] == "image_url":
+            blocks.append(_image(part["image_url"]["url"]))
+        else:
+            raise BadRequest(f"a message part of type {part['type']!r} cannot be sent")
+    return blocks
+
+
+def _image(url: str) -> ImageBlockParam:
+    """A data URL is sent as its base64 data, an https URL as it is: Anthropic fetches it."""
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        header = header.lower()
+        media_type = _IMAGE_TYPES.get(header.removeprefix("data:").removesuffix(";base64"))
+        if not header.endswith(";base64") or media_type is None:
+            raise BadRequest(
+                "an image's data URL must be base64 JPEG, PNG, GIF or WebP "
+                f"(data:image/png;base64,…), not {header[:40]}"
+            )
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
+    if url.startswith("https://"):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise BadRequest("an image must be an https URL or a base64 data URL")
+
+
+def _assistant_content(message: Message) -> str | list[TextBlockParam | ToolUseBlockParam]:
+    text = _text(message["content"])
+    calls = message.get("tool_calls")
+    if not calls:
+        return text
+    blocks: list[TextBlockParam | ToolUseBlockParam] = []
+    if text:  # Anthropic refuses an empty text block
+        blocks.append({"type": "text", "text": text})
+    for call in calls:
+        try:
+            arguments: object = json.loads(call["function"]["arguments"])
+        except (ValueError, TypeError):
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise BadRequest(
+                f"the arguments of tool call {call['id']!r} are not a JSON object, "
+                "and Anthropic takes a tool call's input only as one"
+            )
+        name = call["function"]["name"]
+        blocks.append({"type": "tool_use", "id": call["id"], "name": name, "input": arguments})
+    return blocks
+
+
+def _tool_result(message: Message) -> ToolResultBlockParam:
+    call_id = message.get("tool_call_id")
+    if not call_id:
+        raise BadRequest("a tool turn must name the call it answers (tool_call_id)")
+    return {"type": "tool_result", "tool_use_id": call_id, "content": _text(message["content"])}
+
+
+def _tools(tools: Any, provider: str) -> list[ToolParam]:
+    """OpenAI's function tools; a tool without parameters takes an empty object, as OpenAI's
+    do (Anthropic requires a schema)."""
+    translated: list[ToolParam] = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(function, Mapping) or tool.get("type") != "function":
+            raise BadRequest(f"{provider} takes only function tools")
+        schema = function.get("parameters") or {"type": "object", "properties": {}}
+        param: ToolParam = {"name": function["name"], "input_schema": schema}
+        if function.get("description") is not None:
+            param["description"] = function["description"]
+        if function.get("strict") is not None:
+            param["strict"] = bool(function["strict"])
+        translated.append(param)
+    return translated
+
+
+def _tool_choice(choice: Any, *, one_call: bool, provider: str) -> ToolChoiceParam | Omit:
+    """`one_call`: `parallel_tool_calls` false, which Anthropic sets on the tool choice (on
+    `auto`, its default, when the request named none; `none` calls no tool at all)."""
+    if choice is None or choice == "auto":
+        if not one_call:
+            return omit if choice is None else {"type": "auto"}
+        auto: ToolChoiceAutoParam = {"type": "auto", "disable_parallel_tool_use": True}
+        return auto
+    if choice == "none":
+        return {"type": "none"}
+    if choice == "required":
+        required: ToolChoiceAnyParam = {"type": "any"}
+        if one_call:
+            required["disable_parallel_tool_use"] = True
+        return required
+    function = choice.get("function") if isinstance(choice, Mapping) else None
+    if (
+        not isinstance(function, Mapping)
+        or choice.get("type") != "function"
+        or not isinstance(function.get("name"), str)
+    ):
+        raise BadRequest(f"{provider} does not understand tool_choice {choice!r}")
+    named: ToolChoiceToolParam = {"type": "tool", "name": function["name"]}
+    if one_call:
+        named["disable_parallel_tool_use"] = True
+    return named
+
+
+def _output_config(response_format: Any, provider: str) -> OutputConfigParam | Omit:
+    """Anthropic's structured output takes a JSON schema: `json_object` (any JSON object) is
+    the schema of any object."""
+    if not isinstance(response_format, Mapping):
+        raise BadRequest(f"{provider} does not understand response_format {response_format!r}")
+    kind = response_format.get("type")
+    if kind == "text":  # the default: asks for nothing
+        return omit
+    spec = response_format.get("json_schema")
+    if kind == "json_schema" and isinstance(spec, Mapping):
+        schema = spec.get("schema") or {"type": "object"}
+    elif kind == "json_object":
+        schema = {"type": "object"}
+    else:
+        raise BadRequest(f"{provider} does not understand response_format {response_format!r}")
+    return {"format": {"type": "json_schema", "schema": dict(schema)}}
+
+
+def _thinking(
+    effort: Any, max_tokens: int, provider: str
+) -> tuple[ThinkingConfigParam | Omit, int]:
+    """The thinking a reasoning effort asks for (`none`: none at all, so none is asked for),
+    and the call's max_tokens. Anthropic counts thinking within max_tokens and refuses a
+    max_tokens not above the budget, so such a max_tokens (the request's or the default)
+    becomes the budget plus itself: the model may think its whole budget and still have what
+    the request allowed for the answer, rather than the call being refused."""
+    if effort is None or effort == "none":
+        return omit, max_tokens
+    budget = _THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
+    if budget is None:
+        raise BadRequest(f"{provider} does not understand reasoning_effort {effort!r}")
+    if max_tokens <= budget:
+        max_tokens += budget
+    return {"type": "enabled", "budget_tokens": budget}, max_tokens
+
+
+def _tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 class AnthropicProvider:
@@ -120,50 +351,49 @@ class AnthropicProvider:
         self._default_max_tokens = default_max_tokens  # the Messages API requires max_tokens
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        system, turns, max_tokens = self._prepared(request)
+        params = self._prepared(request)
         with self._sdk_errors():
             # The SDK's timeouts are per phase (connect, each read); this makes the request's
             # timeout a deadline for the whole call, as CompletionRequest promises.
             async with asyncio.timeout(request.timeout):
                 raw = await self._client.messages.with_raw_response.create(
-                    model=request.model,
-                    max_tokens=max_tokens,
-                    messages=turns,
-                    system=system if system is not None else anthropic.omit,
-                    timeout=self._timeout(request),
+                    **params, timeout=self._timeout(request)
                 )
         reply = await _parse(raw)
         if reply is None:
             raise MalformedResponse(
                 f"{self.name} sent a response that could not be read", status=raw.status_code
             )
+        # Thinking blocks are left out: the model's working, not its answer.
         text = "".join(block.text for block in reply.content if isinstance(block, TextBlock))
+        calls = tuple(
+            _tool_call(block.id, block.name, json.dumps(block.input, separators=(",", ":")))
+            for block in reply.content
+            if isinstance(block, ToolUseBlock)
+        )
         return _completion(
             request,
-            _Answer(text, reply.usage, reply.stop_reason, reply.stop_details, reply.model),
+            _Answer(text, reply.usage, reply.stop_reason, reply.stop_details, reply.model, calls),
             provider=self.name,
             status=raw.status_code,
         )
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
-        system, turns, max_tokens = self._prepared(request)
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
+        params = self._prepared(request)
         deadline = asyncio.get_running_loop().time() + _seconds(request, self._client.timeout)
         with self._sdk_errors():
             async with asyncio.timeout_at(deadline):
                 events = await self._client.messages.create(
-                    model=request.model,
-                    max_tokens=max_tokens,
-                    messages=turns,
-                    system=system if system is not None else anthropic.omit,
-                    stream=True,
-                    timeout=self._timeout(request),
+                    **params, stream=True, timeout=self._timeout(request)
                 )
         answer = _StreamedAnswer()
         status = events.response.status_code
         try:
             while (event := await self._next(events, deadline)) is not None:
-                if text := answer.add(event):
-                    yield text
+                if (piece := answer.add(event)) is not None:
+                    yield piece
         finally:
             await events.close()
         if answer.stop_reason is None:  # cut off, though the connection ended cleanly
@@ -175,13 +405,43 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         await self._client.close()
 
-    def _prepared(self, request: CompletionRequest) -> tuple[str | None, list[MessageParam], int]:
-        """The system prompt, the turns and max_tokens, the same streamed or not."""
+    def _prepared(self, request: CompletionRequest) -> _Params:
+        """The call's arguments, the same streamed or not. What the request asks for and
+        cannot be translated is refused here, before any call: never silently dropped."""
         if request.temperature is not None:  # refused at submission; never dropped here
             raise BadRequest(f"{self.name} does not accept a temperature")
+        options = request.options
+        if unknown := [name for name in options if name not in _OPTIONS]:
+            raise BadRequest(f"{self.name} does not accept {', '.join(unknown)}")
         system, turns = to_anthropic_messages(request.messages)
         max_tokens = request.max_tokens
-        return system, turns, max_tokens if max_tokens is not None else self._default_max_tokens
+        thinking, max_tokens = _thinking(
+            options.get("reasoning_effort"),
+            max_tokens if max_tokens is not None else self._default_max_tokens,
+            self.name,
+        )
+        tools = options.get("tools")
+        # Only `false` asks for something: true is the default.
+        one_call = options.get("parallel_tool_calls") is False
+        response_format = options.get("response_format")
+        stop = options.get("stop")
+        user = options.get("user")
+        return _Params(
+            model=request.model,
+            max_tokens=max_tokens,
+            messages=turns,
+            system=system if system is not None else omit,
+            tools=_tools(tools, self.name) if tools else omit,
+            tool_choice=_tool_choice(
+                options.get("tool_choice"), one_call=one_call, provider=self.name
+            ),
+            output_config=(
+                _output_config(response_format, self.name) if response_format is not None else omit
+            ),
+            stop_sequences=([stop] if isinstance(stop, str) else list(stop)) if stop else omit,
+            thinking=thinking,
+            metadata={"user_id": str(user)} if user is not None else omit,
+        )
 
     def _timeout(self, request: CompletionRequest) -> float | anthropic.Timeout | None:
         # Always given: with no timeout and a client left on the SDK's default one, the SDK
@@ -225,37 +485,64 @@ class _Answer:
     stop_reason: str | None
     stop_details: RefusalStopDetails | None
     model: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(slots=True)
+class _StreamedCall:
+    id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
 
 
 class _StreamedAnswer:
-    """What the events of a stream add up to: the text of its `text_delta`s, the usage of
+    """What the events of a stream add up to: the text of its `text_delta`s, the tool calls
+    of its `tool_use` blocks (their arguments, the `input_json_delta`s), the usage of
     `message_start` brought up to date by `message_delta` (whose counts are running totals),
-    and the stop reason and details of `message_delta`."""
+    and the stop reason and details of `message_delta`. Thinking (`thinking_delta`,
+    `signature_delta`) is the model's working, not its answer: it is passed over."""
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
+        self._calls: list[_StreamedCall] = []
+        self._call_of_block: dict[int, int] = {}  # content block index → tool call index
         self._usage: Usage | None = None
         self._model: str | None = None
         self.stop_reason: str | None = None
         self._stop_details: RefusalStopDetails | None = None
 
-    def add(self, event: RawMessageStreamEvent) -> str:
-        """Returns the text the event adds to the answer (maybe none)."""
+    def add(self, event: RawMessageStreamEvent) -> str | ToolCallDelta | None:
+        """Returns what the event adds to the answer: text, a piece of a tool call, or None."""
         if event.type == "message_start":
             self._model = event.message.model
             self._usage = getattr(event.message, "usage", None)  # the SDK parses leniently
-        elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-            self._pieces.append(event.delta.text)
-            return event.delta.text
+        elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+            block = event.content_block
+            index = self._call_of_block[event.index] = len(self._calls)
+            self._calls.append(_StreamedCall(block.id, block.name))
+            return ToolCallDelta(index=index, id=block.id, name=block.name, arguments="")
+        elif event.type == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta" and delta.text:
+                self._pieces.append(delta.text)
+                return delta.text
+            # Only those of the blocks started as tool calls (not a server tool's, say).
+            call = self._call_of_block.get(event.index)
+            if delta.type == "input_json_delta" and delta.partial_json and call is not None:
+                self._calls[call].arguments.append(delta.partial_json)
+                return ToolCallDelta(index=call, arguments=delta.partial_json)
         elif event.type == "message_delta":
             self.stop_reason = event.delta.stop_reason
             self._stop_details = event.delta.stop_details
             self._usage = _updated(self._usage, getattr(event, "usage", None))
-        return ""
+        return None
 
     def answer(self) -> _Answer:
         text = "".join(self._pieces)
-        return _Answer(text, self._usage, self.stop_reason, self._stop_details, self._model)
+        calls = tuple(
+            _tool_call(call.id, call.name, "".join(call.arguments) or "{}") for call in self._calls
+        )
+        return _Answer(text, self._usage, self.stop_reason, self._stop_details, self._model, calls)
 
 
 def _updated(usage: Usage | None, delta: MessageDeltaUsage | None) -> Usage | None:
@@ -309,6 +596,7 @@ def _completion(
         finish_reason=_FINISH_REASONS.get(reason, reason.lower()) if reason else None,
         upstream_model=answer.model or request.model,
         cached_input_tokens=cache_read,
+        tool_calls=answer.tool_calls,
     )
 
 

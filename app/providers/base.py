@@ -54,7 +54,7 @@ class Message(TypedDict):
     name: NotRequired[str]
 
 
-_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})  # shared, read-only
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class CompletionRequest:
     # shape (`tools`, `tool_choice`, `response_format`, `stop` (always a list), `top_p`, …:
     # app/providers/fidelity.py lists them and what each provider makes of them). Only fields
     # the provider can honour arrive here: the intake refuses (or drops) the others.
-    options: Mapping[str, Any] = field(default=_NO_OPTIONS)
+    options: Mapping[str, Any] = field(default_factory=lambda: NO_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +109,7 @@ class Provider(Protocol):
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
-    def stream(
-        self, request: CompletionRequest
-    ) -> AsyncIterator[str | ToolCallDelta | Completion]:
+    def stream(self, request: CompletionRequest) -> AsyncIterator[str | ToolCallDelta | Completion]:
         """The same call, streamed: yields the answer's text as it arrives (non-empty `str`
         deltas) and its tool calls in pieces (`ToolCallDelta`), then exactly one `Completion`
         (the whole text and tool calls, usage, finish reason) last.
@@ -216,7 +214,9 @@ def message_text(message: Message) -> str:
         text = "\n".join(p["text"] for p in content if p["type"] == "text")
     calls = message.get("tool_calls")
     if calls:
-        text = " ".join([text, *(c["function"]["name"] + c["function"]["arguments"] for c in calls)])
+        text = " ".join(
+            [text, *(c["function"]["name"] + c["function"]["arguments"] for c in calls)]
+        )
     return text
 
 

@@ -11,11 +11,18 @@ import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 BUNDLED_CATALOGUE = Path(__file__).with_name("catalogue.toml")
 _MILLION = Decimal(1_000_000)
+
+
+Capability = Literal["tools", "vision", "structured_output", "reasoning", "embeddings"]
+CAPABILITIES: tuple[Capability, ...] = (
+    "tools", "vision", "structured_output", "reasoning", "embeddings",
+)  # fmt: skip
 
 
 class CatalogueError(ValueError):
@@ -36,6 +43,10 @@ class ModelEntry(BaseModel):
     max_output_tokens: int | None = Field(None, ge=1)
     timeout_seconds: float | None = Field(None, gt=0, le=3600)
     fallbacks: tuple[str, ...] = ()
+    # What the model can do beyond text: a request that uses more is refused before anything
+    # is recorded (app/services/intake.py). None: not stated, so only the provider's column of
+    # the translation matrix (app/providers/fidelity.py) is checked.
+    capabilities: tuple[Capability, ...] | None = None
 
 
 class _CatalogueFile(BaseModel):

@@ -94,7 +94,9 @@ ROWS: tuple[Row, ...] = (
         "tool_choice",
         {
             "openai": _fwd(),
-            "gemini": _to("toolConfig.functionCallingConfig (AUTO, ANY, NONE; allowedFunctionNames)"),
+            "gemini": _to(
+                "toolConfig.functionCallingConfig (AUTO, ANY, NONE; allowedFunctionNames)"
+            ),
             "anthropic": _to("tool_choice (auto, any, tool, none)"),
             "local": _no(_NO_TOOLS_TEMPLATE),
         },
@@ -292,7 +294,10 @@ def why(kind: str, name: str) -> str:
 
 
 def _kind(kind: str) -> Kind:
-    return kind if kind in KINDS else "openai"  # type: ignore[return-value]
+    for known in KINDS:
+        if kind == known:
+            return known
+    return "openai"
 
 
 def counts() -> dict[Kind, dict[How, int]]:

@@ -8,6 +8,31 @@ HTTP response) sits in a reference cycle: closing the outer generator leaves the
 until the garbage collector happens by. So the SDK's stream is read ahead in a task of its own
 (`_ReadAhead`), always inside a read, and closing cancels that read, which unwinds the whole
 chain at once and closes the connection.
+
+The request's OpenAI fields are translated as the "gemini" column of the translation matrix
+(app/providers/fidelity.py) says, and only those (`_options`):
+
+- `tools` become one `Tool` of `functionDeclarations`, each function's `parameters` sent as
+  `parametersJsonSchema` (JSON Schema as written). OpenAI's `strict` has no Gemini
+  equivalent (no switch for strict schema adherence): it is accepted and not sent;
+- `tool_choice` becomes `toolConfig.functionCallingConfig`: none → NONE, auto → AUTO,
+  required → ANY, one named function → ANY with `allowedFunctionNames`;
+- `response_format` json_object → `responseMimeType` application/json; json_schema → that and
+  `responseJsonSchema` (its `strict` has no switch either);
+- `stop`, `top_p`, `seed`, `frequency_penalty`, `presence_penalty` → the same generation fields;
+- `reasoning_effort` → `thinkingConfig.thinkingBudget` (see REASONING_BUDGETS);
+- `user` is recorded by the gateway and never sent (Gemini has no such field).
+
+Anything else in `options` (the matrix refuses it for Gemini, so the intake should not have let
+it through) is a `BadRequest` naming it, never dropped.
+
+Messages: system turns → `systemInstruction`; user text and image parts → text and
+`inlineData` parts (a `data:` URL decoded, an http(s) one fetched by the `ImageFetcher` given);
+an assistant turn's `tool_calls` → `functionCall` parts (with the call's id); `tool` turns →
+`functionResponse` parts (`{"result": <content>}`, named after the call they answer), one
+`user` content for consecutive ones. Replies' `functionCall` parts become `tool_calls`, with
+finish reason `tool_calls`; streamed, each arrives whole in one chunk, so it is yielded as one
+`ToolCallDelta` holding all its arguments.
 """
 
 from __future__ import annotations
@@ -17,7 +42,8 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -29,6 +55,7 @@ from aiohttp.tracing import Trace
 from google import genai
 from google.genai import errors, types
 
+from app.providers import fidelity
 from app.providers.base import (
     AuthenticationFailed,
     BadRequest,
@@ -42,11 +69,15 @@ from app.providers.base import (
     ProviderError,
     ProviderTimeout,
     RateLimited,
+    ToolCall,
+    ToolCallDelta,
     Unavailable,
     estimate_prompt_tokens,
     estimate_tokens,
+    message_text,
     retry_after_seconds,
 )
+from app.providers.images import ImageFetcher, InvalidImage, parse_data_url
 
 _Item = TypeVar("_Item")
 
@@ -68,6 +99,28 @@ FILTERED_FINISH_REASONS = frozenset(
 # "The input token count (N) exceeds the maximum number of tokens allowed (M)." (Gemini API);
 # "... the input token count is N but model only supports up to M" (Vertex AI).
 CONTEXT_LENGTH = re.compile(r"input token count.*(exceeds the maximum|only supports up to)", re.I)
+# OpenAI's reasoning_effort as a thinking budget in tokens (0: no thinking).
+REASONING_BUDGETS = {"none": 0, "minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
+TOOL_CHOICE_MODES = {
+    "none": types.FunctionCallingConfigMode.NONE,
+    "auto": types.FunctionCallingConfigMode.AUTO,
+    "required": types.FunctionCallingConfigMode.ANY,
+}
+# The options `_options` translates; `user` is recorded by the gateway and not sent.
+TRANSLATED = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "response_format",
+        "stop",
+        "top_p",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "reasoning_effort",
+    }
+)
+RECORDED = frozenset({"user"})
 
 
 class _ConnectTimeoutConnector(aiohttp.TCPConnector):
@@ -144,20 +197,27 @@ class GeminiProvider:
     max_temperature = 2.0
     kind = "gemini"
 
-    def __init__(self, client: GeminiClient, *, name: str = "gemini") -> None:
+    def __init__(
+        self, client: GeminiClient, *, name: str = "gemini", images: ImageFetcher | None = None
+    ) -> None:
+        """`images` fetches the images messages give by http(s) URL (None: such an image is a
+        `BadRequest`); the provider owns it, and closes it with itself."""
         self.name = name
         self._client = client
+        self._images = images
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        contents, config = _call(request)
+        contents, config = await self._call(request)
         with _sdk_errors(self.name):
             reply = await self._client.sdk.aio.models.generate_content(
                 model=request.model, contents=contents, config=config
             )
         return _completion(request, reply, provider=self.name)
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
-        contents, config = _call(request)
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
+        contents, config = await self._call(request)
         # Nothing is sent until the first chunk is asked for.
         chunks = _ReadAhead(
             await self._client.sdk.aio.models.generate_content_stream(
@@ -167,14 +227,26 @@ class GeminiProvider:
         answer = _StreamedAnswer(provider=self.name)
         try:
             while (chunk := await self._next(chunks)) is not None:
-                if text := answer.add(chunk):
-                    yield text
+                for piece in answer.add(chunk):
+                    yield piece
         finally:
             await chunks.close()
         yield answer.completion(request)
 
+    async def _call(
+        self, request: CompletionRequest
+    ) -> tuple[list[types.Content], types.GenerateContentConfig]:
+        """The request's contents and config, the same streamed or not."""
+        contents, system = await _to_contents(request.messages, self._images)
+        config = _config(request, system)
+        return contents, config
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        try:
+            await self._client.aclose()
+        finally:
+            if self._images is not None:
+                await self._images.aclose()
 
     async def _next(
         self, chunks: _ReadAhead[types.GenerateContentResponse]
@@ -224,10 +296,21 @@ def _sdk_errors(provider: str) -> Iterator[None]:
         raise mapped from None
 
 
-def _call(request: CompletionRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
-    """The request's contents and config, the same streamed or not."""
-    contents, system = _to_contents(request.messages)
-    config = types.GenerateContentConfig(
+def _config(
+    request: CompletionRequest, system: types.Content | None
+) -> types.GenerateContentConfig:
+    options = _options(request.options)
+    try:
+        return _generate_config(request, system, options)
+    except pydantic.ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
+        raise BadRequest(f"options Gemini cannot take as given ({fields})") from None
+
+
+def _generate_config(
+    request: CompletionRequest, system: types.Content | None, options: dict[str, Any]
+) -> types.GenerateContentConfig:
+    return types.GenerateContentConfig(
         system_instruction=system,
         temperature=request.temperature,
         max_output_tokens=request.max_tokens,
@@ -240,8 +323,94 @@ def _call(request: CompletionRequest) -> tuple[list[types.Content], types.Genera
             if request.timeout is not None
             else None
         ),
+        **options,
     )
-    return contents, config
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's OpenAI options as `GenerateContentConfig` fields (see the module's
+    docstring); a value that asks for nothing (the field's default) is not sent."""
+    config: dict[str, Any] = {}
+    for name, value in options.items():
+        row = fidelity.BY_NAME.get(name)
+        if name in RECORDED or (row is not None and row.is_default(value)):
+            continue
+        if name not in TRANSLATED:
+            why = f" ({fidelity.why('gemini', name)})" if row is not None else ""
+            raise BadRequest(f"{name} is not supported by Gemini{why}")
+        if name == "tools":
+            config["tools"] = [_tools(value)]
+        elif name == "tool_choice":
+            config["tool_config"] = types.ToolConfig(function_calling_config=_tool_choice(value))
+        elif name == "response_format":
+            config.update(_response_format(value))
+        elif name == "stop":
+            config["stop_sequences"] = [value] if isinstance(value, str) else list(value)
+        elif name == "reasoning_effort":
+            if value not in REASONING_BUDGETS:
+                raise BadRequest(
+                    f"reasoning_effort {value!r} is not one of {', '.join(REASONING_BUDGETS)}"
+                )
+            config["thinking_config"] = types.ThinkingConfig(
+                thinking_budget=REASONING_BUDGETS[value]
+            )
+        else:  # top_p, seed, frequency_penalty, presence_penalty: the same fields
+            config[name] = value
+    return config
+
+
+def _tools(tools: Any) -> types.Tool:
+    """OpenAI's function tools as one Gemini `Tool`. A function's `strict` is accepted and not
+    sent: Gemini has no switch for strict adherence to the declared schema."""
+    if not isinstance(tools, list):
+        raise BadRequest("tools must be a list")
+    declarations = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type") != "function":
+            raise BadRequest(f"tools[{index}]: Gemini takes only function tools")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"tools[{index}].function.name is missing")
+        declarations.append(
+            types.FunctionDeclaration(
+                name=name,
+                description=function.get("description"),
+                parameters_json_schema=function.get("parameters"),
+            )
+        )
+    return types.Tool(function_declarations=declarations)
+
+
+def _tool_choice(choice: Any) -> types.FunctionCallingConfig:
+    if isinstance(choice, str) and choice in TOOL_CHOICE_MODES:
+        return types.FunctionCallingConfig(mode=TOOL_CHOICE_MODES[choice])
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function" or not name:
+        raise BadRequest(
+            'tool_choice must be "none", "auto", "required" or '
+            '{"type": "function", "function": {"name": ...}}'
+        )
+    return types.FunctionCallingConfig(
+        mode=types.FunctionCallingConfigMode.ANY, allowed_function_names=[name]
+    )
+
+
+def _response_format(value: Any) -> dict[str, Any]:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"response_mime_type": "application/json"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        config: dict[str, Any] = {"response_mime_type": "application/json"}
+        if schema is not None:
+            config["response_json_schema"] = schema
+        return config
+    raise BadRequest('response_format.type must be "text", "json_object" or "json_schema"')
 
 
 def _completion(
@@ -253,34 +422,50 @@ def _completion(
     candidate = reply.candidates[0]
     finish = _finish(candidate, provider=provider)
     text = _answer_text(candidate)
-    return _result(request, text, finish, reply.usage_metadata, reply.model_version)
+    calls = tuple(_tool_call(call) for call in _function_calls(candidate))
+    return _result(request, text, calls, finish, reply.usage_metadata, reply.model_version)
 
 
 class _StreamedAnswer:
     """What the chunks of a stream add up to, read as `_completion` reads a whole reply: the
-    text of every chunk, and the last chunk's finish reason, usage and model version."""
+    text and function calls of every chunk, and the last chunk's finish reason, usage and model
+    version. A function call arrives whole, in one chunk."""
 
     def __init__(self, *, provider: str) -> None:
         self._provider = provider
         self._pieces: list[str] = []
+        self._calls: list[ToolCall] = []
         self._candidates = False  # whether any chunk had one
         self._finish: str | None = None
         self._usage: types.GenerateContentResponseUsageMetadata | None = None
         self._model_version: str | None = None
 
-    def add(self, chunk: types.GenerateContentResponse) -> str:
-        """Returns the text the chunk adds to the answer (maybe none)."""
+    def add(self, chunk: types.GenerateContentResponse) -> list[str | ToolCallDelta]:
+        """What the chunk adds to the answer (maybe nothing): its text, then its calls."""
         _refuse_blocked_prompt(chunk, provider=self._provider)
         self._usage = chunk.usage_metadata or self._usage
         self._model_version = chunk.model_version or self._model_version
         if not chunk.candidates:
-            return ""
+            return []
         self._candidates = True
         candidate = chunk.candidates[0]
         self._finish = _finish(candidate, provider=self._provider) or self._finish
-        text = _answer_text(candidate)
-        self._pieces.append(text)
-        return text
+        added: list[str | ToolCallDelta] = []
+        if text := _answer_text(candidate):
+            self._pieces.append(text)
+            added.append(text)
+        for function_call in _function_calls(candidate):
+            call = _tool_call(function_call)
+            added.append(
+                ToolCallDelta(
+                    index=len(self._calls),
+                    id=call["id"],
+                    name=call["function"]["name"],
+                    arguments=call["function"]["arguments"],
+                )
+            )
+            self._calls.append(call)
+        return added
 
     def completion(self, request: CompletionRequest) -> Completion:
         if not self._candidates:
@@ -288,7 +473,9 @@ class _StreamedAnswer:
         if self._finish is None:  # cut off, though the connection ended cleanly
             raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
         text = "".join(self._pieces)
-        return _result(request, text, self._finish, self._usage, self._model_version)
+        return _result(
+            request, text, tuple(self._calls), self._finish, self._usage, self._model_version
+        )
 
 
 def _refuse_blocked_prompt(reply: types.GenerateContentResponse, *, provider: str) -> None:
@@ -316,46 +503,172 @@ def _answer_text(candidate: types.Candidate) -> str:
     return "".join(p.text for p in parts or [] if p.text and not p.thought)
 
 
+def _function_calls(candidate: types.Candidate) -> list[types.FunctionCall]:
+    parts = candidate.content.parts if candidate.content else None
+    return [p.function_call for p in parts or [] if p.function_call is not None]
+
+
+def _tool_call(call: types.FunctionCall) -> ToolCall:
+    """A Gemini function call as an OpenAI tool call; Google's id if it gave one (newer
+    models do), else one of OpenAI's form, made up."""
+    return {
+        "id": call.id or "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {
+            "name": call.name or "",
+            "arguments": json.dumps(call.args or {}, separators=(",", ":")),
+        },
+    }
+
+
 def _result(
     request: CompletionRequest,
     text: str,
+    calls: tuple[ToolCall, ...],
     finish: str | None,
     usage: types.GenerateContentResponseUsageMetadata | None,
     model_version: str | None,
 ) -> Completion:
+    reasoning = 0
     if usage is not None and usage.prompt_token_count is not None:
         input_tokens = usage.prompt_token_count
         # Thinking tokens are billed as output. Google omits a count that is zero.
-        output_tokens = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+        reasoning = usage.thoughts_token_count or 0
+        output_tokens = (usage.candidates_token_count or 0) + reasoning
         cached = usage.cached_content_token_count or 0
         reported = True
     else:
         input_tokens = estimate_prompt_tokens(request)
-        output_tokens = estimate_tokens(text)
+        output_tokens = estimate_tokens(
+            text + "".join(c["function"]["name"] + c["function"]["arguments"] for c in calls)
+        )
         cached, reported = 0, False
+    if finish == "STOP" and calls:
+        reason: str | None = "tool_calls"  # Gemini says STOP after function calls
+    else:
+        reason = FINISH_REASONS.get(finish, finish.lower()) if finish else None
     return Completion(
         text=text,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         usage_reported=reported,
-        finish_reason=FINISH_REASONS.get(finish, finish.lower()) if finish else None,
+        finish_reason=reason,
         upstream_model=model_version or request.model,
         cached_input_tokens=cached,
+        tool_calls=calls,
+        reasoning_tokens=reasoning,
     )
 
 
-def _to_contents(messages: list[Message]) -> tuple[list[types.Content], types.Content | None]:
-    """Our chat messages as Gemini `contents`; system messages become `systemInstruction`."""
+async def _to_contents(
+    messages: list[Message], images: ImageFetcher | None
+) -> tuple[list[types.Content], types.Content | None]:
+    """Our chat messages as Gemini `contents` (see the module's docstring); system messages
+    become `systemInstruction`. A message Gemini cannot be given is a `BadRequest`."""
     contents: list[types.Content] = []
     system: list[types.Part] = []
-    for message in messages:
-        part = types.Part(text=message["content"])
-        if message["role"] == "system":
-            system.append(part)
+    names: dict[str, str] = {}  # tool call id → function name, from the assistant turns so far
+    for index, message in enumerate(messages):
+        role = message["role"]
+        if role == "system":
+            system.append(types.Part(text=_text(message, index)))
+        elif role == "user":
+            parts = await _user_parts(message, images, index)
+            contents.append(types.Content(role="user", parts=parts))
+        elif role == "assistant":
+            contents.append(types.Content(role="model", parts=_model_parts(message, names, index)))
+        elif role == "tool":
+            part = _tool_result(message, names, index)
+            previous = contents[-1] if contents else None
+            if index and messages[index - 1]["role"] == "tool" and previous and previous.parts:
+                previous.parts.append(part)  # consecutive results: one content
+            else:
+                contents.append(types.Content(role="user", parts=[part]))
         else:
-            role = "model" if message["role"] == "assistant" else "user"
-            contents.append(types.Content(role=role, parts=[part]))
+            raise BadRequest(f"messages[{index}]: Gemini takes no {role!r} turn")
     return contents, types.Content(parts=system) if system else None
+
+
+async def _user_parts(
+    message: Message, images: ImageFetcher | None, index: int
+) -> list[types.Part]:
+    content = message["content"]
+    if not isinstance(content, list):
+        return [types.Part(text=content or "")]
+    parts: list[types.Part] = []
+    for part in content:
+        if part["type"] == "text":
+            parts.append(types.Part(text=part["text"]))
+        elif part["type"] == "image_url":
+            mime_type, data = await _image(part["image_url"]["url"], images, index)
+            parts.append(types.Part(inline_data=types.Blob(mime_type=mime_type, data=data)))
+        else:
+            raise BadRequest(f"messages[{index}]: Gemini takes no {part['type']!r} part")
+    return parts
+
+
+async def _image(url: str, images: ImageFetcher | None, index: int) -> tuple[str, bytes]:
+    """An image part's media type and bytes: a data: URL decoded, any other fetched."""
+    try:
+        if url[:5].lower() == "data:":
+            return parse_data_url(url)
+        if images is None:
+            raise BadRequest(
+                f"messages[{index}]: images by URL are not available here; send the image "
+                "inline, as a data:image/...;base64 URL"
+            )
+        return await images.fetch(url)
+    except InvalidImage as exc:
+        raise BadRequest(f"messages[{index}]: {exc}") from None
+
+
+def _text(message: Message, index: int) -> str:
+    """The text of a turn that can only hold text (all but a user's)."""
+    content = message["content"]
+    if isinstance(content, list) and any(part["type"] != "text" for part in content):
+        raise BadRequest(f"messages[{index}]: a {message['role']} turn can only hold text parts")
+    return message_text({"role": message["role"], "content": content})
+
+
+def _model_parts(message: Message, names: dict[str, str], index: int) -> list[types.Part]:
+    """An assistant turn: its text, then a `functionCall` part per tool call."""
+    text = _text(message, index)
+    calls = message.get("tool_calls") or []
+    parts = [types.Part(text=text)] if text or not calls else []
+    for call in calls:
+        function = call["function"]
+        try:
+            args = json.loads(function["arguments"])
+        except (TypeError, ValueError):
+            args = None
+        if not isinstance(args, dict):
+            raise BadRequest(
+                f"messages[{index}]: the arguments of tool call {call['id']!r} are not a JSON "
+                "object"
+            )
+        names[call["id"]] = function["name"]
+        parts.append(
+            types.Part(
+                function_call=types.FunctionCall(id=call["id"], name=function["name"], args=args)
+            )
+        )
+    return parts
+
+
+def _tool_result(message: Message, names: dict[str, str], index: int) -> types.Part:
+    """A tool turn as a `functionResponse` part, named after the call it answers."""
+    call_id = message.get("tool_call_id")
+    name = names.get(call_id) if call_id is not None else None
+    if call_id is None or name is None:
+        raise BadRequest(
+            f"messages[{index}]: tool_call_id {call_id!r} answers no tool call of an earlier "
+            "assistant turn"
+        )
+    return types.Part(
+        function_response=types.FunctionResponse(
+            id=call_id, name=name, response={"result": _text(message, index)}
+        )
+    )
 
 
 def _milliseconds(seconds: float) -> int:

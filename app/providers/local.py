@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from app.providers.base import Completion, CompletionRequest, Unavailable
+from app.providers.base import Completion, CompletionRequest, ToolCallDelta, Unavailable
 from app.providers.openai_http import OpenAIHTTPProvider
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,9 @@ class LocalProvider:
     async def complete(self, request: CompletionRequest) -> Completion:
         return await (await self._provider()).complete(self._bounded(request))
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
         inner = (await self._provider()).stream(self._bounded(request))
         try:
             async for item in inner:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Iterator
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import openai
 from openai import AsyncOpenAI
-from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from pydantic import BaseModel
 
 from app.providers.base import (
     Completion,
@@ -26,9 +26,10 @@ from app.providers.base import (
     MalformedResponse,
     ProviderError,
     ProviderTimeout,
+    ToolCallDelta,
 )
 from app.providers.openai_http import dropped
-from app.providers.openai_wire import build_completion, map_finish_reason, status_error
+from app.providers.openai_wire import StreamedAnswer, read_completion, status_error
 from app.providers.transport import is_connection_failure
 
 DEFAULT_STREAM_SECONDS = 600.0  # the SDK's own default timeout, for a client built without one
@@ -68,18 +69,14 @@ class OpenAIProvider:
                     temperature=_given(request.temperature),
                     max_tokens=_given(request.max_tokens),
                     timeout=_timeout(request),
+                    extra_body=_options(request),
                 )
-        if not reply.choices:
-            raise MalformedResponse(f"{self.name} answered with no choices")
-        choice = reply.choices[0]
-        finish_reason = map_finish_reason(choice.finish_reason, provider=self.name)
-        text = choice.message.content or ""
-        usage = _usage_json(reply.usage)
-        return build_completion(
-            request, text, finish_reason, reply.model, usage, provider=self.name
-        )
+        # Read as the direct transport reads the bytes: the model dumped back to its JSON.
+        return read_completion(_json(reply), request, provider=self.name)
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
         deadline = asyncio.get_running_loop().time() + _seconds(request, self._client.timeout)
         with _sdk_errors(self.name):
             async with asyncio.timeout_at(deadline):
@@ -91,15 +88,19 @@ class OpenAIProvider:
                     stream=True,
                     stream_options={"include_usage": True},
                     timeout=_timeout(request),
+                    extra_body=_options(request),
                 )
-        answer = _StreamedAnswer(provider=self.name)
+        answer = StreamedAnswer(request, provider=self.name)
         try:
             while (chunk := await self._next(chunks, deadline)) is not None:
-                if delta := answer.add(chunk):
+                if delta := answer.add_chunk(_json(chunk)):
                     yield delta
+                if answer.tool_deltas:
+                    for piece in answer.take_tool_deltas():
+                        yield piece
         finally:
             await chunks.close()  # after the last chunk the SDK has closed it already
-        yield answer.completion(request)
+        yield answer.completion()
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -110,41 +111,6 @@ class OpenAIProvider:
         with _sdk_errors(self.name, reading=True):
             async with asyncio.timeout_at(deadline):
                 return await anext(chunks, None)
-
-
-class _StreamedAnswer:
-    """What the chunks of a stream add up to, read as `complete` reads a whole reply."""
-
-    def __init__(self, *, provider: str) -> None:
-        self._provider = provider
-        self._pieces: list[str] = []
-        self._finish_reason: str | None = None
-        self._model = ""
-        self._usage: CompletionUsage | None = None
-
-    def add(self, chunk: ChatCompletionChunk) -> str | None:
-        """Returns the text the chunk adds to the answer, if any."""
-        self._model = chunk.model or self._model
-        if chunk.usage is not None:  # the last chunk, which has no choices
-            self._usage = chunk.usage
-        if not chunk.choices:
-            return None
-        choice = chunk.choices[0]
-        finish = map_finish_reason(choice.finish_reason, provider=self._provider)
-        self._finish_reason = finish or self._finish_reason
-        text = choice.delta.content
-        if text:
-            self._pieces.append(text)
-        return text or None
-
-    def completion(self, request: CompletionRequest) -> Completion:
-        if self._finish_reason is None:  # cut off, though the connection ended cleanly
-            raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
-        text = "".join(self._pieces)
-        usage = _usage_json(self._usage)
-        return build_completion(
-            request, text, self._finish_reason, self._model, usage, provider=self._provider
-        )
 
 
 @contextlib.contextmanager
@@ -164,12 +130,17 @@ def _sdk_errors(provider: str, *, reading: bool = False) -> Iterator[None]:
         raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
 
 
-def _usage_json(usage: CompletionUsage | None) -> object:
-    """The SDK's usage model as the JSON object it was read from, for
-    `openai_wire.read_usage` (which reads it as the direct transport reads the bytes)."""
-    if isinstance(usage, CompletionUsage):
-        return usage.model_dump(warnings=False)
-    return usage  # None (no usage), or what the SDK let through unread
+def _json(model: object) -> object:
+    """An SDK model as the JSON it was read from (what the vendor sent, no defaults added),
+    for `openai_wire`, which reads it as the direct transport reads the bytes."""
+    if isinstance(model, BaseModel):
+        return model.model_dump(mode="json", exclude_unset=True, warnings=False)
+    return model  # what the SDK let through unread
+
+
+def _options(request: CompletionRequest) -> dict[str, Any] | None:
+    """The request's other chat-completions fields, in OpenAI's shape already: forwarded."""
+    return dict(request.options) if request.options else None
 
 
 _Number = TypeVar("_Number", int, float)

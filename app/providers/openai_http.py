@@ -38,6 +38,7 @@ from app.providers.base import (
     CompletionRequest,
     ConnectionFailed,
     ProviderTimeout,
+    ToolCallDelta,
 )
 from app.providers.http1 import HTTP1Client
 from app.providers.openai_wire import StreamedAnswer, error_body, parse_completion, status_error
@@ -104,7 +105,9 @@ class OpenAIHTTPProvider:
             raise status_error(reply.status, error, reply.retry_after, provider=self.name)
         return parse_completion(reply.body, request, provider=self.name)
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
         body = to_json(_request_body(request) | STREAM_FIELDS)
         deadline = asyncio.get_running_loop().time() + self._seconds(request)
         reader = EventReader(await self._open(body, deadline))
@@ -114,6 +117,9 @@ class OpenAIHTTPProvider:
                 for event in events:
                     if delta := answer.add(event.data):
                         yield delta
+                    if answer.tool_deltas:
+                        for piece in answer.take_tool_deltas():
+                            yield piece
             completion = answer.completion()
             left = deadline - asyncio.get_running_loop().time()
             await reader.release(min(DRAIN_SECONDS, max(0.0, left)))
@@ -196,6 +202,8 @@ def _request_body(request: CompletionRequest) -> dict[str, Any]:
         body["temperature"] = request.temperature
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
+    if request.options:
+        body.update(request.options)  # in OpenAI's shape already: forwarded as they are
     return body
 
 

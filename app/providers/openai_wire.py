@@ -14,7 +14,8 @@ same bytes. The vendor's wire facts are in docs/wire-formats.md.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic_core import from_json
 
@@ -28,6 +29,8 @@ from app.providers.base import (
     MalformedResponse,
     ProviderError,
     RateLimited,
+    ToolCall,
+    ToolCallDelta,
     Unavailable,
     estimate_prompt_tokens,
     estimate_tokens,
@@ -47,6 +50,7 @@ class Usage:
     output_tokens: int
     cached_input_tokens: int  # of input_tokens, those served from the vendor's prompt cache
     reported: bool  # False: the vendor sent no usage and the counts are estimates
+    reasoning_tokens: int = 0  # of output_tokens, those spent reasoning
 
 
 # Both transports: errors, finish reasons, usage.
@@ -95,11 +99,14 @@ def read_usage(usage: object, request: CompletionRequest, text: str, *, provider
             return Usage(estimate_prompt_tokens(request), estimate_tokens(text), 0, reported=False)
         details = _field(usage, "prompt_tokens_details")
         cached = _count(_field(details, "cached_tokens")) if details is not None else None
+        output = _field(usage, "completion_tokens_details")
+        reasoning = _count(_field(output, "reasoning_tokens")) if output is not None else None
         return Usage(
             input_tokens=_required_count(_field(usage, "prompt_tokens")),
             output_tokens=_required_count(_field(usage, "completion_tokens")),
             cached_input_tokens=cached or 0,
             reported=True,
+            reasoning_tokens=reasoning or 0,
         )
     except _WrongShape:
         raise _unreadable(provider) from None
@@ -113,10 +120,13 @@ def build_completion(
     usage: object,
     *,
     provider: str,
+    tool_calls: tuple[ToolCall, ...] = (),
+    refusal: str | None = None,
+    logprobs: object = None,
 ) -> Completion:
     """The `Completion` of an answer: its text, its finish reason (from `map_finish_reason`),
     the model that answered (else the one asked for) and its `usage` JSON object, as
-    `read_usage` reads it."""
+    `read_usage` reads it; its tool calls, refusal and logprobs as the vendor sent them."""
     counted = read_usage(usage, request, text, provider=provider)
     return Completion(
         text=text,
@@ -126,7 +136,32 @@ def build_completion(
         finish_reason=finish_reason,
         upstream_model=model or request.model,
         cached_input_tokens=counted.cached_input_tokens,
+        tool_calls=tool_calls,
+        refusal=refusal,
+        reasoning_tokens=counted.reasoning_tokens,
+        logprobs=logprobs,
     )
+
+
+def read_tool_calls(calls: object, *, provider: str) -> tuple[ToolCall, ...]:
+    """A message's `tool_calls` JSON (None when it has none) → ours, each checked."""
+    if calls is None:
+        return ()
+    try:
+        if not isinstance(calls, list):
+            raise _WrongShape("tool_calls")
+        return tuple(_tool_call(call) for call in calls)
+    except _WrongShape:
+        raise _unreadable(provider) from None
+
+
+def _tool_call(call: object) -> ToolCall:
+    function = _field(call, "function")
+    call_id, name = _text(_field(call, "id")), _text(_field(function, "name"))
+    if not call_id or not name:
+        raise _WrongShape("tool call")
+    arguments = _text(_field(function, "arguments")) or ""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def _vendor_message(error: object, status: int) -> str:
@@ -154,11 +189,17 @@ def error_body(raw: bytes) -> object:
 
 
 def parse_completion(raw: bytes, request: CompletionRequest, *, provider: str) -> Completion:
-    """A 2xx body → a Completion, read as `OpenAIProvider.complete` reads the SDK's model."""
+    """A 2xx body → a Completion (the SDK transport reads its model, dumped back to JSON,
+    with `read_completion`)."""
     try:
         reply = from_json(raw)  # pydantic-core's parser: several times json.loads's speed
     except (ValueError, RecursionError):
         raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
+    return read_completion(reply, request, provider=provider)
+
+
+def read_completion(reply: object, request: CompletionRequest, *, provider: str) -> Completion:
+    """A reply's JSON → a Completion."""
     try:
         return _completion(reply, request, provider=provider)
     except _WrongShape:
@@ -173,16 +214,32 @@ def _completion(reply: object, request: CompletionRequest, *, provider: str) -> 
         raise _WrongShape("choices")
     choice = choices[0]
     finish_reason = map_finish_reason(_text(_field(choice, "finish_reason")), provider=provider)
-    text = _text(_field(_field(choice, "message"), "content")) or ""
+    message = _field(choice, "message")
+    text = _text(_field(message, "content")) or ""
     model = _text(_field(reply, "model"))
     usage = _field(reply, "usage")
-    return build_completion(request, text, finish_reason, model, usage, provider=provider)
+    return build_completion(
+        request,
+        text,
+        finish_reason,
+        model,
+        usage,
+        provider=provider,
+        tool_calls=read_tool_calls(_field(message, "tool_calls"), provider=provider),
+        refusal=_text(_field(message, "refusal")),
+        logprobs=_field(choice, "logprobs"),
+    )
 
 
 class StreamedAnswer:
     """What the `chat.completion.chunk`s of a stream add up to, read as `parse_completion`
-    reads a whole reply: the text of `choices[0].delta.content`, the last `finish_reason` and
-    `model`, and the usage of the chunk that carries one (without it, an estimate)."""
+    reads a whole reply: the text of `choices[0].delta.content`, the tool calls of its
+    `delta.tool_calls` (by `index`: id and name first, then the arguments in pieces), the
+    refusal and logprobs pieces, the last `finish_reason` and `model`, and the usage of the
+    chunk that carries one (without it, an estimate).
+
+    `add` returns the text a chunk adds; the tool-call pieces it adds wait in `tool_deltas`
+    for the caller to hand on (`take_tool_deltas`)."""
 
     def __init__(self, request: CompletionRequest, *, provider: str) -> None:
         self._request = request
@@ -191,7 +248,15 @@ class StreamedAnswer:
         self._finish_reason: str | None = None
         self._model: str | None = None
         self._usage: object = None
+        self._calls: dict[int, _CallPieces] = {}
+        self._refusal: list[str] = []
+        self._logprobs: list[Any] | None = None
+        self.tool_deltas: list[ToolCallDelta] = []
         self.done = False  # `[DONE]` was read: what follows is not the answer's
+
+    def take_tool_deltas(self) -> list[ToolCallDelta]:
+        deltas, self.tool_deltas = self.tool_deltas, []
+        return deltas
 
     def add(self, data: str) -> str | None:
         """One event's data; returns the text it adds to the answer, if any."""
@@ -202,6 +267,11 @@ class StreamedAnswer:
             chunk = from_json(data)
         except (ValueError, RecursionError):
             raise MalformedResponse(f"{self._provider} sent a response that is not JSON") from None
+        return self.add_chunk(chunk)
+
+    def add_chunk(self, chunk: object) -> str | None:
+        """One chunk, already read from JSON (the SDK transport's, dumped back from its
+        model); returns the text it adds to the answer, if any."""
         try:
             return self._take(chunk)
         except _WrongShape:
@@ -211,6 +281,7 @@ class StreamedAnswer:
         if self._finish_reason is None:  # cut off, though the connection ended cleanly
             raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
         text = "".join(self._pieces)
+        calls = tuple(pieces.call() for _, pieces in sorted(self._calls.items()))
         return build_completion(
             self._request,
             text,
@@ -218,6 +289,9 @@ class StreamedAnswer:
             self._model,
             self._usage,
             provider=self._provider,
+            tool_calls=calls,
+            refusal="".join(self._refusal) or None,
+            logprobs={"content": self._logprobs} if self._logprobs is not None else None,
         )
 
     def _take(self, chunk: object) -> str | None:
@@ -237,10 +311,57 @@ class StreamedAnswer:
         )
         self._finish_reason = finish_reason or self._finish_reason
         delta = _field(choice, "delta")
-        text = _text(_field(delta, "content")) if delta is not None else None
+        if delta is None:
+            return None
+        text = _text(_field(delta, "content"))
         if text:
             self._pieces.append(text)
+        calls = _field(delta, "tool_calls")
+        if calls:
+            if not isinstance(calls, list):
+                raise _WrongShape("tool_calls")
+            for call in calls:
+                self._add_call(call)
+        if refusal := _text(_field(delta, "refusal")):
+            self._refusal.append(refusal)
+        logprobs = _field(choice, "logprobs")
+        if logprobs is not None and isinstance(content := _field(logprobs, "content"), list):
+            self._logprobs = (self._logprobs or []) + content
         return text or None
+
+    def _add_call(self, call: object) -> None:
+        index = _field(call, "index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise _WrongShape("tool call index")
+        function = _field(call, "function")
+        name = _text(_field(function, "name")) if function is not None else None
+        arguments = (_text(_field(function, "arguments")) if function is not None else None) or ""
+        call_id = _text(_field(call, "id"))
+        pieces = self._calls.get(index)
+        if pieces is None:
+            if not call_id or not name:  # a call's first piece names it
+                raise _WrongShape("tool call")
+            self._calls[index] = pieces = _CallPieces(call_id, name)
+            self.tool_deltas.append(ToolCallDelta(index, call_id, name, arguments))
+        elif arguments:
+            self.tool_deltas.append(ToolCallDelta(index, arguments=arguments))
+        if arguments:
+            pieces.arguments.append(arguments)
+
+
+@dataclass(slots=True)
+class _CallPieces:
+    id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+    def call(self) -> ToolCall:
+        arguments = "".join(self.arguments)
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": arguments},
+        }
 
 
 def _field(obj: object, key: str) -> object:

@@ -11,9 +11,11 @@ import difflib
 from dataclasses import dataclass
 
 from app.kit.errors import InvalidInput
+from app.kit.outbound import policy_for
 from app.kit.settings import Settings
 from app.providers.base import Provider
 from app.providers.catalogue import Catalogue, ModelEntry, Price
+from app.providers.images import ImageFetcher
 from app.providers.local import LocalModelServer, LocalProvider, bundled_model_path
 from app.providers.openai_http import OpenAIHTTPProvider
 
@@ -160,7 +162,9 @@ def build_providers(settings: Settings, catalogue: Catalogue) -> dict[str, Provi
                 api_key=settings.gemini_api_key.get_secret_value(),
                 base_url=settings.gemini_base_url,
                 **timeouts,
-            )
+            ),
+            # Gemini takes images inline: one given by URL is fetched, through the guard.
+            images=ImageFetcher(policy_for(settings.outbound_allowlist)),
         )
     if settings.anthropic_api_key is not None:
         from app.providers import anthropic

@@ -72,6 +72,7 @@ def build_services(
         prompt_types=prompt_types,
         pending=pending,
         max_prompt_chars=settings.max_prompt_chars,
+        drop_params=settings.drop_params,
     )
     idempotency = IdempotencyKeys(
         sessions=sessions, ttl_seconds=settings.idempotency_key_ttl_seconds

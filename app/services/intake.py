@@ -21,7 +21,8 @@ from typing import Any
 from app.db.base import utcnow
 from app.db.models import NewPrompt
 from app.kit.errors import InvalidInput
-from app.providers.base import Message
+from app.providers import fidelity
+from app.providers.base import Message, message_text
 from app.providers.registry import ModelResolver, Route
 from app.services.caps import PendingGauge
 from app.services.prompt_types.cache import PromptTypeCache
@@ -50,8 +51,12 @@ class Ask:
     metadata: dict[str, Any] = field(default_factory=dict)
     messages: list[Message] | None = None
     last: int = -1
-    # Stored with the parameters as they are (a chat's `user` and `stream`).
+    # Stored with the parameters as they are (a chat's `stream`).
     passthrough: dict[str, Any] = field(default_factory=dict)
+    # The fields of the translation matrix the request uses (app/providers/fidelity.py), in
+    # OpenAI's shape: `tools`, `response_format`, `stop`, ...
+    options: dict[str, Any] = field(default_factory=dict)
+    drop_params: bool = False  # leave out what the provider cannot honour, rather than refuse
     # Whether the prompt waits in the queue (counted against MAX_PENDING_PER_USER); a chat
     # is run at once by the process that received it.
     queued: bool = True
@@ -67,11 +72,13 @@ class Intake:
         prompt_types: PromptTypeCache,
         pending: PendingGauge,
         max_prompt_chars: int,
+        drop_params: bool = False,
     ) -> None:
         self.models = models
         self.prompt_types = prompt_types
         self.pending = pending
         self.max_prompt_chars = max_prompt_chars
+        self.drop_params = drop_params  # the server's default (DROP_PARAMS)
 
     async def admit(self, ask: Ask) -> NewPrompt:
         """The prompt to record for `ask`, or the `AppError` that refuses it. Nothing is
@@ -91,8 +98,16 @@ class Intake:
             max_prompt_chars=max_chars,
         )
         messages = ask.messages
-        if messages is not None:
-            messages[ask.last] = {"role": "user", "content": applied.text}
+        if messages is not None and applied.text != ask.text:  # the type's template wrapped it
+            last = messages[ask.last]
+            content = last["content"]
+            images = (
+                [p for p in content if p["type"] != "text"] if isinstance(content, list) else []
+            )
+            wrapped: Any = (
+                [{"type": "text", "text": applied.text}, *images] if images else applied.text
+            )
+            messages[ask.last] = {"role": "user", "content": wrapped}
         self._check_size(ask, applied, messages)
         if applied.model is None:
             raise InvalidInput(
@@ -106,9 +121,25 @@ class Intake:
             check_parameters(
                 candidate, models, temperature=ask.temperature, max_tokens=applied.max_tokens
             )
+        dropped: dict[str, list[str]] = {}
+        used = fidelity.used(ask.options, messages or ())
+        if used:
+            drop = ask.drop_params or self.drop_params
+            fallbacks = self._honoured(
+                route,
+                fallbacks,
+                used,
+                drop=drop,
+                explicit=applied.fallbacks is not None,
+                dropped=dropped,
+            )
         parameters: dict[str, Any] = {}
         if messages is not None:
             parameters["messages"] = messages
+        if ask.options:
+            parameters.update(ask.options)
+        if dropped:
+            parameters["dropped_params"] = dropped
         # (a chat's instruction is sent before its conversation: executor.build_messages)
         if applied.system_instruction is not None:
             parameters["system_prompt"] = applied.system_instruction
@@ -141,6 +172,62 @@ class Intake:
             await self.pending.admit(ask.user_id)
         return prompt
 
+    def _honoured(
+        self,
+        route: Route,
+        fallbacks: list[Route],
+        used: list[str],
+        *,
+        drop: bool,
+        explicit: bool,
+        dropped: dict[str, list[str]],
+    ) -> list[Route]:
+        """Check what the request uses against each candidate model: its provider's column of
+        the translation matrix and the model's catalogue capabilities. The model asked for
+        must honour all of it (else a 400 naming the first field it cannot); a fallback that
+        cannot is refused if the request (or its prompt type) named it, and left out if it
+        came from the catalogue. With `drop`, option fields are left out instead (and listed
+        in `dropped`, by model); image parts and tool turns are never left out."""
+        kept: list[Route] = []
+        for candidate in (route, *fallbacks):
+            problems = self.unsupported(candidate, used)
+            if drop:
+                options = [name for name in problems if name in fidelity.OPTION_FIELDS]
+                if options:
+                    dropped[candidate.model] = options
+                problems = {k: v for k, v in problems.items() if k not in options}
+            if not problems:
+                if candidate is not route:
+                    kept.append(candidate)
+                continue
+            if candidate is route or explicit:
+                name, reason = next(iter(problems.items()))
+                role = "model" if candidate is route else "fallback"
+                raise InvalidInput(
+                    f"'{name}' cannot be honoured by {candidate.provider} for {role} "
+                    f"{candidate.model}: {reason}. Leave it out, choose another model, or ask "
+                    "to drop what cannot be honoured (drop_params).",
+                    code="unsupported_parameter",
+                    extra={
+                        "parameter": name,
+                        "model": candidate.model,
+                        "provider": candidate.provider,
+                    },
+                )
+        return kept
+
+    def unsupported(self, route: Route, used: list[str]) -> dict[str, str]:
+        """Of the matrix rows `used`, those `route` cannot honour, with why."""
+        kind = self.models.providers[route.provider].kind
+        problems = {name: fidelity.why(kind, name) for name in fidelity.refused_fields(kind, used)}
+        capabilities = route.entry.capabilities if route.entry is not None else None
+        if capabilities is not None:
+            for name in used:
+                need = fidelity.BY_NAME[name].capability
+                if need is not None and need not in capabilities and name not in problems:
+                    problems[name] = f"the catalogue does not list {need} for this model"
+        return problems
+
     def _check_size(self, ask: Ask, applied: Applied, messages: list[Message] | None) -> None:
         """The prompt's characters (a chat's: all its messages') within the limit, that of
         its prompt type when it sets a lower one than MAX_PROMPT_CHARS."""
@@ -148,7 +235,7 @@ class Intake:
         by_type = limit < self.max_prompt_chars
         whose = f"prompt type '{ask.prompt_type}'" if by_type else "MAX_PROMPT_CHARS"
         if messages is not None:
-            total = sum(len(m["content"]) for m in messages)
+            total = sum(len(message_text(m)) for m in messages)
             if total > limit:
                 raise InvalidInput(
                     f"The messages have {total:,} characters; the limit here is {limit:,} "

@@ -8,7 +8,9 @@ removed sampling parameters (`temperature`, `top_p`, `top_k` answer 400 there, e
 What it answers is chosen by the model name, so a test picks a behaviour by naming a model:
 
 - any other name: 200, one text block "echo: <last user text>", with usage; `"stream": true`
-  answers the same as named SSE events (message_start … message_stop);
+  answers the same as named SSE events (message_start … message_stop). A turn's text is that
+  of its text blocks (image and tool_use blocks have none), and a `tool_result` block reads
+  "tool said: <its content>";
 - `error-<status>`: that status with Anthropic's error body; 429, 503 and 529 carry
   `Retry-After: 1` (`error-429-no-retry-after` does not); 529 is `overloaded_error`;
 - `slow-<ms>[-anything]`: waits that long, then answers normally;
@@ -24,7 +26,18 @@ What it answers is chosen by the model name, so a test picks a behaviour by nami
 - `refusal`: `stop_reason` "refusal" with `stop_details` (streamed: in `message_delta`);
 - `context-length`: 400 invalid_request_error "prompt is too long: N tokens > M maximum";
 - `overloaded-mid-stream`: streamed, one piece of text and then an `error` event of type
-  `overloaded_error`, as the API sends under load; not streamed, 529.
+  `overloaded_error`, as the API sends under load; not streamed, 529;
+- `tool-call[-anything]`: one `tool_use` block calling the request's first tool (id
+  `toolu_mock_1`, input `{"city": "Paris"}`), `stop_reason` "tool_use" (400 when the request
+  has no tools); streamed, `content_block_start` with the block (input `{}`), two
+  `input_json_delta`s (`{"city": ` and `"Paris"}`) and `content_block_stop`. Once the last
+  user turn holds a `tool_result`, it answers in text, "tool said: <result>", and end_turn;
+- `json-city[-anything]`: the text `{"city": "Paris", "population": 2100000}`;
+- `thinking`: a `thinking` block ("let me think", signature "sig") before the text block,
+  its words counted as output; streamed, as `thinking_delta` and `signature_delta` events.
+
+Like the API, it refuses (400) a `thinking` budget under 1024 or not below `max_tokens`, and
+a `tool_result` whose `tool_use_id` is not that of a `tool_use` in the turn before it.
 
 Streams also know the behaviours of `tests.mocks.server.STREAM_BEHAVIOURS` (`drip-<ms>`,
 `break-<n>`, `stall-<n>`, `bad-chunk`); not streamed, `break-<n>` is `reset`, `stall-<n>` is
@@ -121,6 +134,8 @@ class MockAnthropic:
             return _error(400, "max_tokens: Field required")
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400, "messages: at least one message is required")
+        if problem := _thinking_problem(body) or _tool_result_problem(body["messages"]):
+            return _error(400, problem)
         return await self._behave(request, body, str(body.get("model", "")))
 
     async def _behave(
@@ -153,6 +168,9 @@ class MockAnthropic:
             return web.Response(text="<html><body>502 Bad Gateway</body></html>")
         if model == "malformed-shape":
             return web.json_response({"unexpected": True})
+        answered = _tool_said(_last_user_content(body["messages"]))
+        if model.startswith("tool-call") and not answered and not _first_tool(body):
+            return _error(400, "tool-call: the request has no tools to call")
         message = _reply(body, model, f"msg_mock{next(self._ids):08d}")
         if streamed:
             return await send_stream(
@@ -188,22 +206,104 @@ def _credentials(request: web.Request) -> tuple[str | None, str | None]:
 
 
 def _text_of(content: Any) -> str:
-    """A message's or system prompt's text: a string, or a list of text blocks."""
+    """A message's or system prompt's text: a string, or that of a list of blocks: the text of
+    its text blocks, and "tool said: <its content>" for a tool_result (others have none)."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(
-            str(b.get("text", ""))
-            for b in content
-            if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return ""
+    if not isinstance(content, list):
+        return ""
+    text = ""
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text":
+            text += str(block.get("text", ""))
+        elif isinstance(block, dict) and block.get("type") == "tool_result":
+            text += (" " if text else "") + _said(block)
+    return text
+
+
+def _said(result: dict[str, Any]) -> str:
+    return "tool said: " + _text_of(result.get("content"))
+
+
+def _tool_said(content: Any) -> list[str]:
+    """What the tool_result blocks of a turn's content said, in order."""
+    if not isinstance(content, list):
+        return []
+    return [
+        _said(block)
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+
+
+def _last_user_content(messages: list[Any]) -> Any:
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1].get("content") if users else ""
+
+
+def _first_tool(body: dict[str, Any]) -> str | None:
+    """The name of the request's first tool, if it has one."""
+    tools = body.get("tools")
+    first = tools[0] if isinstance(tools, list) and tools else None
+    name = first.get("name") if isinstance(first, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _thinking_problem(body: dict[str, Any]) -> str | None:
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if body["max_tokens"] <= budget:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    return None
+
+
+def _tool_result_problem(messages: list[Any]) -> str | None:
+    """A tool_result must answer a tool_use of the turn just before it."""
+    for number, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        answered = [
+            block.get("tool_use_id")
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+        ]
+        before = messages[number - 1] if number else {}
+        called = before.get("content") if isinstance(before, dict) else None
+        ids = {
+            block.get("id")
+            for block in (called if isinstance(called, list) else [])
+            if isinstance(block, dict) and block.get("type") == "tool_use"
+        }
+        for call_id in answered:
+            if call_id not in ids:
+                return (
+                    f"messages.{number}.content: unexpected `tool_use_id` found in "
+                    f"`tool_result` blocks: {call_id}. Each `tool_result` block must have a "
+                    "corresponding `tool_use` block in the previous message."
+                )
+    return None
+
+
+CITY_JSON = '{"city": "Paris", "population": 2100000}'
+THINKING = {"type": "thinking", "thinking": "let me think", "signature": "sig"}
 
 
 def _reply(body: dict[str, Any], model: str, message_id: str) -> dict[str, Any]:
     messages = body["messages"]
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    words = ("echo: " + _text_of(users[-1].get("content") if users else "")).split()
+    last = _last_user_content(messages)
+    results = _tool_said(last)
+    if model.startswith("json-city"):
+        answer = CITY_JSON
+    elif model.startswith("tool-call") and results:
+        answer = " ".join(results)
+    else:
+        answer = "echo: " + _text_of(last)
+    words = answer.split()
     stop_reason = "end_turn"
     if len(words) > body["max_tokens"]:
         words, stop_reason = words[: body["max_tokens"]], "max_tokens"
@@ -218,6 +318,16 @@ def _reply(body: dict[str, Any], model: str, message_id: str) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": {"input_tokens": len(" ".join(prompt).split()), "output_tokens": len(words)},
     }
+    if model.startswith("tool-call") and not results:
+        arguments = {"city": "Paris"}
+        name = _first_tool(body)
+        call = {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": arguments}
+        reply["content"] = [call]
+        reply["stop_reason"] = "tool_use"
+        reply["usage"]["output_tokens"] = len(json.dumps(arguments).split())
+    if model == "thinking":
+        reply["content"].insert(0, dict(THINKING))
+        reply["usage"]["output_tokens"] += len(THINKING["thinking"].split())
     if model == "refusal":
         reply["content"] = []
         reply["stop_reason"] = "refusal"
@@ -244,12 +354,9 @@ def _events(message: dict[str, Any]) -> list[Frame]:
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
     events.append(("ping", {}))
     for index, block in enumerate(message["content"]):
-        events.append(
-            ("content_block_start", {"index": index, "content_block": {**block, "text": ""}})
-        )
-        for i, word in enumerate(block["text"].split(" ")):
-            piece = word if i == 0 else " " + word
-            delta = {"type": "text_delta", "text": piece}
+        opening, deltas = _block_events(block)
+        events.append(("content_block_start", {"index": index, "content_block": opening}))
+        for delta in deltas:
             events.append(("content_block_delta", {"index": index, "delta": delta}))
         events.append(("content_block_stop", {"index": index}))
     if message["model"] == "overloaded-mid-stream":
@@ -264,6 +371,27 @@ def _events(message: dict[str, Any]) -> list[Frame]:
     events.append(("message_delta", ending))
     events.append(("message_stop", {}))
     return _frames(events)
+
+
+def _block_events(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A content block as streamed: how its `content_block_start` shows it, and its deltas (a
+    tool call's input in two pieces, cut after its first `: `; text a word at a time)."""
+    if block["type"] == "tool_use":
+        arguments = json.dumps(block["input"])
+        cut = arguments.find(": ") + 2
+        pieces = [arguments[:cut], arguments[cut:]]
+        return {**block, "input": {}}, [
+            {"type": "input_json_delta", "partial_json": piece} for piece in pieces if piece
+        ]
+    if block["type"] == "thinking":
+        return {**block, "thinking": "", "signature": ""}, [
+            {"type": "thinking_delta", "thinking": block["thinking"]},
+            {"type": "signature_delta", "signature": block["signature"]},
+        ]
+    deltas = []
+    for i, word in enumerate(block["text"].split(" ")):
+        deltas.append({"type": "text_delta", "text": word if i == 0 else " " + word})
+    return {**block, "text": ""}, deltas
 
 
 def _frames(events: list[tuple[str, dict[str, Any]]]) -> list[Frame]:

@@ -20,7 +20,19 @@ What it answers is chosen by the model name in the URL:
 - `context-length`: 400 with the message Google gives for an input over the model's limit;
 - `continuation`: finishReason CONTINUATION with a continuationToken (which the 3.x SDK follows
   with another call unless told not to); a request carrying the token gets the normal answer;
-- `cached-<n>[-anything]`: usageMetadata says n of the prompt tokens came from cached content.
+- `cached-<n>[-anything]`: usageMetadata says n of the prompt tokens came from cached content;
+- `tool-call[-anything]`: unless the last user content holds a functionResponse, one
+  `functionCall` part `{"name": <the first functionDeclaration's name>, "args": {"city":
+  "Paris"}}`, finishReason STOP, in one chunk when streamed (400 if the request declares no
+  function); `tool-call-with-id` gives it `"id": "fc_mock_1"`; after a functionResponse, the
+  text "tool said: <its response.result>";
+- `json-city`: the text `{"city": "Paris", "population": 2100000}`;
+- `reasoning-<n>[-anything]`: usageMetadata's `thoughtsTokenCount` is n.
+
+Parts other than text (`inlineData`, `functionCall`, `functionResponse`; the SDK writes some of
+their fields in snake_case, which Google accepts too) are taken as they come: the echo is the
+text of the last user turn's text parts, and a functionResponse part in it reads
+"tool said: <its response.result>".
 
 Streams also know the behaviours of `tests.mocks.server.STREAM_BEHAVIOURS` (`drip-<ms>`,
 `break-<n>`, `stall-<n>`, `bad-chunk`); not streamed, `break-<n>` is `reset`, `stall-<n>` is
@@ -140,6 +152,8 @@ class MockGemini:
         unknown = sorted(set(body) - REQUEST_FIELDS)
         if unknown:
             return _error(400, f'Invalid JSON payload received. Unknown name "{unknown[0]}".')
+        if model.startswith("tool-call") and _declared_function(body) is None:
+            return _error(400, "The tool-call mock needs a functionDeclaration in tools.")
         chunks = _answer(model, body)
         if unary:
             return web.json_response(_joined(chunks))
@@ -172,6 +186,30 @@ def _texts(content: dict[str, Any]) -> str:
     return "".join(str(p.get("text", "")) for p in content.get("parts") or [])
 
 
+def _user_text(content: dict[str, Any]) -> str:
+    """A user turn as the echo reads it: its text parts, and what its tool results said."""
+    results = []
+    for part in content.get("parts") or []:
+        response = _function_response(part)
+        if response is not None:
+            results.append(f"tool said: {(response.get('response') or {}).get('result', '')}")
+    return " ".join(filter(None, [_texts(content), *results]))
+
+
+def _function_response(part: dict[str, Any]) -> dict[str, Any] | None:
+    response = part.get("functionResponse", part.get("function_response"))
+    return response if isinstance(response, dict) else None
+
+
+def _declared_function(body: dict[str, Any]) -> str | None:
+    """The name of the request's first functionDeclaration."""
+    for tool in body.get("tools") or []:
+        declarations = tool.get("functionDeclarations", tool.get("function_declarations")) or []
+        if declarations:
+            return str(declarations[0].get("name"))
+    return None
+
+
 def _chunk_text(chunk: dict[str, Any]) -> str:
     candidates = chunk.get("candidates") or [{}]
     return _texts(candidates[0].get("content") or {})
@@ -181,7 +219,15 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """The reply as stream chunks, one per word (at least one chunk)."""
     contents: list[dict[str, Any]] = body.get("contents") or []
     users = [c for c in contents if c.get("role", "user") == "user"]
-    words = ("echo: " + (_texts(users[-1]) if users else "")).split()
+    last_user = users[-1] if users else {}
+    answered = any(_function_response(p) for p in last_user.get("parts") or [])
+    if model.startswith("tool-call") and answered:
+        text = _user_text(last_user)
+    elif model == "json-city":
+        text = '{"city": "Paris", "population": 2100000}'
+    else:
+        text = "echo: " + _user_text(last_user)
+    words = text.split()
     limit = (body.get("generationConfig") or {}).get("maxOutputTokens")
     finish = "STOP"
     if isinstance(limit, int) and len(words) > limit:
@@ -195,9 +241,17 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         rating = {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
         candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": [rating]}
         return [base | {"candidates": [candidate]}]
-    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)] or [""]
+    pieces: list[dict[str, Any]] = [
+        {"text": w if i == 0 else " " + w} for i, w in enumerate(words)
+    ] or [{"text": ""}]
+    if model.startswith("tool-call") and not answered:
+        call: dict[str, Any] = {"name": _declared_function(body), "args": {"city": "Paris"}}
+        if model == "tool-call-with-id":
+            call["id"] = "fc_mock_1"
+        pieces = [{"functionCall": call}]
+        words = json.dumps(call).split()  # what the mock counts as its output tokens
     chunks = [
-        base | {"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}, "index": 0}]}
+        base | {"candidates": [{"content": {"role": "model", "parts": [p]}, "index": 0}]}
         for p in pieces
     ]
     chunks[-1]["candidates"][0]["finishReason"] = finish
@@ -215,17 +269,27 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         if model.startswith("cached-"):
             cached = min(prompt_words, int(model.split("-")[1]))
             chunks[-1]["usageMetadata"]["cachedContentTokenCount"] = cached
+        if model.startswith("reasoning-"):
+            thoughts = int(model.split("-")[1])
+            chunks[-1]["usageMetadata"]["thoughtsTokenCount"] = thoughts
+            chunks[-1]["usageMetadata"]["totalTokenCount"] += thoughts
     return chunks
 
 
 def _joined(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unary reply: the last chunk, with the text of all of them."""
+    """The unary reply: the last chunk, with the text of all of them (and their other parts,
+    after it)."""
     reply = dict(chunks[-1])
     if "candidates" in reply and "content" in reply["candidates"][0]:
         text = "".join(_texts(c["candidates"][0]["content"]) for c in chunks)
-        candidate = reply["candidates"][0] | {
-            "content": {"role": "model", "parts": [{"text": text}]}
-        }
+        others = [
+            part
+            for c in chunks
+            for part in c["candidates"][0]["content"]["parts"]
+            if "text" not in part
+        ]
+        parts = ([{"text": text}] if text or not others else []) + others
+        candidate = reply["candidates"][0] | {"content": {"role": "model", "parts": parts}}
         reply["candidates"] = [candidate]
     return reply
 

@@ -26,7 +26,16 @@ model (`openai/error-429`, `openai/slow-500`, …):
 - `wrong-shape[-anything]`: 200 with JSON that is not a chat completion (a choice whose
   `message` is a string); these last five are not streamed;
 - `filtered-stream[-anything]`: like `filtered`, and streamed too (the last chunk's
-  `finish_reason` is `content_filter`).
+  `finish_reason` is `content_filter`);
+- `tool-call[-anything]`: a call of the request's first tool (`call_mock_1`, arguments
+  `{"city": "Paris"}`, finish_reason `tool_calls`; streamed as OpenAI does: the id and name
+  first, then the arguments in two pieces); when the last turn is a tool result, the text
+  "tool said: <result>" instead;
+- `json-city[-anything]`: the text `{"city": "Paris", "population": 2100000}`;
+- `reasoning-<n>[-anything]`: usage says n of the completion tokens were reasoning;
+- `refuses[-anything]`: `content` null and a `refusal` message (streamed: a refusal delta).
+With `"logprobs": true`, each word of the answer comes with its log probability (and
+`top_logprobs` alternatives), whole or streamed.
 
 `"stream": true` gets the same answer as server-sent chunks, ending `data: [DONE]`, with a
 usage chunk first when `stream_options.include_usage` is set. Streams also know the behaviours
@@ -142,14 +151,19 @@ class MockOpenAI:
                 "context_length_exceeded",
             )
         messages = body.get("messages") or [{"content": ""}]
-        text = "echo: " + str(messages[-1].get("content", ""))
+        last = messages[-1]
+        text = "echo: " + _text(last.get("content"))
+        if model.startswith("tool-call") and last.get("role") == "tool":
+            text = "tool said: " + _text(last.get("content"))
+        elif model.startswith("json-city"):
+            text = json.dumps({"city": "Paris", "population": 2100000})
         max_tokens = body.get("max_tokens")
         words = text.split()
         finish = "stop"
         if isinstance(max_tokens, int) and len(words) > max_tokens:
             words, finish = words[:max_tokens], "length"
             text = " ".join(words)
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
         reply: dict[str, Any] = {
             "id": f"chatcmpl-mock{len(self.calls)}",
             "object": "chat.completion",
@@ -172,6 +186,37 @@ class MockOpenAI:
             if model.startswith("cached-"):
                 cached = min(prompt_tokens, int(model.split("-")[1]))
                 reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
+            if model.startswith("reasoning-"):
+                reasoning = int(model.split("-")[1])
+                reply["usage"]["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        choice = reply["choices"][0]
+        tools = body.get("tools") or []
+        if model.startswith("tool-call") and last.get("role") != "tool" and tools:
+            choice["message"] = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_mock_1",
+                        "type": "function",
+                        "function": {
+                            "name": tools[0]["function"]["name"],
+                            "arguments": '{"city": "Paris"}',
+                        },
+                    }
+                ],
+            }
+            choice["finish_reason"] = "tool_calls"
+            words = []
+        if model.startswith("refuses"):
+            choice["message"] = {
+                "role": "assistant",
+                "content": None,
+                "refusal": "I can't help with that.",
+            }
+            words = []
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": [_logprob(w, body) for w in words]}
         if streamed:
             frames = _chunks(reply, words, body)
             return await send_stream(
@@ -217,21 +262,44 @@ def _chunks(reply: dict[str, Any], words: list[str], body: dict[str, Any]) -> li
     finish = reply["choices"][0]["finish_reason"]
     if reply["model"].startswith("filtered-stream"):
         finish = "content_filter"
+    message = reply["choices"][0]["message"]
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
     deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
-    frames = [
-        Frame(
-            _data(base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}),
-            text=bool(delta["content"]),
+    for call in message.get("tool_calls") or []:
+        function = call["function"]
+        first = {"name": function["name"], "arguments": ""}
+        deltas.append(
+            {"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": first}]}
         )
-        for delta in deltas
-    ]
+        for piece in ('{"city": ', '"Paris"}'):
+            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    if message.get("refusal"):
+        deltas.append({"refusal": message["refusal"]})
+    frames = []
+    for i, delta in enumerate(deltas):
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+        if body.get("logprobs") and 0 < i <= len(words):
+            choice["logprobs"] = {"content": [_logprob(words[i - 1], body)]}
+        frames.append(Frame(_data(base | {"choices": [choice]}), text=bool(delta.get("content"))))
     last = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
     frames.append(Frame(_data(last)))
     if (body.get("stream_options") or {}).get("include_usage") and "usage" in reply:
         frames.append(Frame(_data(base | {"choices": [], "usage": reply["usage"]})))
     frames.append(Frame(b"data: [DONE]\n\n"))
     return frames
+
+
+def _text(content: Any) -> str:
+    """A message's text: its content, or the text of its parts."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return "" if content is None else str(content)
+
+
+def _logprob(word: str, body: dict[str, Any]) -> dict[str, Any]:
+    top = body.get("top_logprobs") or 0
+    alternatives = [{"token": f"{word}{i}", "logprob": -1.0 - i, "bytes": None} for i in range(top)]
+    return {"token": word, "logprob": -0.25, "bytes": None, "top_logprobs": alternatives}
 
 
 def _data(chunk: dict[str, Any]) -> bytes:

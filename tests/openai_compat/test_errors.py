@@ -123,22 +123,125 @@ def test_each_upstream_failure_has_the_status_clients_expect(failure: ProviderEr
         assert error.headers == {"Retry-After": "2"}
 
 
+_TOOL_CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ],
+}
+
+
 @pytest.mark.parametrize(
     ("change", "param", "words"),
     [
         ({"messages": []}, "messages", "at least 1"),
         ({"n": 2}, "n", "n=2"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "response_format"),
-        ({"top_p": 0.5}, "top_p", "top_p"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio output"),
         ({"temperature": 3}, "temperature", "less than or equal"),
         ({"messages": [{"role": "system", "content": "no user"}]}, "messages", "user message"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "tool"),
+        # A tool result for no call, and for a call no assistant turn made.
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-            "messages[0].content",
-            "image_url",
+            {"messages": [*HELLO, {"role": "tool", "content": "x"}]},
+            "messages[1].tool_call_id",
+            "no call",
         ),
+        (
+            {
+                "messages": [
+                    *HELLO,
+                    _TOOL_CALL,
+                    {"role": "tool", "tool_call_id": "call_2", "content": "x"},
+                ]
+            },
+            "messages[2].tool_call_id",
+            "call_2",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
+                ]
+            },
+            "messages[0].content[0].type",
+            "input_audio",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[0].image_url.url",
+            "image",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "http://example.com/cat.png"},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[0].image_url.url",
+            "https",
+        ),
+        # Tools: a schema that is not JSON Schema, a choice of a tool that is not there.
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": {"type": 12}}}
+                ]
+            },
+            "tools[0].function.parameters",
+            "not a valid JSON Schema",
+        ),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+            "'g'",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {
+                            "type": "object",
+                            "properties": {"a": {"$ref": "http://169.254.169.254/"}},
+                        },
+                    },
+                }
+            },
+            "response_format.json_schema.schema",
+            "not a valid JSON Schema",
+        ),
+        # Beyond the model's capabilities (gpt-4o-mini does not reason) and the provider's.
+        ({"reasoning_effort": "low"}, "reasoning_effort", "reasoning"),
+        (
+            {"model": "local", "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+            "local",
+        ),
+        ({"model": "claude-haiku-4-5", "seed": 7}, "seed", "anthropic"),
     ],
 )
 async def test_invalid_or_unsupported_requests_are_bad_requests(

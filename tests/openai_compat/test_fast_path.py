@@ -21,6 +21,7 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "hello fast path"}],
     "max_tokens": 20,
 }
+TOOL: dict[str, Any] = {"type": "function", "function": {"name": "lookup"}}
 
 
 @pytest.fixture
@@ -93,7 +94,8 @@ async def test_the_fast_path_answers_and_records_as_the_route_does(v1: V1, route
     [
         ({"model": "gpt-4o-mini"}, 400, "validation_error"),
         (BODY | {"model": "gpt-4o-mni"}, 404, "model_not_found"),
-        (BODY | {"tools": [{"type": "function"}]}, 400, "unsupported_parameter"),
+        (BODY | {"tools": [{"type": "function"}]}, 400, "validation_error"),
+        (BODY | {"model": "local", "tools": [TOOL]}, 400, "unsupported_parameter"),
         (BODY | {"messages": [{"role": "system", "content": "x"}]}, 400, "invalid_messages"),
     ],
 )

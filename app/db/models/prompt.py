@@ -157,6 +157,7 @@ class PromptAttempt(Base):
     input_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     cached_input_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  # of output_tokens
     usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     cost_usd: Mapped[Decimal | None] = mapped_column(Money)
     catalogue_version: Mapped[str | None] = mapped_column(String(32))
@@ -186,5 +187,10 @@ class PromptResponse(Base):
     catalogue_version: Mapped[str | None] = mapped_column(String(32))
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     time_to_first_token_ms: Mapped[int | None] = mapped_column(Integer)
+    cached_input_tokens: Mapped[int | None] = mapped_column(Integer)  # of input_tokens
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)  # of output_tokens
+    # The tool calls of the answer, in OpenAI's shape; None when it made none.
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    refusal: Mapped[str | None] = mapped_column(Text)  # the model's refusal message, if any
 
     prompt: Mapped[PromptRequest] = relationship(back_populates="response", lazy="raise")

@@ -1,10 +1,16 @@
-"""OpenAI's chat-completions and models shapes, as far as this gateway honours them.
+"""OpenAI's chat-completions and models shapes.
 
-The request model tolerates fields it does not declare (`extra="allow"`): the official SDKs
-add new optional fields release after release, and one that only tunes delivery or caching
-(`store`, `service_tier`, `prompt_cache_key`, …) must not break a client. Fields that would
-change the answer and that no provider here can honour are refused by name instead
-(`UNSUPPORTED_FIELDS`, checked in the service), so nothing is silently dropped.
+The request model takes the whole Chat Completions request: tools (and the legacy
+`functions`), structured output, the sampling fields, image parts, tool turns. What each
+provider makes of each field is app/providers/fidelity.py's matrix; the intake refuses, by
+name, what the chosen provider cannot honour.
+
+The request tolerates fields it does not declare (`extra="allow"`): the official SDKs add new
+optional fields release after release, and one that only tunes delivery or caching (`store`,
+`service_tier`, `prompt_cache_key`, …) must not break a client. Fields that would change the
+answer and that this gateway does not carry (audio output, web search, predicted outputs) are
+refused by name instead (`UNSUPPORTED_FIELDS`, checked in the service), so nothing is
+silently dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    model_validator,
+)
 
 from app.kit.fields import (
     MetadataKey,
@@ -32,29 +46,12 @@ def _is(neutral: Any) -> Callable[[Any], bool]:
     return lambda value: value == neutral
 
 
-def _empty(value: Any) -> bool:
-    return not value
-
-
-# Fields that change the output, and the one value of each that is harmless (the default).
+# Fields that change the output and that no provider here carries, with the one value of each
+# that is harmless (the default).
 UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "tools": (_empty, "tools and function calling"),
-    "tool_choice": (lambda v: v in ("none", "auto"), "tools and function calling"),
-    "functions": (_empty, "function calling"),
-    "function_call": (lambda v: v in ("none", "auto"), "function calling"),
-    "response_format": (_is({"type": "text"}), "response_format (JSON mode, structured output)"),
-    "logprobs": (_is(False), "logprobs"),
-    "top_logprobs": (_is(0), "logprobs"),
-    "logit_bias": (_empty, "logit_bias"),
-    "top_p": (_is(1), "top_p (use temperature)"),
-    "frequency_penalty": (_is(0), "frequency_penalty"),
-    "presence_penalty": (_is(0), "presence_penalty"),
-    "stop": (_empty, "stop sequences"),
-    "seed": (lambda _: False, "seed"),
     "audio": (lambda _: False, "audio output"),
     "modalities": (_is(["text"]), "modalities other than text"),
     "prediction": (lambda _: False, "predicted outputs"),
-    "reasoning_effort": (lambda _: False, "reasoning_effort"),
     "verbosity": (lambda _: False, "verbosity"),
     "web_search_options": (lambda _: False, "web search"),
 }
@@ -69,11 +66,18 @@ class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TextPart(_Tolerant):
-    """A content part. Only `text` parts are accepted; other types are refused by name."""
+class ImageURL(_Tolerant):
+    url: Text = Field(description="An https URL, or a `data:image/<type>;base64,...` URL.")
+    detail: Literal["auto", "low", "high"] | None = None
 
-    type: Text = Field(examples=["text"])
+
+class ContentPart(_Tolerant):
+    """A content part: `text`, or `image_url` (user turns). Other types (`input_audio`,
+    `file`) are refused by name."""
+
+    type: Text = Field(examples=["text", "image_url"])
     text: Text | None = None
+    image_url: ImageURL | None = None
 
 
 def _content_kind(value: Any) -> str:
@@ -83,19 +87,77 @@ def _content_kind(value: Any) -> str:
 # A string or a list of parts, told apart by the value itself, so that a bad one is reported
 # once, against its own form (not once per form it might have had).
 Content = Annotated[
-    Annotated[Text, Tag("text")] | Annotated[list[TextPart], Tag("parts")],
+    Annotated[Text, Tag("text")] | Annotated[list[ContentPart], Tag("parts")],
     Discriminator(_content_kind),
 ]
 
 
+class FunctionCallIn(_Tolerant):
+    name: Annotated[Text, Field(min_length=1, max_length=64)]
+    arguments: Text = Field(description="The arguments as JSON text, as the model wrote them.")
+
+
+class ToolCallIn(_Tolerant):
+    id: Annotated[Text, Field(min_length=1, max_length=200)]
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Tolerant):
-    """One turn. `developer` is taken as `system`; `tool`/`function` turns are refused."""
+    """One turn. `developer` is taken as `system`; a `tool` turn answers an assistant's tool
+    call (`tool_call_id`); the legacy `function` turn answers a `function_call`."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Content | None = Field(
-        description='A string, or a list of `{"type": "text", "text": ...}` parts.'
+        None,
+        description='A string, or a list of parts: `{"type": "text", "text": ...}`, and in '
+        'user turns `{"type": "image_url", "image_url": {"url": ...}}`. May be null in an '
+        "assistant turn that calls tools.",
     )
-    name: Text | None = Field(None, description="Accepted and ignored.")
+    name: Text | None = Field(
+        None, description="A `function` turn's function name; otherwise accepted and ignored."
+    )
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=128)
+    tool_call_id: Annotated[Text, Field(max_length=200)] | None = None
+    function_call: FunctionCallIn | None = Field(
+        None, description="The legacy form of one tool call, in an assistant turn."
+    )
+    refusal: Text | None = None
+
+
+class FunctionDefinition(_Tolerant):
+    name: Annotated[Text, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: Text | None = None
+    parameters: dict[str, JsonValue] | None = Field(
+        None, description="A JSON Schema of the arguments (an object schema)."
+    )
+    strict: StrictBool | None = None
+
+
+class Tool(_Tolerant):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Tolerant):
+    name: Text
+
+
+class NamedToolChoice(_Tolerant):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Tolerant):
+    name: Annotated[Text, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: Text | None = None
+    schema_: dict[str, JsonValue] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Tolerant):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class StreamOptions(_Tolerant):
@@ -136,6 +198,33 @@ class ChatCompletionCreate(_Tolerant):
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     n: StrictInt | None = Field(None, description="Only 1 is supported.")
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: list[FunctionDefinition] | None = Field(
+        None, max_length=128, description="Legacy: taken as `tools`."
+    )
+    function_call: Literal["none", "auto"] | NamedFunction | None = Field(
+        None, description="Legacy: taken as `tool_choice`."
+    )
+    response_format: ResponseFormat | None = None
+    stop: Text | list[Text] | None = Field(None, description="Up to 4 sequences.")
+    top_p: StrictFloat | None = Field(None, ge=0, le=1)
+    seed: StrictInt | None = None
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
+    presence_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], StrictFloat] | None = Field(
+        None, max_length=300
+    )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    drop_params: StrictBool | None = Field(
+        None,
+        description="Prompt Manager extension (`extra_body`): leave out, rather than refuse, "
+        "the fields the chosen provider cannot honour; each one left out is recorded on the "
+        "prompt (`parameters.dropped_params`) and named in the `X-Dropped-Params` header.",
+    )
     user: Annotated[Text, Field(max_length=256)] | None = Field(
         None, description="Your end user's id; stored with the prompt (`parameters.user`)."
     )
@@ -173,21 +262,52 @@ class ChatCompletionCreate(_Tolerant):
         return self
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = Field(None, description="Absent when there are none.")
+    function_call: FunctionCallOut | None = Field(
+        None, description="Legacy: the tool call, for a request that used `functions`."
+    )
 
 
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    finish_reason: str = Field(examples=["stop"])
+    finish_reason: str = Field(examples=["stop", "tool_calls"])
+    logprobs: dict[str, Any] | None = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
 
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(
+        description="Of prompt_tokens, those served from the provider's prompt cache."
+    )
+    completion_tokens_details: CompletionTokensDetails = Field(
+        description="Of completion_tokens, those spent reasoning."
+    )
 
 
 class ChatCompletion(BaseModel):
@@ -206,6 +326,13 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(description="The catalogue version's date, as a Unix time.")
     owned_by: str = Field(description="The provider that serves it.", examples=["openai"])
+    capabilities: list[str] | None = Field(
+        None,
+        description="Prompt Manager extension: what it can do beyond text (tools, vision, "
+        "structured_output, reasoning, embeddings); null when the catalogue does not say.",
+    )
+    context_window: int | None = Field(None, description="Prompt Manager extension.")
+    max_output_tokens: int | None = Field(None, description="Prompt Manager extension.")
 
 
 class ModelList(BaseModel):

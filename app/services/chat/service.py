@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,7 +24,20 @@ from app.engine.idempotency import IdempotencyKeys, IdempotencyRecord, request_f
 from app.engine.inline import InlineRunner
 from app.engine.recorder import Recorder
 from app.kit.errors import AppError, Conflict, InvalidInput, NotFound
-from app.providers.base import Completion, Message, ProviderError
+from app.kit.jsonschemas import check_schema
+from app.kit.text import check_json_text
+from app.providers.base import (
+    Completion,
+    ImageURL,
+    Message,
+    Part,
+    ProviderError,
+    ToolCall,
+    ToolCallDelta,
+    message_text,
+)
+from app.providers.catalogue import ModelEntry
+from app.providers.images import InvalidImage, parse_data_url
 from app.providers.registry import ModelResolver
 from app.services.chat.errors import UpstreamFailed
 from app.services.chat.schemas import (
@@ -33,9 +46,14 @@ from app.services.chat.schemas import (
     ChatCompletionCreate,
     ChatMessage,
     Choice,
+    CompletionTokensDetails,
+    FunctionCallOut,
+    FunctionDefinition,
     Model,
     ModelList,
+    PromptTokensDetails,
     ResponseMessage,
+    ToolCallOut,
     Usage,
 )
 from app.services.intake import Ask, Intake
@@ -44,12 +62,6 @@ from app.services.prompts.schemas import PromptDetail
 
 CHAT_PROMPT_TYPE = "chat"
 _FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
-_ROLES: dict[str, Literal["system", "user", "assistant"]] = {
-    "system": "system",
-    "developer": "system",  # OpenAI's newer name for the system turn
-    "user": "user",
-    "assistant": "assistant",
-}
 
 
 class PromptCancelled(AppError):
@@ -64,14 +76,26 @@ class PromptCancelled(AppError):
 @dataclass(slots=True)
 class ChatRun:
     """A chat completion under way in this process: what it answers with comes off `events`
-    in order, text deltas (`str`) and then its `Outcome`."""
+    in order, text deltas (`str`) and tool-call pieces (`ToolCallDelta`), then its
+    `Outcome`."""
 
     prompt: NewPrompt | PromptRequest  # (a replay's is read back)
     stream: bool
     include_usage: bool
     task: asyncio.Task[Outcome] | None = None
-    events: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[str | ToolCallDelta | None] = field(default_factory=asyncio.Queue)
     replayed: bool = False  # an Idempotency-Key replay: the answer an earlier request got
+
+    @property
+    def legacy_functions(self) -> bool:
+        """The request used the legacy `functions`: its answer's call is a `function_call`."""
+        return bool(self.prompt.parameters.get("legacy_functions"))
+
+    @property
+    def dropped_params(self) -> list[str]:
+        """The fields left out for the model asked for (`drop_params`)."""
+        dropped: dict[str, list[str]] = self.prompt.parameters.get("dropped_params", {})
+        return dropped.get(self.prompt.model, [])
 
     @property
     def completion_id(self) -> str:
@@ -81,9 +105,9 @@ class ChatRun:
     def created(self) -> int:
         return int(self.prompt.created_at.timestamp())
 
-    async def next_event(self) -> str | Outcome:
-        """The next text delta, or the outcome once the execution ended (its failure is
-        raised as `UpstreamFailed`)."""
+    async def next_event(self) -> str | ToolCallDelta | Outcome:
+        """The next text delta or tool-call piece, or the outcome once the execution ended
+        (its failure is raised as `UpstreamFailed`)."""
         item = await self.events.get()
         if item is not None:
             return item
@@ -184,8 +208,8 @@ class ChatService:
             include_usage=bool(options and options.include_usage),
         )
 
-        async def on_delta(text: str) -> None:
-            run.events.put_nowait(text)
+        async def on_delta(piece: str | ToolCallDelta) -> None:
+            run.events.put_nowait(piece)
 
         run.task = self.runner.run(claim, on_delta=on_delta if run.stream else None)
         run.task.add_done_callback(lambda _: run.events.put_nowait(None))
@@ -233,7 +257,7 @@ async def replay_chat(
     )
     run.task = asyncio.create_task(_recorded_outcome(detail))
     await asyncio.gather(run.task, return_exceptions=True)
-    if run.stream and detail.response is not None:
+    if run.stream and detail.response is not None and detail.response.response_text:
         run.events.put_nowait(detail.response.response_text)
     run.events.put_nowait(None)
     return run
@@ -258,6 +282,10 @@ async def _recorded_outcome(detail: PromptDetail) -> Outcome:
         usage_reported=not answer.usage_estimated,
         finish_reason=answer.finish_reason,
         upstream_model=answer.upstream_model,
+        cached_input_tokens=answer.cached_input_tokens or 0,
+        tool_calls=tuple(answer.tool_calls or ()),  # type: ignore[arg-type]
+        refusal=answer.refusal,
+        reasoning_tokens=answer.reasoning_tokens or 0,
     )
     return Outcome(completion, None, first_token_ms=answer.first_token_ms)
 
@@ -270,11 +298,13 @@ _ERRORS_BY_CODE = {cls.code: cls for cls in reversed(_subclasses(ProviderError))
 
 
 def ask_for(user_id: uuid.UUID, data: ChatCompletionCreate) -> Ask:
-    """What a chat request asks for, for the intake, after refusing what cannot be honoured:
-    its prompt type is `chat` unless it names another, and a defined type's template wraps
-    its last user message."""
+    """What a chat request asks for, for the intake, after refusing what cannot be honoured
+    by any provider: its prompt type is `chat` unless it names another, and a defined type's
+    template wraps its last user message. The conversation and the options are put in the
+    gateway's own (OpenAI) shape, checked (tool schemas, tool turns, images); whether the
+    chosen provider can honour them is the intake's question."""
     refuse_unsupported(data)
-    messages = [_message(i, m) for i, m in enumerate(data.messages)]
+    messages = conversation(data.messages)
     last = next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "user"), None)
     if last is None:
         raise InvalidInput(
@@ -282,30 +312,39 @@ def ask_for(user_id: uuid.UUID, data: ChatCompletionCreate) -> Ask:
             code="invalid_messages",
             extra={"parameter": "messages"},
         )
-    passthrough: dict[str, Any] = {}
-    if data.user:
-        passthrough["user"] = data.user
-    if data.stream:
-        passthrough["stream"] = True
+    options = chat_options(data)
     return Ask(
         user_id=user_id,
         model=data.model,
         prompt_type=data.prompt_type or CHAT_PROMPT_TYPE,
-        text=messages[last]["content"],
+        text=message_text(messages[last]),
         variables=data.variables,
         temperature=data.temperature,
         max_tokens=data.max_completion_tokens or data.max_tokens,
         metadata=dict(data.metadata or {}),
         messages=messages,
         last=last,
-        passthrough=passthrough,
+        passthrough=_passthrough(data),
+        options=options,
+        drop_params=bool(data.drop_params),
         queued=False,
     )
 
 
+def _passthrough(data: ChatCompletionCreate) -> dict[str, Any]:
+    """Stored with the parameters: whether it was streamed, and whether it used the legacy
+    `functions` (its answer then has a `function_call` rather than `tool_calls`)."""
+    passthrough: dict[str, Any] = {}
+    if data.stream:
+        passthrough["stream"] = True
+    if data.functions:
+        passthrough["legacy_functions"] = True
+    return passthrough
+
+
 def refuse_unsupported(data: ChatCompletionCreate) -> None:
-    """Refuse, by name, the OpenAI features that would change the answer and that this
-    gateway cannot honour; tolerate the rest (see schemas)."""
+    """Refuse, by name, the OpenAI features that would change the answer and that no provider
+    here carries; tolerate the rest (see schemas)."""
     if data.n not in (None, 1):
         _unsupported("n", f"n={data.n}: only one choice per request (n=1) is supported.")
     extra = data.model_extra or {}
@@ -316,37 +355,237 @@ def refuse_unsupported(data: ChatCompletionCreate) -> None:
 
 
 def _unsupported(name: str, message: str) -> NoReturn:
-    raise InvalidInput(
-        f"{message} Supported: model, messages (text), temperature, max_tokens, "
-        "max_completion_tokens, stream, stream_options.include_usage, n=1, user, metadata.",
-        code="unsupported_parameter",
-        extra={"parameter": name},
-    )
+    raise InvalidInput(message, code="unsupported_parameter", extra={"parameter": name})
 
 
-def _message(index: int, message: ChatMessage) -> Message:
-    where = f"messages[{index}]"
-    role = _ROLES.get(message.role)
-    if role is None:
-        _unsupported(
-            f"{where}.role", f"{where}: '{message.role}' messages (tools) are not supported."
+def _invalid(parameter: str, message: str, code: str = "invalid_messages") -> NoReturn:
+    raise InvalidInput(message, code=code, extra={"parameter": parameter})
+
+
+def chat_options(data: ChatCompletionCreate) -> dict[str, Any]:
+    """The request's fields of the translation matrix (app/providers/fidelity.py), in
+    OpenAI's shape, checked; the legacy `functions`/`function_call` as `tools`/`tool_choice`.
+    Fields left at their default are left out: they ask for nothing."""
+    options: dict[str, Any] = {}
+    if data.functions is not None and data.tools is not None:
+        _invalid("functions", "Give tools or the legacy functions, not both.", "invalid_tools")
+    if data.tools:
+        options["tools"] = [_tool(i, t.function) for i, t in enumerate(data.tools)]
+    elif data.functions:
+        options["tools"] = [_tool(i, f, where="functions") for i, f in enumerate(data.functions)]
+    names = {t["function"]["name"] for t in options.get("tools", [])}
+    if len(names) < len(options.get("tools", [])):
+        _invalid("tools", "Two tools have the same name.", "invalid_tools")
+    choice: Any = data.tool_choice
+    if data.function_call is not None:
+        choice = (
+            data.function_call
+            if isinstance(data.function_call, str)
+            else {"type": "function", "function": {"name": data.function_call.name}}
         )
-    if message.model_extra and message.model_extra.get("tool_calls"):
-        _unsupported(f"{where}.tool_calls", f"{where}: tool calls are not supported.")
+    elif choice is not None and not isinstance(choice, str):
+        choice = {"type": "function", "function": {"name": choice.function.name}}
+    if choice is not None and choice != "auto":
+        if isinstance(choice, dict) and choice["function"]["name"] not in names:
+            _invalid(
+                "tool_choice",
+                f"tool_choice names the function '{choice['function']['name']}', which is not "
+                "among the tools.",
+                "invalid_tool_choice",
+            )
+        if choice == "required" and not names:
+            _invalid("tool_choice", "tool_choice 'required' needs tools.", "invalid_tool_choice")
+        if names:
+            options["tool_choice"] = choice
+    if data.parallel_tool_calls is False and names:
+        options["parallel_tool_calls"] = False
+    if data.response_format is not None and data.response_format.type != "text":
+        options["response_format"] = _response_format(data)
+    stop = [data.stop] if isinstance(data.stop, str) else data.stop
+    if stop:
+        if len(stop) > 4:
+            _invalid("stop", "At most 4 stop sequences.", "invalid_stop")
+        options["stop"] = stop
+    for name in ("top_p", "seed", "frequency_penalty", "presence_penalty", "reasoning_effort"):
+        value = getattr(data, name)
+        if value is not None:
+            options[name] = value
+    if data.logprobs:
+        options["logprobs"] = True
+    if data.top_logprobs:
+        if not data.logprobs:
+            _invalid("top_logprobs", "top_logprobs needs logprobs: true.", "invalid_logprobs")
+        options["top_logprobs"] = data.top_logprobs
+    if data.logit_bias:
+        options["logit_bias"] = data.logit_bias
+    if data.user:
+        options["user"] = data.user
+    if options:
+        check_json_text(options)  # (the schemas' strings are free JSON, not `Text` fields)
+    return options
+
+
+def _tool(index: int, function: FunctionDefinition, *, where: str = "tools") -> dict[str, Any]:
+    definition: dict[str, Any] = {"name": function.name}
+    if function.description is not None:
+        definition["description"] = function.description
+    if function.parameters is not None:
+        check_schema(function.parameters, parameter=f"{where}[{index}].function.parameters")
+        definition["parameters"] = function.parameters
+    if function.strict is not None:
+        definition["strict"] = function.strict
+    return {"type": "function", "function": definition}
+
+
+def _response_format(data: ChatCompletionCreate) -> dict[str, Any]:
+    requested = data.response_format
+    assert requested is not None
+    if requested.type == "json_object":
+        return {"type": "json_object"}
+    spec = requested.json_schema
+    if spec is None or spec.schema_ is None:
+        _invalid(
+            "response_format.json_schema",
+            "response_format json_schema needs json_schema.name and json_schema.schema.",
+            "invalid_response_format",
+        )
+    check_schema(spec.schema_, parameter="response_format.json_schema.schema")
+    out: dict[str, Any] = {"name": spec.name, "schema": spec.schema_}
+    if spec.description is not None:
+        out["description"] = spec.description
+    if spec.strict is not None:
+        out["strict"] = spec.strict
+    return {"type": "json_schema", "json_schema": out}
+
+
+def conversation(messages: list[ChatMessage]) -> list[Message]:
+    """The messages in the gateway's shape: `developer` as `system`, text parts of non-user
+    turns joined, images checked, legacy function turns as tool turns; every tool turn must
+    answer a call an earlier assistant turn made."""
+    out: list[Message] = []
+    calls: dict[str, str] = {}  # tool call id → function name, of the calls made so far
+    legacy: dict[str, list[str]] = {}  # function name → ids of its unanswered legacy calls
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        role = message.role
+        if role in ("system", "developer"):
+            out.append({"role": "system", "content": _text_only(where, message)})
+        elif role == "user":
+            out.append({"role": "user", "content": _user_content(where, message)})
+        elif role == "assistant":
+            turn: Message = {"role": "assistant", "content": None}
+            if message.content is not None:
+                turn["content"] = _text_only(where, message)
+            tool_calls: list[ToolCall] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+                for call in message.tool_calls or []
+            ]
+            if message.function_call is not None:
+                legacy_id = f"call_fn_{index}"
+                legacy.setdefault(message.function_call.name, []).append(legacy_id)
+                tool_calls.append(
+                    {
+                        "id": legacy_id,
+                        "type": "function",
+                        "function": {
+                            "name": message.function_call.name,
+                            "arguments": message.function_call.arguments,
+                        },
+                    }
+                )
+            if tool_calls:
+                turn["tool_calls"] = tool_calls
+                calls.update({c["id"]: c["function"]["name"] for c in tool_calls})
+            elif message.content is None:
+                _invalid(f"{where}.content", f"{where}.content is missing.")
+            out.append(turn)
+        elif role == "tool":
+            call_id = message.tool_call_id
+            if call_id is None or call_id not in calls:
+                _invalid(
+                    f"{where}.tool_call_id",
+                    f"{where} is a tool result for "
+                    + (f"the call '{call_id}'" if call_id else "no call (tool_call_id is missing)")
+                    + ", which no earlier assistant turn made.",
+                    "invalid_tool_message",
+                )
+            out.append(
+                {"role": "tool", "tool_call_id": call_id, "content": _text_only(where, message)}
+            )
+        else:  # the legacy `function` turn
+            pending = legacy.get(message.name or "")
+            if not pending:
+                _invalid(
+                    f"{where}.name",
+                    f"{where} is a function result for '{message.name}', which no earlier "
+                    "assistant turn called.",
+                    "invalid_tool_message",
+                )
+            answered = pending.pop(0)
+            out.append(
+                {"role": "tool", "tool_call_id": answered, "content": _text_only(where, message)}
+            )
+    return out
+
+
+def _text_only(where: str, message: ChatMessage) -> str:
     content = message.content
     if content is None:
-        raise InvalidInput(
-            f"{where}.content is missing.", code="invalid_messages", extra={"parameter": where}
-        )
-    if not isinstance(content, str):
-        for part in content:
-            if part.type != "text" or part.text is None:
-                _unsupported(
-                    f"{where}.content",
-                    f"{where}: content parts of type '{part.type}' are not supported (text only).",
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            _unsupported(
+                f"{where}.content[{j}].type",
+                f"{where}: a {message.role} turn takes text parts only, not '{part.type}'.",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _user_content(where: str, message: ChatMessage) -> str | list[Part]:
+    content = message.content
+    if content is None:
+        _invalid(f"{where}.content", f"{where}.content is missing.")
+    if isinstance(content, str):
+        return content
+    parts: list[Part] = []
+    for j, part in enumerate(content):
+        if part.type == "text" and part.text is not None:
+            parts.append({"type": "text", "text": part.text})
+        elif part.type == "image_url" and part.image_url is not None:
+            url = part.image_url.url
+            parameter = f"{where}.content[{j}].image_url.url"
+            if url.startswith("data:"):
+                try:
+                    parse_data_url(url)
+                except InvalidImage as exc:
+                    _invalid(parameter, f"{parameter}: {exc}", "invalid_image")
+            elif not url.startswith("https://"):
+                _invalid(
+                    parameter, f"{parameter} must be an https or a data: URL.", "invalid_image"
                 )
-        content = "\n".join(part.text or "" for part in content)
-    return {"role": role, "content": content}
+            image: ImageURL = {"url": url}
+            if part.image_url.detail is not None:
+                image["detail"] = part.image_url.detail
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            _unsupported(
+                f"{where}.content[{j}].type",
+                f"{where}: content parts of type '{part.type}' are not supported (text and "
+                "image_url are).",
+            )
+    if not parts:
+        _invalid(f"{where}.content", f"{where}.content is empty.")
+    if all(part["type"] == "text" for part in parts):  # text alone stays a string
+        return "\n".join(part["text"] for part in parts)  # type: ignore[typeddict-item]
+    return parts
 
 
 def completion_body(run: ChatRun, outcome: Outcome) -> ChatCompletion:
@@ -358,18 +597,42 @@ def completion_body(run: ChatRun, outcome: Outcome) -> ChatCompletion:
         model=run.prompt.model,
         choices=[
             Choice(
-                message=ResponseMessage(content=completion.text),
-                finish_reason=finish_reason(completion),
+                message=response_message(run, completion),
+                finish_reason=finish_reason(run, completion),
+                logprobs=completion.logprobs if isinstance(completion.logprobs, dict) else None,
             )
         ],
         usage=usage(completion),
     )
 
 
-def finish_reason(completion: Completion) -> str:
-    """Our adapters already speak OpenAI's vocabulary; anything else reads as `stop`."""
+def response_message(run: ChatRun, completion: Completion) -> ResponseMessage:
+    """The assistant's message: its text (None when it only called tools), its tool calls
+    (as a legacy `function_call` for a request that used `functions`) and its refusal."""
+    calls = [
+        ToolCallOut(
+            id=call["id"],
+            function=FunctionCallOut(
+                name=call["function"]["name"], arguments=call["function"]["arguments"]
+            ),
+        )
+        for call in completion.tool_calls
+    ]
+    content = completion.text if completion.text or not calls else None
+    if calls and run.legacy_functions:
+        return ResponseMessage(
+            content=content, refusal=completion.refusal, function_call=calls[0].function
+        )
+    return ResponseMessage(content=content, refusal=completion.refusal, tool_calls=calls or None)
+
+
+def finish_reason(run: ChatRun, completion: Completion) -> str:
+    """Our adapters already speak OpenAI's vocabulary; anything else reads as `stop`. An
+    answer with tool calls ends `tool_calls` (`function_call` for the legacy `functions`)."""
+    if completion.tool_calls:
+        return "function_call" if run.legacy_functions else "tool_calls"
     reason = completion.finish_reason
-    return reason if reason in _FINISH_REASONS else "stop"
+    return reason if reason in _FINISH_REASONS and reason != "tool_calls" else "stop"
 
 
 def usage(completion: Completion) -> Usage:
@@ -377,15 +640,17 @@ def usage(completion: Completion) -> Usage:
         prompt_tokens=completion.input_tokens,
         completion_tokens=completion.output_tokens,
         total_tokens=completion.input_tokens + completion.output_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=completion.cached_input_tokens),
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=completion.reasoning_tokens
+        ),
     )
 
 
 def list_models(router: ModelResolver) -> ModelList:
     """The catalogue models whose provider is configured here."""
     created = _catalogue_time(router.catalogue.version)
-    return ModelList(
-        data=[Model(id=e.name, created=created, owned_by=e.provider) for e in router.available()]
-    )
+    return ModelList(data=[_model(e, created) for e in router.available()])
 
 
 def get_model(router: ModelResolver, model_id: str) -> Model:
@@ -396,8 +661,18 @@ def get_model(router: ModelResolver, model_id: str) -> Model:
             f"The model '{model_id}' does not exist here; GET /v1/models lists those that do.",
             code="model_not_found",
         )
-    created = _catalogue_time(router.catalogue.version)
-    return Model(id=entry.name, created=created, owned_by=entry.provider)
+    return _model(entry, _catalogue_time(router.catalogue.version))
+
+
+def _model(entry: ModelEntry, created: int) -> Model:
+    return Model(
+        id=entry.name,
+        created=created,
+        owned_by=entry.provider,
+        capabilities=list(entry.capabilities) if entry.capabilities is not None else None,
+        context_window=entry.context_window,
+        max_output_tokens=entry.max_output_tokens,
+    )
 
 
 def _catalogue_time(version: str) -> int:

@@ -163,6 +163,18 @@ class ResponseOut(BaseModel):
         description="The catalogue version of that price; null for a model it does not list."
     )
     finish_reason: str | None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None,
+        description="The tool calls the answer made, in OpenAI's shape (`id`, `type`, "
+        "`function.name`, `function.arguments`); null when it made none.",
+    )
+    refusal: str | None = Field(None, description="The model's refusal message, if any.")
+    cached_input_tokens: int | None = Field(
+        None, description="Of input_tokens, those served from the provider's prompt cache."
+    )
+    reasoning_tokens: int | None = Field(
+        None, description="Of output_tokens, those spent reasoning (thinking)."
+    )
     first_token_ms: int | None = Field(
         validation_alias="time_to_first_token_ms",
         description="Streamed answers (`/v1/chat/completions` with `stream: true`) only: time "
@@ -195,6 +207,7 @@ class AttemptOut(BaseModel):
     input_tokens: int | None
     output_tokens: int | None
     cached_input_tokens: int | None
+    reasoning_tokens: int | None = None
     usage_estimated: bool
     cost_usd: Decimal | None
     catalogue_version: str | None = Field(description="The price list the cost was computed with.")
