@@ -14,6 +14,7 @@ from app import __version__
 from app.api.chat import router as openai_router
 from app.api.chat import unknown_url
 from app.api.docs import install_docs
+from app.api.embeddings import router as embeddings_router
 from app.api.fast_paths import FastPaths
 from app.api.health import router as health_router
 from app.api.middleware import BodyLimitMiddleware
@@ -135,8 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "webhooks", "description": "Signed POSTs to your URLs when prompts finish."},
             {
                 "name": "openai-compatible",
-                "description": "OpenAI's chat completions and model list, for the official "
-                "SDKs unchanged (`base_url=<this server>/v1`, `api_key=<your API key>`).",
+                "description": "OpenAI's chat completions, embeddings and model list, for the "
+                "official SDKs unchanged (`base_url=<this server>/v1`, `api_key=<your API key>`).",
             },
         ],
     )
@@ -156,5 +157,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)
     app.include_router(openai_router)
+    app.include_router(embeddings_router)
     serve_both_forms(app, not_found={"/v1": unknown_url})
     return app

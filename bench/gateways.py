@@ -526,8 +526,29 @@ def mock_base(port: int, delay: int) -> str:
     return f"http://127.0.0.1:{port}" + (f"/d{delay}" if delay else "") + "/v1"
 
 
+# `--tools`: every chat also declares a function tool (as an agent's calls do); the mock
+# answers with text all the same, so what is measured is the tools' cost on the request path.
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+            "strict": True,
+        },
+    }
+]
+BODY_EXTRA: dict[str, Any] = {}
+
+
 def chat_body(delay: int) -> dict[str, Any]:
-    return {"model": model_for(delay), "messages": MESSAGES, "max_tokens": 64}
+    return {"model": model_for(delay), "messages": MESSAGES, "max_tokens": 64, **BODY_EXTRA}
 
 
 def body_for(target: Target, delay: int) -> dict[str, Any]:
@@ -1395,7 +1416,14 @@ def main() -> None:
     parser.add_argument("--litellm-version", default=LITELLM_VERSION)
     parser.add_argument("--portkey-version", default=PORTKEY_VERSION)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--tools",
+        action="store_true",
+        help="every chat declares a function tool (tool_choice auto)",
+    )
     cfg = parser.parse_args()
+    if cfg.tools:
+        BODY_EXTRA.update(tools=TOOLS, tool_choice="auto")
     quick = cfg.quick
 
     def pick(value: Any, full: Any, fast: Any) -> Any:

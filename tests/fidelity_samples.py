@@ -77,7 +77,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "presence_penalty": {"presence_penalty": -0.5},
     "logprobs": {"logprobs": True},
     "top_logprobs": {"logprobs": True, "top_logprobs": 2},
-    "logit_bias": {"logit_bias": {"50256": -100}},
+    "logit_bias": {"logit_bias": {"1000": -100}},
     "reasoning_effort": {"reasoning_effort": "low"},
     "messages[].content[].image_url": {
         "messages": [

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
+from app.providers import fidelity
 from tests.conftest import Api
 
 
@@ -59,3 +61,11 @@ async def test_healthz_and_readyz(api: Api, backend: str):
     assert response.status_code == 200
     expected = {"database": "ok"} | ({"broker": "ok"} if backend == "celery" else {})
     assert response.json() == {"status": "ready", "checks": expected}
+
+
+def test_the_readme_shows_the_translation_matrix_of_the_code():
+    """The README's table of what each provider makes of each field is the matrix the
+    intake checks requests against, rendered."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("<!-- matrix:start -->\n", 1)[1].split("<!-- matrix:end -->", 1)[0]
+    assert table == fidelity.render_markdown()

@@ -162,7 +162,7 @@ async def test_a_path_no_route_has_in_either_form_is_a_404(api: Api):
         body = assert_problem(response, 404, "not_found")
         assert "location" not in response.headers, body
     for method in ("GET", "POST", "PUT", "DELETE", "OPTIONS"):
-        for path in ("/v1/embeddings", "/v1/embeddings/", "/v1/", "/v1/chat"):
+        for path in ("/v1/moderations", "/v1/moderations/", "/v1/", "/v1/chat"):
             response = await api.client.request(method, path, headers=headers)
             error = _openai_error(response, 404, "unknown_url")
             assert f"({method} {path})" in error["message"]
@@ -203,6 +203,7 @@ async def test_a_known_path_with_another_method_is_a_405_naming_every_method_it_
         ("GET", "/v1/chat/completions", {"POST"}),
         ("PUT", "/v1/chat/completions", {"POST"}),
         ("OPTIONS", "/v1/chat/completions", {"POST"}),
+        ("GET", "/v1/embeddings", {"POST"}),
         ("DELETE", "/v1/models", {"GET"}),
         ("POST", "/v1/models/gpt-4o-mini", {"GET"}),
         ("HEAD", "/v1/models", {"GET"}),

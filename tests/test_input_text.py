@@ -192,6 +192,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "metadata": {"k": "v"},
         "fallbacks": ["backup/gpt-4o-mini"],
         "max_tokens": 5,
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d"}}],
+        "response_format": {"type": "json_object"},
     },
     ("POST", "/v1/chat/completions"): {
         **CHAT,
@@ -202,7 +204,24 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "user": "u",
         "metadata": {"k": "v"},
         "stream_options": {"include_usage": True},
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "f",
+                    "description": "d",
+                    "parameters": {"type": "object", "description": "d"},
+                },
+            }
+        ],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "n", "schema": {"type": "object", "description": "d"}},
+        },
+        "stop": ["s"],
     },
+    ("POST", "/v1/embeddings"): {"model": "text-embedding-3-small", "input": ["a"], "user": "u"},
     ("PUT", "/ai/prompt-types/{name}"): {
         "description": "d",
         "system_instruction": "s",

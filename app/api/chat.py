@@ -113,7 +113,7 @@ async def get_model(_: CurrentUser, services: ServicesDep, model_id: str) -> Mod
 
 
 async def unknown_url(scope: Scope, receive: Receive, send: Send) -> None:
-    """Other OpenAI endpoints (embeddings, responses, …) are not served here: a 404 in
+    """Other OpenAI endpoints (responses, images, …) are not served here: a 404 in
     OpenAI's shape, which the SDKs raise as `NotFoundError`.
 
     The app answers this for a /v1 path that no route has in either form
@@ -123,7 +123,7 @@ async def unknown_url(scope: Scope, receive: Receive, send: Send) -> None:
     response = error_response(
         404,
         f"Invalid URL ({scope['method']} {scope['path']}): this server serves only "
-        "POST /v1/chat/completions and GET /v1/models.",
+        "POST /v1/chat/completions, POST /v1/embeddings and GET /v1/models.",
         code="unknown_url",
     )
     await response(scope, receive, send)

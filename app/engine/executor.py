@@ -14,6 +14,11 @@ also returns the `Outcome` and can stream). A streamed execution hands each piec
 `on_delta` as it arrives; it retries and falls back only while nothing has been handed on, as
 text already shown to a client cannot be taken back: a failure after that ends the prompt.
 
+An embedding prompt (`POST /v1/embeddings`, see app/engine/embedding_prompts.py) runs through
+the same loop, simplified: one route (its model: another model's vectors could not be compared
+with the client's others, so there are no fallbacks), retried as above, each call an attempt,
+never streamed; its `Outcome` carries the vectors.
+
 When the prompt's task is cancelled (its cancellation was requested, its client went away, or
 the runner is stopping), the provider call in flight is abandoned (a stream is closed, which
 closes its upstream connection) and recorded as an attempt. Writes of what already happened
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -34,18 +40,24 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from app.db.base import utcnow
+from app.engine.embedding_prompts import inputs_of, is_embedding, summary
 from app.engine.events import EventBus, PromptEvent
 from app.engine.recorder import Recorder
 from app.engine.records import AttemptRecord, Claim, ResponseRecord
 from app.kit.errors import InvalidInput
+from app.kit.jsonschemas import violation
 from app.kit.text import scrub
 from app.providers import fidelity
 from app.providers.base import (
     NO_OPTIONS,
     AdapterFailed,
     AuthenticationFailed,
+    BadRequest,
     Completion,
     CompletionRequest,
+    Embedder,
+    EmbeddingRequest,
+    Embeddings,
     MalformedResponse,
     Message,
     Provider,
@@ -90,6 +102,7 @@ class Outcome:
     error: ProviderError | None  # why it failed; None when it completed
     first_token_ms: int | None = None  # streamed answers: from the call's start to its first text
     error_message: str | None = None  # the failure as recorded (with how many calls were made)
+    embeddings: Embeddings | None = None  # an embedding prompt's vectors (`completion` is None)
 
 
 @dataclass(slots=True)
@@ -121,7 +134,12 @@ def build_messages(claim: Claim) -> list[Message]:
         messages.append({"role": "system", "content": system})
     stored = claim.parameters.get("messages")
     if stored:
-        messages.extend(stored)  # (stored in the gateway's shape: providers/base.py Message)
+        # (stored in the gateway's shape: providers/base.py Message)
+        if not isinstance(stored, list) or not all(
+            isinstance(m, dict) and "role" in m for m in stored
+        ):
+            raise TypeError("the prompt's stored messages are not a list of messages")
+        messages.extend(stored)
     else:
         messages.append({"role": "user", "content": claim.prompt_text})
     return messages
@@ -186,6 +204,8 @@ async def run_prompt(
     call is recorded with the outcome `cancelled_outcome`; None asks the database: `cancelled`
     if the prompt's cancellation was requested, else `abandoned` (its runner stopped).
     """
+    if is_embedding(claim.parameters):
+        return await _run_embedding(claim, execution=execution, cancelled_outcome=cancelled_outcome)
     recorder, breaker = execution.recorder, execution.breaker
     calls = 0
     last: ProviderError | None = None
@@ -275,6 +295,101 @@ async def run_prompt(
             await asyncio.sleep(delay)
     assert last is not None
     return await carried_through(_finish_failure(recorder, claim, last, calls))
+
+
+async def _run_embedding(
+    claim: Claim, *, execution: Execution, cancelled_outcome: str | None
+) -> Outcome:
+    """`run_prompt` for an embedding prompt: its one route, retried as a chat's would be
+    (the circuit breaker and `RetryPolicy` alike), every call recorded as an attempt."""
+    recorder, breaker = execution.recorder, execution.breaker
+    route = execution.router.route_for(claim.provider, claim.upstream_model, model=claim.model)
+    provider = execution.router.providers.get(route.provider)
+    if provider is None:
+        error: ProviderError = ProviderNotConfigured(
+            f"The '{route.provider}' provider is not configured here."
+        )
+        return await carried_through(_finish_failure(recorder, claim, error, 0))
+    if not isinstance(provider, Embedder):
+        error = BadRequest(f"The '{route.provider}' provider has no embeddings API.")
+        return await carried_through(_finish_failure(recorder, claim, error, 0))
+    parameters = claim.parameters
+    request = EmbeddingRequest(
+        model=route.upstream_model,
+        inputs=inputs_of(claim.prompt_text, parameters),
+        dimensions=parameters.get("dimensions"),
+        user=parameters.get("user"),
+        timeout=parameters.get("timeout_seconds") or route.timeout,
+    )
+    calls = retry = 0
+    while True:
+        if not breaker.allow(route.provider):
+            wait = breaker.retry_in(route.provider)
+            error = CircuitOpen(
+                f"{route.provider} failed repeatedly; calls to it are paused for "
+                f"another {wait:.0f} s."
+            )
+            return await carried_through(_finish_failure(recorder, claim, error, calls))
+        calls += 1
+        started_at, started = utcnow(), time.perf_counter()
+        try:
+            embeddings = _valid_embeddings(await provider.embed(request), request, route)
+        except asyncio.CancelledError:
+            await carried_through(
+                _record_abandoned(recorder, claim, route, started_at, None, None, cancelled_outcome)
+            )
+            raise
+        except ProviderError as exc:
+            error = exc
+        except Exception as exc:
+            logger.exception("provider %s raised unexpectedly", route.provider)
+            error = AdapterFailed(
+                f"The {route.provider} adapter failed unexpectedly ({type(exc).__name__})."
+            )
+        else:
+            breaker.record_success(route.provider)
+            await carried_through(
+                _finish_embedding(recorder, claim, route, embeddings, started_at, started)
+            )
+            return Outcome(None, None, embeddings=embeddings)
+        breaker.record_failure(route.provider, error)
+        await carried_through(
+            recorder.record_attempt(
+                claim,
+                _failed_attempt(
+                    route, started_at, "error", error.code, error.status, error.message
+                ),
+            )
+        )
+        if not error.retryable:
+            return await carried_through(_finish_failure(recorder, claim, error, calls))
+        retry += 1
+        delay = execution.policy.delay(retry, error)
+        if delay is None:
+            return await carried_through(_finish_failure(recorder, claim, error, calls))
+        await asyncio.sleep(delay)
+
+
+def _valid_embeddings(
+    embeddings: Embeddings, request: EmbeddingRequest, route: Route
+) -> Embeddings:
+    """One vector per input, all of one size, and the size asked for (a compatible server
+    may ignore `dimensions`: its vectors are then refused, not passed on as if honoured)."""
+    provider = route.provider
+    if len(embeddings.vectors) != len(request.inputs):
+        raise MalformedResponse(
+            f"{provider} answered with {len(embeddings.vectors)} embeddings for "
+            f"{len(request.inputs)} inputs"
+        )
+    sizes = {len(vector) for vector in embeddings.vectors}
+    if len(sizes) != 1 or 0 in sizes or sizes.pop() % 4:
+        raise MalformedResponse(f"{provider} answered with embeddings of different sizes")
+    if request.dimensions is not None and embeddings.dimensions != request.dimensions:
+        raise BadRequest(
+            f"{provider} answered with {embeddings.dimensions} dimensions, not the "
+            f"{request.dimensions} asked for: model {route.model} cannot shorten its vectors"
+        )
+    return embeddings
 
 
 async def _stream_call(
@@ -372,7 +487,7 @@ async def _record_abandoned(
     claim: Claim,
     route: Route,
     started_at: datetime,
-    request: CompletionRequest,
+    request: CompletionRequest | None,  # (None: an embedding call, never streamed)
     streamed: _Streamed | None,
     outcome: str | None,
 ) -> None:
@@ -384,7 +499,11 @@ async def _record_abandoned(
     else:
         message = "The call was abandoned when its runner stopped."
     # A stream had the prompt read, and maybe some text generated: estimate what it cost.
-    usage = _estimated_usage(route, request, streamed) if streamed is not None else None
+    usage = (
+        _estimated_usage(route, request, streamed)
+        if streamed is not None and request is not None
+        else None
+    )
     await recorder.record_attempt(
         claim, _failed_attempt(route, started_at, outcome, outcome, None, message, usage=usage)
     )
@@ -437,6 +556,7 @@ async def _finish_success(
     first_token_ms: int | None,
 ) -> None:
     duration_ms = round((time.perf_counter() - started) * 1000)
+    output_json, problem = structured_output(claim, completion)
     price = route.price
     cost = _cost(
         price, completion.input_tokens, completion.output_tokens, completion.cached_input_tokens
@@ -475,5 +595,69 @@ async def _finish_success(
             reasoning_tokens=completion.reasoning_tokens,
             tool_calls=[dict(call) for call in completion.tool_calls] or None,
             refusal=completion.refusal,
+            output_json=output_json,
+        ),
+        error_code="invalid_structured_output" if problem else None,
+        error_message=problem,
+    )
+
+
+def structured_output(claim: Claim, completion: Completion) -> tuple[Any, str | None]:
+    """A structured-output prompt's answer parsed, and checked against its schema: (the
+    value, None), or (None, what is wrong). Other prompts, and an answer that calls tools
+    instead, have none: (None, None). Only /ai/prompts asks for this (`structured_output`):
+    /v1 hands the text to its client as OpenAI does."""
+    if not claim.parameters.get("structured_output") or completion.tool_calls:
+        return None, None
+    try:
+        value = json.loads(completion.text)
+    except ValueError:
+        return None, "The answer is not valid JSON; its text is kept in the response."
+    spec = claim.parameters.get("response_format", {}).get("json_schema")
+    if spec is not None and (why := violation(spec["schema"], value)) is not None:
+        return None, f"The answer does not match the schema '{spec['name']}': {why}."
+    return value, None
+
+
+async def _finish_embedding(
+    recorder: Recorder,
+    claim: Claim,
+    route: Route,
+    embeddings: Embeddings,
+    started_at: datetime,
+    started: float,
+) -> None:
+    """The call's attempt, the prompt's response (a summary, not the vectors) and its status,
+    in one transaction, as for an answer; input tokens only."""
+    duration_ms = round((time.perf_counter() - started) * 1000)
+    price = route.price
+    cost = _cost(price, embeddings.input_tokens, 0)
+    estimated = not embeddings.usage_reported
+    version = price.version if price else None
+    await recorder.finish(
+        claim,
+        attempt=AttemptRecord(
+            provider=route.provider,
+            model=route.upstream_model,
+            started_at=started_at,
+            ended_at=utcnow(),
+            outcome="success",
+            input_tokens=embeddings.input_tokens,
+            output_tokens=0,
+            usage_estimated=estimated,
+            cost_usd=cost,
+            catalogue_version=version,
+        ),
+        response=ResponseRecord(
+            response_text=summary(len(embeddings.vectors), embeddings.dimensions),
+            duration_ms=duration_ms,
+            provider=route.provider,
+            upstream_model=scrub(embeddings.upstream_model),
+            input_tokens=embeddings.input_tokens,
+            output_tokens=0,
+            usage_estimated=estimated,
+            cost_usd=cost,
+            finish_reason=None,
+            catalogue_version=version,
         ),
     )

@@ -205,7 +205,9 @@ class Recorder:
         The attempt row is written even when the claim was lost (the call happened and may be
         billed); the status, and the response, only by the holder of the current claim.
         """
-        status = PromptStatus.COMPLETED if response is not None else PromptStatus.FAILED
+        # (a response with an error: the answer came, but was not what was asked for)
+        completed = response is not None and error_code is None
+        status = PromptStatus.COMPLETED if completed else PromptStatus.FAILED
         return await self._outcomes.submit(
             OutcomeWrite(claim, attempt, status, response, error_code, error_message)
         )

@@ -63,3 +63,5 @@ class ResponseRecord:
     # OpenAI's shape: [{"id", "type": "function", "function": {"name", "arguments"}}]
     tool_calls: list[dict[str, Any]] | None = None
     refusal: str | None = None
+    # A structured-output prompt's answer, parsed (and checked against its schema).
+    output_json: Any = None

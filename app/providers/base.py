@@ -6,10 +6,12 @@ of the system decides retry / fallback / fail on our codes, never on a vendor's 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import sys
+from array import array
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, NotRequired, Protocol, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
 
 
 class TextPart(TypedDict):
@@ -120,6 +122,64 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str  # the upstream model name, as the provider knows it
+    inputs: tuple[str, ...]  # each one non-empty text; one vector comes back for each
+    dimensions: int | None = None  # shorter vectors than the model's own, where it can
+    user: str | None = None  # the client's end-user id (OpenAI's `user`), where it is sent
+    timeout: float | None = None  # total seconds for this call; None: the client's default
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in order, each as little-endian float32 bytes: what OpenAI sends
+    base64-encoded (`encoding_format: base64`), so a vector read that way is passed on exactly,
+    and one read as JSON numbers takes 4 bytes a dimension rather than a Python float's 24."""
+
+    vectors: tuple[bytes, ...]
+    input_tokens: int
+    usage_reported: bool  # False: the provider sent no usage and the count is an estimate
+    upstream_model: str
+
+    @property
+    def dimensions(self) -> int:
+        return len(self.vectors[0]) // 4 if self.vectors else 0
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """A provider that can also embed text (`POST /v1/embeddings`). Those that cannot
+    (Anthropic has no embeddings API) simply lack `embed`: `isinstance(provider, Embedder)`
+    tells them apart."""
+
+    name: str
+    # Whether a request's `dimensions` (shorter vectors than the model's own) can be honoured.
+    embeds_dimensions: bool
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """The request's vectors, in its inputs' order; fails with the same `ProviderError`s
+        as `Provider.complete`."""
+        ...
+
+
+def pack_floats(values: Sequence[float]) -> bytes:
+    """A vector as little-endian float32 bytes (see `Embeddings`)."""
+    packed = array("f", values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_floats(raw: bytes) -> list[float]:
+    """The numbers of a vector packed by `pack_floats` (or sent base64 by OpenAI)."""
+    values = array("f")
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
 class ProviderError(Exception):
     """A provider call that did not produce an answer. `code` is stable and shown to users."""
 
@@ -218,6 +278,11 @@ def message_text(message: Message) -> str:
             [text, *(c["function"]["name"] + c["function"]["arguments"] for c in calls)]
         )
     return text
+
+
+def estimate_input_tokens(inputs: Sequence[str]) -> int:
+    """`estimate_tokens` of every input of an embedding request, summed."""
+    return sum(estimate_tokens(text) for text in inputs)
 
 
 def estimate_prompt_tokens(request: CompletionRequest) -> int:

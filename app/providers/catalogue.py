@@ -49,6 +49,16 @@ class ModelEntry(BaseModel):
     capabilities: tuple[Capability, ...] | None = None
 
 
+def embedding_model(entry: ModelEntry | None) -> bool:
+    """Whether the entry is an embedding model: its capabilities list `embeddings`. Such a
+    model serves POST /v1/embeddings and nothing else (a chat or a prompt naming it is
+    refused); every other model is a chat model (None: a provider/model name outside the
+    catalogue, which is whatever its caller uses it for)."""
+    return (
+        entry is not None and entry.capabilities is not None and "embeddings" in entry.capabilities
+    )
+
+
 class _CatalogueFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

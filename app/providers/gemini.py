@@ -33,6 +33,11 @@ an assistant turn's `tool_calls` → `functionCall` parts (with the call's id); 
 `user` content for consecutive ones. Replies' `functionCall` parts become `tool_calls`, with
 finish reason `tool_calls`; streamed, each arrives whole in one chunk, so it is yielded as one
 `ToolCallDelta` holding all its arguments.
+
+Embeddings (`embed`) go through `aio.models.embed_content`, which the SDK sends to the Gemini
+API as one `:batchEmbedContents` call (one request per input), with `dimensions` as each
+request's `outputDimensionality`. The Gemini API reports no token usage for them (only Vertex
+AI has a billable character count), so the tokens are estimated unless a `usageMetadata` says.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ from app.providers.base import (
     ConnectionFailed,
     ContentFiltered,
     ContextLengthExceeded,
+    EmbeddingRequest,
+    Embeddings,
     MalformedResponse,
     Message,
     ProviderError,
@@ -72,9 +79,11 @@ from app.providers.base import (
     ToolCall,
     ToolCallDelta,
     Unavailable,
+    estimate_input_tokens,
     estimate_prompt_tokens,
     estimate_tokens,
     message_text,
+    pack_floats,
     retry_after_seconds,
 )
 from app.providers.images import ImageFetcher, InvalidImage, parse_data_url
@@ -196,6 +205,7 @@ def build_client(
 class GeminiProvider:
     max_temperature = 2.0
     kind = "gemini"
+    embeds_dimensions = True  # outputDimensionality
 
     def __init__(
         self, client: GeminiClient, *, name: str = "gemini", images: ImageFetcher | None = None
@@ -232,6 +242,21 @@ class GeminiProvider:
         finally:
             await chunks.close()
         yield answer.completion(request)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        config = types.EmbedContentConfig(
+            output_dimensionality=request.dimensions,
+            http_options=(
+                types.HttpOptions(timeout=_milliseconds(request.timeout))
+                if request.timeout is not None
+                else None
+            ),
+        )
+        with _sdk_errors(self.name):
+            reply = await self._client.sdk.aio.models.embed_content(
+                model=request.model, contents=list(request.inputs), config=config
+            )
+        return _embeddings(request, reply, provider=self.name)
 
     async def _call(
         self, request: CompletionRequest
@@ -424,6 +449,30 @@ def _completion(
     text = _answer_text(candidate)
     calls = tuple(_tool_call(call) for call in _function_calls(candidate))
     return _result(request, text, calls, finish, reply.usage_metadata, reply.model_version)
+
+
+def _embeddings(
+    request: EmbeddingRequest, reply: types.EmbedContentResponse, *, provider: str
+) -> Embeddings:
+    """The vectors, one per input in order (`embeddings[i].values`), and the tokens: the
+    usageMetadata's prompt count when there is one, else an estimate."""
+    found = reply.embeddings or []
+    if len(found) != len(request.inputs):
+        raise MalformedResponse(
+            f"{provider} answered with {len(found)} embeddings for {len(request.inputs)} inputs"
+        )
+    vectors = []
+    for embedding in found:
+        if not embedding.values:
+            raise MalformedResponse(f"{provider} answered with an empty embedding")
+        vectors.append(pack_floats(embedding.values))
+    usage = reply.usage_metadata
+    tokens = usage.prompt_token_count if usage is not None else None
+    if tokens is None:
+        return Embeddings(
+            tuple(vectors), estimate_input_tokens(request.inputs), False, request.model
+        )
+    return Embeddings(tuple(vectors), tokens, True, request.model)
 
 
 class _StreamedAnswer:

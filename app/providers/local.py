@@ -22,6 +22,26 @@ so the server is started with our own (LOCAL_MODEL_* settings):
   `temperature` still wins (as its `max_tokens` wins over LOCAL_MODEL_DEFAULT_MAX_TOKENS,
   see `LocalProvider._bounded`). The repetition penalty is not an OpenAI field: no client
   sends one.
+
+Embeddings (`local-embedding`) come from a second llama.cpp server over the same GGUF file,
+started on the first embedding asked for (never for a process that only chats), with
+embeddings on and mean pooling (the mean of the last layer's states over the input's tokens,
+L2-normalised: 576 numbers for SmolLM2-135M). It is a second server rather than the chat
+server with embeddings switched on, although llama.cpp could serve both from one: an embedding
+request may carry 2,048 inputs, which would hold the chat slots for its whole duration, and the
+chat server's measured settings (its prompt cache, memory) stay exactly as they were. Its own
+bounds are small and fixed: `EMBEDDING_PARALLEL` slots sharing one KV cache of
+`EMBEDDING_PARALLEL` times `EMBEDDING_CONTEXT` tokens, no prompt cache. The KV cache is unified
+(`kv_unified`): with one cache per slot, this llama.cpp build mixed up the inputs it embedded
+in one batch (an input's vector changed with its neighbour: cosine 0.86 to its vector alone),
+while with a unified one an input's vector is the same batched or alone (cosine > 0.9999,
+float rounding). llama.cpp embeds an input in one physical batch (512 tokens), so a longer
+input is refused (`context_length_exceeded`) rather than cut: raising the batch to 2,048 made
+one 1,500-token input take 14 s and the process grow by 600 MB on a 2-core machine. With these
+bounds, on that machine: the server starts in 0.4 s and adds about 140 MiB to the process
+(330 MiB once it has embedded a 480-token input: the weights mapped a second time, and
+llama.cpp's buffers for a full batch); a short input takes about 20 ms, 64 of them 3.5 s (with 1
+or 4 slots: 3.9 and 3.3 s, 315 and 350 MiB).
 """
 
 from __future__ import annotations
@@ -36,13 +56,27 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from app.providers.base import Completion, CompletionRequest, ToolCallDelta, Unavailable
+from app.providers.base import (
+    Completion,
+    CompletionRequest,
+    ContextLengthExceeded,
+    EmbeddingRequest,
+    Embeddings,
+    ToolCallDelta,
+    Unavailable,
+)
 from app.providers.openai_http import OpenAIHTTPProvider
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+# The embedding server's own bounds (see the module's docstring): tokens per input (llama.cpp's
+# physical batch, which one input must fit), and inputs embedded at once.
+EMBEDDING_CONTEXT = 512
+EMBEDDING_PARALLEL = 2
+_MEAN_POOLING = 1  # llama.cpp's LLAMA_POOLING_TYPE_MEAN
+_TOO_LARGE = "too large to process"  # llama.cpp's 500 for an input over the physical batch
 
 
 def bundled_model_path() -> Path | None:
@@ -68,14 +102,17 @@ class LocalModelServer:
         cache_mib: int,
         temperature: float,
         repeat_penalty: float,
+        embedding: bool = False,
     ) -> None:
+        """`embedding`: a server for embeddings only (mean pooling), not for chat."""
         self.model_path = model_path
-        self._threads = threads or os.cpu_count() or 1
+        self.threads = threads or os.cpu_count() or 1
         self._context = context
         self._parallel = parallel
         self._cache_mib = cache_mib
         self._temperature = temperature
         self._repeat_penalty = repeat_penalty
+        self.embedding = embedding
         # Only this process knows the key, so other local users cannot borrow the server.
         self.api_key = secrets.token_urlsafe(24)
         self._server: Any = None
@@ -97,12 +134,16 @@ class LocalModelServer:
         params.model_alias = {LOCAL_MODEL_NAME}
         params.n_ctx = self._context * self._parallel  # split evenly between the slots
         params.n_parallel = self._parallel
-        params.cpuparams.n_threads = self._threads
-        params.cpuparams_batch.n_threads = self._threads
+        params.cpuparams.n_threads = self.threads
+        params.cpuparams_batch.n_threads = self.threads
         params.cache_ram_mib = self._cache_mib  # llama.cpp's own default is 8 GiB
         # Defaults only: llama.cpp takes a request's own values over these.
         params.sampling.temp = self._temperature
         params.sampling.penalty_repeat = self._repeat_penalty
+        if self.embedding:
+            params.embedding = True
+            params.pooling_type = _MEAN_POOLING
+            params.kv_unified = True  # (see the module's docstring)
         params.hostnames = ["127.0.0.1"]
         params.port = 0  # any free port
         params.api_keys = [self.api_key]
@@ -111,7 +152,8 @@ class LocalModelServer:
         params.verbosity = -1
         self._server = xllamacpp.Server(params)
         address = str(self._server.listening_address)
-        logger.info("local model %s serving on %s", self.model_path.name, address)
+        kind = "embeddings" if self.embedding else "chat"
+        logger.info("local model %s serving %s on %s", self.model_path.name, kind, address)
         return address
 
     async def close(self) -> None:
@@ -128,11 +170,12 @@ def _drop(server: Any) -> None:
 
 class LocalProvider:
     """`local`: the bundled model, through the direct OpenAI-compatible adapter once its server
-    is up (llama.cpp's server speaks chat completions)."""
+    is up (llama.cpp's server speaks chat completions, and embeddings: `embedding_server`)."""
 
     name = "local"
     kind = "local"
     max_temperature = 2.0
+    embeds_dimensions = False  # its vectors have the model's own size (no shortening)
 
     def __init__(
         self,
@@ -141,12 +184,17 @@ class LocalProvider:
         default_max_tokens: int,
         timeout: float,
         connect_timeout: float,
+        embedding_server: LocalModelServer | None = None,
     ) -> None:
+        """`embedding_server` (started on its first use) serves `embed`; None: one like
+        `server`, for embeddings (`embedding_server_like`), made on the first `embed`."""
         self._server = server
+        self._embedding_server = embedding_server
         self._default_max_tokens = default_max_tokens
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._inner: OpenAIHTTPProvider | None = None
+        self._embedder: OpenAIHTTPProvider | None = None
 
     @property
     def server(self) -> LocalModelServer:
@@ -156,22 +204,47 @@ class LocalProvider:
 
     async def _provider(self) -> OpenAIHTTPProvider:
         if self._inner is None:
-            try:
-                address = await self._server.address()
-            except Exception as exc:
-                logger.exception("the local model failed to start")
-                raise Unavailable(
-                    f"the local model could not start ({type(exc).__name__})"
-                ) from None
+            inner = await self._client_of(self._server)
             if self._inner is None:
-                self._inner = OpenAIHTTPProvider(
-                    name=self.name,
-                    api_key=self._server.api_key,
-                    base_url=f"{address}/v1",
-                    timeout=self._timeout,
-                    connect_timeout=self._connect_timeout,
-                )
+                self._inner = inner
         return self._inner
+
+    async def _embedding_provider(self) -> OpenAIHTTPProvider:
+        if self._embedder is None:
+            if self._embedding_server is None:
+                self._embedding_server = embedding_server_like(self._server)
+            embedder = await self._client_of(self._embedding_server)
+            if self._embedder is None:
+                self._embedder = embedder
+        return self._embedder
+
+    async def _client_of(self, server: LocalModelServer) -> OpenAIHTTPProvider:
+        """A client of `server`, once it is up (started now if need be)."""
+        try:
+            address = await server.address()
+        except Exception as exc:
+            logger.exception("the local model failed to start")
+            raise Unavailable(f"the local model could not start ({type(exc).__name__})") from None
+        return OpenAIHTTPProvider(
+            name=self.name,
+            api_key=server.api_key,
+            base_url=f"{address}/v1",
+            timeout=self._timeout,
+            connect_timeout=self._connect_timeout,
+        )
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """The vectors of the embedding server (started on the first call)."""
+        try:
+            return await (await self._embedding_provider()).embed(request)
+        except Unavailable as exc:
+            if _TOO_LARGE not in exc.message:
+                raise
+            raise ContextLengthExceeded(
+                f"local: an input is longer than the {EMBEDDING_CONTEXT} tokens the local "
+                "embedding model takes at once; split it",
+                status=exc.status,
+            ) from None
 
     async def complete(self, request: CompletionRequest) -> Completion:
         return await (await self._provider()).complete(self._bounded(request))
@@ -193,7 +266,24 @@ class LocalProvider:
         return request
 
     async def aclose(self) -> None:
-        if self._inner is not None:
-            await self._inner.aclose()
-            self._inner = None
+        for client in (self._inner, self._embedder):
+            if client is not None:
+                await client.aclose()
+        self._inner = self._embedder = None
         await self._server.close()
+        if self._embedding_server is not None:
+            await self._embedding_server.close()
+
+
+def embedding_server_like(server: LocalModelServer) -> LocalModelServer:
+    """The embedding server over `server`'s model file and threads, with its own bounds."""
+    return LocalModelServer(
+        model_path=server.model_path,
+        threads=server.threads,
+        context=EMBEDDING_CONTEXT,
+        parallel=EMBEDDING_PARALLEL,
+        cache_mib=0,  # nothing to reuse: each input is read once
+        temperature=0.0,  # (nothing is sampled)
+        repeat_penalty=1.0,
+        embedding=True,
+    )

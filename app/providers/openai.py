@@ -23,13 +23,20 @@ from app.providers.base import (
     Completion,
     CompletionRequest,
     ConnectionFailed,
+    EmbeddingRequest,
+    Embeddings,
     MalformedResponse,
     ProviderError,
     ProviderTimeout,
     ToolCallDelta,
 )
 from app.providers.openai_http import dropped
-from app.providers.openai_wire import StreamedAnswer, read_completion, status_error
+from app.providers.openai_wire import (
+    StreamedAnswer,
+    read_completion,
+    read_embeddings,
+    status_error,
+)
 from app.providers.transport import is_connection_failure
 
 DEFAULT_STREAM_SECONDS = 600.0  # the SDK's own default timeout, for a client built without one
@@ -53,6 +60,7 @@ def build_client(
 class OpenAIProvider:
     max_temperature = 2.0
     kind = "openai"
+    embeds_dimensions = True
 
     def __init__(self, client: AsyncOpenAI, *, name: str = "openai") -> None:
         self.name = name
@@ -101,6 +109,21 @@ class OpenAIProvider:
         finally:
             await chunks.close()  # after the last chunk the SDK has closed it already
         yield answer.completion()
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """`client.embeddings.create`, asking for base64 (an explicit `encoding_format`, so
+        the SDK leaves the strings as they came, for `read_embeddings` to decode)."""
+        with _sdk_errors(self.name):
+            async with asyncio.timeout(request.timeout):
+                reply = await self._client.embeddings.create(
+                    model=request.model,
+                    input=list(request.inputs),
+                    encoding_format="base64",
+                    dimensions=_given(request.dimensions),
+                    user=request.user if request.user is not None else openai.omit,
+                    timeout=_timeout(request),
+                )
+        return read_embeddings(_json(reply), request, provider=self.name)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -165,7 +188,7 @@ def _seconds(request: CompletionRequest, client_timeout: float | openai.Timeout 
     return client_timeout if client_timeout is not None else DEFAULT_STREAM_SECONDS
 
 
-def _timeout(request: CompletionRequest) -> float | openai.NotGiven:
+def _timeout(request: CompletionRequest | EmbeddingRequest) -> float | openai.NotGiven:
     """The SDK's per-phase timeout (the client's unless the request sets one); `omit` would
     not do here: the SDK looks for NOT_GIVEN."""
     return request.timeout if request.timeout is not None else openai.NOT_GIVEN

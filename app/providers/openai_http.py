@@ -37,11 +37,20 @@ from app.providers.base import (
     Completion,
     CompletionRequest,
     ConnectionFailed,
+    EmbeddingRequest,
+    Embeddings,
     ProviderTimeout,
     ToolCallDelta,
 )
 from app.providers.http1 import HTTP1Client
-from app.providers.openai_wire import StreamedAnswer, error_body, parse_completion, status_error
+from app.providers.openai_wire import (
+    StreamedAnswer,
+    embedding_body,
+    error_body,
+    parse_completion,
+    parse_embeddings,
+    status_error,
+)
 from app.providers.sse import Event, EventReader
 from app.providers.transport import is_connection_failure
 
@@ -73,6 +82,7 @@ class OpenAIHTTPProvider:
 
     max_temperature = 2.0
     kind = "openai"
+    embeds_dimensions = True  # (a compatible server may not: the executor checks the answer)
 
     def __init__(
         self,
@@ -84,7 +94,9 @@ class OpenAIHTTPProvider:
         connect_timeout: float,
     ) -> None:
         self.name = name
-        self.url = f"{(base_url or DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
+        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.url = f"{base}/chat/completions"
+        self.embeddings_url = f"{base}/embeddings"
         self._headers = _headers(api_key)
         self._timeout = timeout  # the whole call, unless the request gives its own
         self._connect_timeout = connect_timeout
@@ -93,6 +105,7 @@ class OpenAIHTTPProvider:
         # bench/results/), unless a proxy is configured for the URL, which only the aiohttp
         # session knows how to go through.
         self._direct: HTTP1Client | None = None
+        self._direct_embeddings: HTTP1Client | None = None  # (created on the first embedding)
         self._proxied: bool | None = None
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -127,31 +140,56 @@ class OpenAIHTTPProvider:
             reader.close()  # a no-op once released; else the upstream call is abandoned
         yield completion
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """`POST {base}/embeddings`, over the same transports and with the same errors as
+        `complete`."""
+        body = to_json(embedding_body(request))
+        with _transport_errors(self.name):
+            async with asyncio.timeout(self._seconds(request)):
+                reply = await self._post(body, embeddings=True)
+        if not 200 <= reply.status < 300:
+            error = error_body(reply.body)
+            raise status_error(reply.status, error, reply.retry_after, provider=self.name)
+        return parse_embeddings(reply.body, request, provider=self.name)
+
     async def aclose(self) -> None:
         session, self._session = self._session, None
         direct, self._direct = self._direct, None
+        embeddings, self._direct_embeddings = self._direct_embeddings, None
         if session is not None:
             await session.close()
-        if direct is not None:
-            await direct.aclose()
+        for client in (direct, embeddings):
+            if client is not None:
+                await client.aclose()
 
-    def _seconds(self, request: CompletionRequest) -> float:
+    def _seconds(self, request: CompletionRequest | EmbeddingRequest) -> float:
         """The call's deadline, in seconds from its start."""
         return request.timeout if request.timeout is not None else self._timeout
 
-    async def _post(self, body: bytes) -> _Reply:
+    async def _post(self, body: bytes, *, embeddings: bool = False) -> _Reply:
+        url = self.embeddings_url if embeddings else self.url
         if self._proxied is None:
             self._proxied = env_proxy(self.url) != (None, None)
         if not self._proxied:
-            if self._direct is None:
-                self._direct = HTTP1Client(
-                    self.url, self._headers, connect_timeout=self._connect_timeout
-                )
-            reply = await self._direct.post(body)
+            reply = await self._direct_client(embeddings).post(body)
             return _Reply(reply.status, reply.retry_after, reply.body)
-        async with self._client().post(self.url, data=body) as response:
+        async with self._client().post(url, data=body) as response:
             content = await response.read()
             return _Reply(response.status, response.headers.get("Retry-After"), content)
+
+    def _direct_client(self, embeddings: bool) -> HTTP1Client:
+        """The keep-alive client of the chat-completions URL, or of the embeddings one."""
+        if embeddings:
+            if self._direct_embeddings is None:
+                self._direct_embeddings = HTTP1Client(
+                    self.embeddings_url, self._headers, connect_timeout=self._connect_timeout
+                )
+            return self._direct_embeddings
+        if self._direct is None:
+            self._direct = HTTP1Client(
+                self.url, self._headers, connect_timeout=self._connect_timeout
+            )
+        return self._direct
 
     async def _open(self, body: bytes, deadline: float) -> aiohttp.ClientResponse:
         """A streamed call's response, once its status says the stream follows."""

@@ -8,11 +8,15 @@ Shared by both: `status_error` (an HTTP status, error body and Retry-After → o
 `build_completion` (the `Completion` those make). The direct transport's own readers are here
 too: an answer's JSON (`parse_completion`), a stream's `chat.completion.chunk`s
 (`StreamedAnswer`) and an error body (`error_body`), each read into what the SDK makes of the
-same bytes. The vendor's wire facts are in docs/wire-formats.md.
+same bytes. The embeddings API (`POST {base}/embeddings`) is read here too, for both
+transports: `embedding_body` (what is sent) and `read_embeddings` / `parse_embeddings` (what
+comes back). The vendor's wire facts are in docs/wire-formats.md.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,14 +30,18 @@ from app.providers.base import (
     CompletionRequest,
     ContentFiltered,
     ContextLengthExceeded,
+    EmbeddingRequest,
+    Embeddings,
     MalformedResponse,
     ProviderError,
     RateLimited,
     ToolCall,
     ToolCallDelta,
     Unavailable,
+    estimate_input_tokens,
     estimate_prompt_tokens,
     estimate_tokens,
+    pack_floats,
     retry_after_seconds,
 )
 
@@ -229,6 +237,92 @@ def _completion(reply: object, request: CompletionRequest, *, provider: str) -> 
         refusal=_text(_field(message, "refusal")),
         logprobs=_field(choice, "logprobs"),
     )
+
+
+# Embeddings, both transports.
+
+
+def embedding_body(request: EmbeddingRequest) -> dict[str, Any]:
+    """The embeddings request: the inputs always as a list, the vectors asked for in base64
+    (as the SDK asks by default: a third of the bytes of JSON numbers, and read exactly);
+    `dimensions` and `user` only when given."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "input": list(request.inputs),
+        "encoding_format": "base64",
+    }
+    if request.dimensions is not None:
+        body["dimensions"] = request.dimensions
+    if request.user is not None:
+        body["user"] = request.user
+    return body
+
+
+def parse_embeddings(raw: bytes, request: EmbeddingRequest, *, provider: str) -> Embeddings:
+    """A 2xx body of `POST /embeddings` → the `Embeddings` (the SDK transport reads its model,
+    dumped back to JSON, with `read_embeddings`)."""
+    try:
+        reply = from_json(raw)
+    except (ValueError, RecursionError):
+        raise MalformedResponse(f"{provider} sent a response that is not JSON") from None
+    return read_embeddings(reply, request, provider=provider)
+
+
+def read_embeddings(reply: object, request: EmbeddingRequest, *, provider: str) -> Embeddings:
+    """A `list` of `embedding` objects → the vectors in the inputs' order (by their `index`,
+    else as listed), each a base64 string of little-endian float32s or, from a compatible
+    server that ignores `encoding_format`, a list of numbers; `usage.prompt_tokens` (an
+    estimate when there is no usage)."""
+    try:
+        data = _field(reply, "data")
+        if not isinstance(data, list):
+            raise _WrongShape("data")
+        items = [
+            (_index(item, position), _vector(_field(item, "embedding")))
+            for position, item in enumerate(data)
+        ]
+        if sorted(index for index, _ in items) != list(range(len(request.inputs))):
+            raise MalformedResponse(
+                f"{provider} answered with {len(items)} embeddings for {len(request.inputs)} inputs"
+            )
+        vectors = tuple(vector for _, vector in sorted(items, key=lambda item: item[0]))
+        usage = _field(reply, "usage")
+        model = _text(_field(reply, "model")) or request.model
+        if usage is None:
+            return Embeddings(vectors, estimate_input_tokens(request.inputs), False, model)
+        tokens = _field(usage, "prompt_tokens")
+        if tokens is None:
+            tokens = _field(usage, "total_tokens")
+        return Embeddings(vectors, _required_count(tokens), True, model)
+    except _WrongShape:
+        raise _unreadable(provider) from None
+
+
+def _index(item: object, position: int) -> int:
+    index = _field(item, "index")
+    if index is None:
+        return position
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise _WrongShape("index")
+    return index
+
+
+def _vector(value: object) -> bytes:
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise _WrongShape("embedding") from None
+        if not raw or len(raw) % 4:
+            raise _WrongShape("embedding")
+        return raw
+    if isinstance(value, list) and value:
+        if not all(
+            isinstance(number, int | float) and not isinstance(number, bool) for number in value
+        ):
+            raise _WrongShape("embedding")
+        return pack_floats(value)
+    raise _WrongShape("embedding")
 
 
 class StreamedAnswer:

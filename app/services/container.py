@@ -26,6 +26,7 @@ from app.providers.registry import ModelResolver
 from app.services.auth.authenticator import Authenticator
 from app.services.caps import PendingGauge
 from app.services.chat.service import ChatService
+from app.services.embeddings.service import EmbeddingService
 from app.services.intake import Intake
 from app.services.prompt_types.cache import PromptTypeCache
 from app.services.prompts.live import StreamSlots
@@ -50,6 +51,7 @@ class Services:
     intake: Intake
     prompts: PromptService
     chat: ChatService
+    embeddings: EmbeddingService
     readiness: Mapping[str, Check]  # what /readyz checks
 
 
@@ -104,5 +106,6 @@ def build_services(
             sessions=sessions,
             replay_wait_seconds=settings.prefer_wait_max_seconds,
         ),
+        embeddings=EmbeddingService(intake=intake, recorder=runtime.recorder, runner=inline),
         readiness=readiness,
     )

@@ -10,19 +10,32 @@ paths rely on that to hand a refused request to its route, which then answers it
 
 A policy that every request creating work must pass (rate limits, budgets, ...) belongs in
 `admit`: it is the one call both endpoints, routed or fast-pathed, go through.
+`POST /v1/embeddings` goes through `admit_embedding`, its sibling for an `EmbeddingAsk`
+(the size limit, routing, and what the model and its provider can do; prompt types do not
+apply to embeddings): a per-request policy belongs in both.
+
+Embedding models (catalogue capability `embeddings`) serve embeddings only, and every other
+model chats only: `admit` refuses the first, `admit_embedding` the second, each with a 422
+`model_not_supported` (a 400 under /v1).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from app.db.base import utcnow
 from app.db.models import NewPrompt
+from app.engine.embedding_prompts import (
+    EMBEDDING_PROMPT_TYPE,
+    embedding_parameters,
+    stored_text,
+)
 from app.kit.errors import InvalidInput
 from app.providers import fidelity
-from app.providers.base import Message, message_text
+from app.providers.base import Embedder, Message, message_text
+from app.providers.catalogue import embedding_model
 from app.providers.registry import ModelResolver, Route
 from app.services.caps import PendingGauge
 from app.services.prompt_types.cache import PromptTypeCache
@@ -60,6 +73,19 @@ class Ask:
     # Whether the prompt waits in the queue (counted against MAX_PENDING_PER_USER); a chat
     # is run at once by the process that received it.
     queued: bool = True
+
+
+@dataclass(slots=True)
+class EmbeddingAsk:
+    """What a client of `POST /v1/embeddings` asks for: vectors of `inputs` (each non-empty
+    text, checked by the request's schema) from `model`."""
+
+    user_id: uuid.UUID
+    model: str
+    inputs: list[str]
+    encoding_format: str = "float"  # how the client wants them: `float` or `base64`
+    dimensions: int | None = None
+    user: str | None = None  # the client's end-user id (OpenAI's `user`)
 
 
 class Intake:
@@ -118,6 +144,8 @@ class Intake:
         route = models.resolve(applied.model)
         fallbacks = models.fallbacks(route, applied.fallbacks)
         for candidate in (route, *fallbacks):
+            if embedding_model(candidate.entry):
+                self._refuse_embedding_model(candidate, fallback=candidate is not route)
             check_parameters(
                 candidate, models, temperature=ask.temperature, max_tokens=applied.max_tokens
             )
@@ -171,6 +199,83 @@ class Intake:
         if ask.queued:
             await self.pending.admit(ask.user_id)
         return prompt
+
+    async def admit_embedding(self, ask: EmbeddingAsk) -> NewPrompt:
+        """The embedding prompt to record for `ask` (app/engine/embedding_prompts.py says how
+        it is stored), or the `AppError` that refuses it; nothing is written. It runs at once,
+        so it is not counted against MAX_PENDING_PER_USER."""
+        total = sum(len(text) for text in ask.inputs)
+        limit = self.max_prompt_chars
+        if total > limit:
+            raise InvalidInput(
+                f"The input has {total:,} characters; the limit here is {limit:,} "
+                "(MAX_PROMPT_CHARS).",
+                code="prompt_too_large",
+                extra={"limit": limit, "parameter": "input"},
+            )
+        route = self.models.resolve(ask.model)
+        provider = self.models.providers[route.provider]
+        if not isinstance(provider, Embedder):
+            self._refuse_for_embeddings(
+                route, f"the {route.provider} provider has no embeddings API"
+            )
+        if route.entry is not None and not embedding_model(route.entry):
+            self._refuse_for_embeddings(route, f"'{route.model}' is a chat model")
+        if ask.dimensions is not None and not provider.embeds_dimensions:
+            raise InvalidInput(
+                f"'dimensions' cannot be honoured by {route.provider} for model {route.model}: "
+                "its vectors have the model's own size. Leave it out, or choose another model.",
+                code="unsupported_parameter",
+                extra={
+                    "parameter": "dimensions",
+                    "model": route.model,
+                    "provider": route.provider,
+                },
+            )
+        return NewPrompt(
+            id=uuid.uuid4(),
+            user_id=ask.user_id,
+            model=ask.model,
+            prompt_type=EMBEDDING_PROMPT_TYPE,
+            prompt_type_version=None,
+            prompt_text=stored_text(ask.inputs),
+            created_at=utcnow(),
+            provider=route.provider,
+            upstream_model=route.upstream_model,
+            parameters=embedding_parameters(
+                model=ask.model,
+                inputs=ask.inputs,
+                encoding_format=ask.encoding_format,
+                dimensions=ask.dimensions,
+                user=ask.user,
+            ),
+            meta={},
+        )
+
+    def _embedding_models(self) -> list[str]:
+        return [e.name for e in self.models.available() if embedding_model(e)]
+
+    def _refuse_for_embeddings(self, route: Route, why: str) -> NoReturn:
+        available = ", ".join(self._embedding_models()) or "none is configured here"
+        raise InvalidInput(
+            f"Model '{route.model}' cannot embed: {why}. POST /v1/embeddings takes an "
+            f"embedding model ({available}).",
+            code="model_not_supported",
+            extra={"parameter": "model", "model": route.model, "provider": route.provider},
+        )
+
+    def _refuse_embedding_model(self, route: Route, *, fallback: bool) -> NoReturn:
+        role = "fallback" if fallback else "model"
+        raise InvalidInput(
+            f"'{route.model}' is an embedding model: it serves POST /v1/embeddings only, "
+            f"not chats or prompts. Choose a chat model as the {role}.",
+            code="model_not_supported",
+            extra={
+                "parameter": "fallbacks" if fallback else "model",
+                "model": route.model,
+                "provider": route.provider,
+            },
+        )
 
     def _honoured(
         self,

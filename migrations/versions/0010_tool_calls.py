@@ -1,5 +1,6 @@
-"""Answers keep their tool calls and refusal, and both answers and attempts their cached and
-reasoning tokens (#16: tools and the whole chat-completions request).
+"""Answers keep their tool calls, refusal and parsed structured output, and both answers and
+attempts their cached and reasoning tokens (#16: tools and the whole chat-completions
+request).
 
 Nullable columns added in place (no table is copied, no row rewritten): the rows written
 before have none of these.
@@ -25,8 +26,21 @@ def upgrade() -> None:
     with op.batch_alter_table("prompt_responses") as table:
         table.add_column(sa.Column("cached_input_tokens", sa.Integer(), nullable=True))
         table.add_column(sa.Column("reasoning_tokens", sa.Integer(), nullable=True))
-        table.add_column(sa.Column("tool_calls", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True))
+        table.add_column(
+            sa.Column(
+                "tool_calls",
+                sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+                nullable=True,
+            )
+        )
         table.add_column(sa.Column("refusal", sa.Text(), nullable=True))
+        table.add_column(
+            sa.Column(
+                "output_json",
+                sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+                nullable=True,
+            )
+        )
     with op.batch_alter_table("prompt_attempts") as table:
         table.add_column(sa.Column("reasoning_tokens", sa.Integer(), nullable=True))
 
@@ -35,6 +49,7 @@ def downgrade() -> None:
     with op.batch_alter_table("prompt_attempts") as table:
         table.drop_column("reasoning_tokens")
     with op.batch_alter_table("prompt_responses") as table:
+        table.drop_column("output_json")
         table.drop_column("refusal")
         table.drop_column("tool_calls")
         table.drop_column("reasoning_tokens")

@@ -39,6 +39,15 @@ Streams also know the behaviours of `tests.mocks.server.STREAM_BEHAVIOURS` (`dri
 `hang`, `bad-chunk` is `malformed`, and `drip-<ms>` answers at once. A stream the client leaves
 before its end is recorded (by model name) in `abandoned`.
 
+Embeddings: `POST /v1/models/{model}:batchEmbedContents` (what google-genai 3.6's
+`embed_content` sends to the Gemini API: `{"requests": [{"model", "content": {"parts":
+[{"text"}]}, "outputDimensionality"?}]}`) and `:embedContent` (one request's fields at the
+top level) answer `{"embeddings": [{"values": [...]}]}` (`{"embedding": {...}}` for one):
+the OpenAI mock's `mock_vector` of each text, `outputDimensionality` long, else 3072 for
+`gemini-embedding-001` and 768 for any other model. Like the Gemini API they report no usage,
+unless the model is named `usage-<anything>` (then `usageMetadata.promptTokenCount`, the
+words). `error-<status>` and `malformed[-anything]` behave as above.
+
 Keys are checked like Google does: no key is 403 PERMISSION_DENIED, a wrong key is **400**
 INVALID_ARGUMENT with reason API_KEY_INVALID (not 401). Every request is recorded in `calls`.
 Run standalone for benchmarks: `python -m tests.mocks.gemini_server --port 9200 [--delay-ms 50]`.
@@ -53,6 +62,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.mocks.openai_server import mock_vector
 from tests.mocks.server import (
     BackgroundServer,
     Frame,
@@ -85,6 +95,7 @@ REQUEST_FIELDS = {
     "labels",
     "continuationToken",
 }
+EMBED_REQUEST_FIELDS = {"model", "content", "taskType", "title", "outputDimensionality"}
 CONTEXT_LENGTH_MESSAGE = (
     "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576)."
 )
@@ -120,6 +131,8 @@ class MockGemini:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["target"].rpartition(":")
+        if method in ("batchEmbedContents", "embedContent"):
+            return await self._embed(request, model, method)
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, f"Method {method!r} not found.")
         body = await request.json()
@@ -171,6 +184,43 @@ class MockGemini:
             hanging=self._hanging,
             abandoned=self.abandoned,
         )
+
+    async def _embed(self, request: web.Request, model: str, method: str) -> web.Response:
+        body = await request.json()
+        self.calls.append(
+            RecordedCall(request.path, dict(request.query), dict(request.headers), body, model)
+        )
+        key = request.headers.get("x-goog-api-key")
+        if key is None:
+            return _error(403, "Method doesn't allow unregistered callers.")
+        if key != self.api_key:
+            return _error(400, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID")
+        if model.startswith("error-"):
+            return _vendor_error(model)
+        if model.startswith("malformed"):
+            return web.Response(text="<html>upstream proxy error</html>", content_type="text/html")
+        single = method == "embedContent"
+        requests = [body] if single else body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return _error(400, "requests must not be empty.")
+        embeddings, words = [], 0
+        for one in requests:
+            unknown = sorted(set(one) - EMBED_REQUEST_FIELDS)
+            if unknown:
+                return _error(400, f'Invalid JSON payload received. Unknown name "{unknown[0]}".')
+            text = _texts(one.get("content") or {})
+            if not text:
+                return _error(400, "* BatchEmbedContentsRequest.requests: content is empty")
+            default = 3072 if model == "gemini-embedding-001" else 768
+            dimensions = one.get("outputDimensionality") or default
+            embeddings.append({"values": mock_vector(text, dimensions)})
+            words += len(text.split())
+        reply: dict[str, Any] = (
+            {"embedding": embeddings[0]} if single else {"embeddings": embeddings}
+        )
+        if model.startswith("usage-"):
+            reply["usageMetadata"] = {"promptTokenCount": words, "totalTokenCount": words}
+        return web.json_response(reply)
 
     # -- running it in a background thread (tests) --------------------------------------
     def start(self) -> str:

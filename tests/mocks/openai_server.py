@@ -44,6 +44,18 @@ not streamed, `break-<n>` is `reset`, `stall-<n>` is `hang`, `bad-chunk` is `mal
 `drip-<ms>` answers at once. A stream the client leaves before its end is recorded (by model
 name) in `abandoned`.
 
+`POST /v1/embeddings` answers deterministic vectors (`mock_vector`: unit length, derived from
+a hash of each input; `dimensions` long, else 3072 for a model named `*-large`, 1536 for any
+other), as float32 numbers, or base64 with `"encoding_format": "base64"`; usage counts the
+inputs' words. Its behaviours, by model name: `error-<status>[-anything]` (`429` and `503`
+with `Retry-After: 1`, unless the name contains `no-retry-after`), `flaky-<n>-<anything>`,
+`slow-<ms>[-anything]`, `hang[-anything]`, `reset[-anything]` and `malformed[-anything]` as
+above; `no-usage[-anything]`: no `usage`;
+`floats[-anything]`: numbers even when base64 is asked for (as some compatible servers do);
+`fixed-<n>[-anything]`: vectors of n dimensions whatever `dimensions` says; `short[-anything]`:
+one embedding fewer than the inputs; `shuffled[-anything]`: the items listed last first (their
+`index` says where each belongs).
+
 Every request is recorded (path, headers, JSON body) in `calls`. Run standalone for benchmarks:
 `python -m tests.mocks.openai_server --port 9100 [--delay-ms 50]`.
 """
@@ -51,7 +63,11 @@ Every request is recorded (path, headers, JSON body) in `calls`. Run standalone 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import math
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +108,7 @@ class MockOpenAI:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._hanging.install(app)
         return app
 
@@ -230,6 +247,70 @@ class MockOpenAI:
         _vary(model, reply)
         return web.json_response(reply)
 
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls.append(RecordedCall(request.path, dict(request.headers), body))
+        if request.headers.get("Authorization") not in (
+            f"Bearer {self.api_key}",
+            f"Bearer {OTHER_API_KEY}",
+        ):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        model = str(body.get("model", ""))
+        self._seen[model] = self._seen.get(model, 0) + 1
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000)
+        if model.startswith("slow-"):
+            await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        if model.startswith("hang"):
+            await self._hanging.wait()
+        if model.startswith("reset"):
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if model.startswith("malformed"):
+            return web.Response(text="{this is not json", content_type="application/json")
+        if model.startswith("flaky-") and self._seen[model] <= int(model.split("-")[1]):
+            return _error(503, "mock flaky 503", "mock_error", None)
+        if model.startswith("error-"):
+            status = int(model.split("-")[1])
+            headers = None
+            if status in (429, 503) and "no-retry-after" not in model:
+                headers = {"Retry-After": "1"}
+            return _error(status, f"mock error {status}", "mock_error", None, headers)
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(text, str) and text for text in inputs)
+        ):
+            return _error(400, "'$.input' is invalid.", "invalid_request_error", None)
+        dimensions = body.get("dimensions") or (3072 if model.endswith("-large") else 1536)
+        if model.startswith("fixed-"):
+            dimensions = int(model.split("-")[1])
+        base64_format = body.get("encoding_format") == "base64" and not model.startswith("floats")
+        data = []
+        for index, text in enumerate(inputs):
+            vector = mock_vector(text, dimensions)
+            embedding: Any = (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                if base64_format
+                else vector
+            )
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        if model.startswith("short"):
+            data.pop()
+        if model.startswith("shuffled"):
+            data.reverse()
+        reply: dict[str, Any] = {"object": "list", "data": data, "model": model}
+        if not model.startswith("no-usage"):
+            tokens = sum(len(text.split()) for text in inputs)
+            reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return web.json_response(reply)
+
     def start(self) -> str:
         """Serve on a free port of 127.0.0.1; returns the base URL to give the SDK."""
         self.base_url = self._server.start(self.app()) + "/v1"
@@ -237,6 +318,27 @@ class MockOpenAI:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def mock_vector(text: str, dimensions: int) -> list[float]:
+    """The mock's vector of `text`: `dimensions` float32 numbers of unit length, from SHA-256
+    of the text (so the same text always gets the same vector, and another text another)."""
+    raw = b""
+    block = 0
+    while len(raw) < 2 * dimensions:
+        raw += hashlib.sha256(f"{block}:{text}".encode()).digest()
+        block += 1
+    values = [
+        (int.from_bytes(raw[2 * i : 2 * i + 2], "little") - 32768) / 32768
+        for i in range(dimensions)
+    ]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    # Rounded to float32, as a vendor's numbers are.
+    return list(
+        struct.unpack(
+            f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+        )
+    )
 
 
 def _vary(model: str, reply: dict[str, Any]) -> None:

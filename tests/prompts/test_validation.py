@@ -81,7 +81,13 @@ async def test_missing_required_fields(api: Api):
     response = await api.client.post("/ai/prompts/", json={"model": "local"}, headers=headers)
     body = assert_problem(response, 422, "validation_error")
     missing = {tuple(e["loc"]) for e in body["errors"]}
-    assert ("body", "prompt_text") in missing and ("body", "prompt_type") in missing
+    assert ("body", "prompt_type") in missing
+    # The prompt itself: prompt_text, or a conversation (`messages`).
+    response = await api.client.post(
+        "/ai/prompts/", json={"model": "local", "prompt_type": "text"}, headers=headers
+    )
+    body = assert_problem(response, 422, "validation_error")
+    assert "either prompt_text or messages" in response.text
 
 
 async def test_malformed_json_is_422(api: Api):

@@ -192,5 +192,7 @@ class PromptResponse(Base):
     # The tool calls of the answer, in OpenAI's shape; None when it made none.
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     refusal: Mapped[str | None] = mapped_column(Text)  # the model's refusal message, if any
+    # A structured-output prompt's answer, parsed; None for other prompts (or a failed parse).
+    output_json: Mapped[Any] = mapped_column(JSONType, nullable=True)
 
     prompt: Mapped[PromptRequest] = relationship(back_populates="response", lazy="raise")

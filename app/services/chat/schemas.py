@@ -21,10 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    JsonValue,
-    Tag,
     model_validator,
 )
 
@@ -40,6 +37,17 @@ from app.kit.fields import (
     VariableValue,
 )
 from app.kit.text import TypeName, check_json_text
+from app.services.conversation import (
+    ChatMessage,
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    _Tolerant,
+    check_extras,
+    check_free_json,
+)
 
 
 def _is(neutral: Any) -> Callable[[Any], bool]:
@@ -55,109 +63,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verbosity": (lambda _: False, "verbosity"),
     "web_search_options": (lambda _: False, "web search"),
 }
-
-
-class _Tolerant(BaseModel):
-    """A part of the request that tolerates fields it does not declare (see above). They are
-    not used, but they are text the API accepted, so the same rule holds for them (`Text`):
-    `ChatCompletionCreate` checks them all at once (one check per request, rather than a
-    validator run for every message and part)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class ImageURL(_Tolerant):
-    url: Text = Field(description="An https URL, or a `data:image/<type>;base64,...` URL.")
-    detail: Literal["auto", "low", "high"] | None = None
-
-
-class ContentPart(_Tolerant):
-    """A content part: `text`, or `image_url` (user turns). Other types (`input_audio`,
-    `file`) are refused by name."""
-
-    type: Text = Field(examples=["text", "image_url"])
-    text: Text | None = None
-    image_url: ImageURL | None = None
-
-
-def _content_kind(value: Any) -> str:
-    return "parts" if isinstance(value, list) else "text"
-
-
-# A string or a list of parts, told apart by the value itself, so that a bad one is reported
-# once, against its own form (not once per form it might have had).
-Content = Annotated[
-    Annotated[Text, Tag("text")] | Annotated[list[ContentPart], Tag("parts")],
-    Discriminator(_content_kind),
-]
-
-
-class FunctionCallIn(_Tolerant):
-    name: Annotated[Text, Field(min_length=1, max_length=64)]
-    arguments: Text = Field(description="The arguments as JSON text, as the model wrote them.")
-
-
-class ToolCallIn(_Tolerant):
-    id: Annotated[Text, Field(min_length=1, max_length=200)]
-    type: Literal["function"] = "function"
-    function: FunctionCallIn
-
-
-class ChatMessage(_Tolerant):
-    """One turn. `developer` is taken as `system`; a `tool` turn answers an assistant's tool
-    call (`tool_call_id`); the legacy `function` turn answers a `function_call`."""
-
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: Content | None = Field(
-        None,
-        description='A string, or a list of parts: `{"type": "text", "text": ...}`, and in '
-        'user turns `{"type": "image_url", "image_url": {"url": ...}}`. May be null in an '
-        "assistant turn that calls tools.",
-    )
-    name: Text | None = Field(
-        None, description="A `function` turn's function name; otherwise accepted and ignored."
-    )
-    tool_calls: list[ToolCallIn] | None = Field(None, max_length=128)
-    tool_call_id: Annotated[Text, Field(max_length=200)] | None = None
-    function_call: FunctionCallIn | None = Field(
-        None, description="The legacy form of one tool call, in an assistant turn."
-    )
-    refusal: Text | None = None
-
-
-class FunctionDefinition(_Tolerant):
-    name: Annotated[Text, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    description: Text | None = None
-    parameters: dict[str, JsonValue] | None = Field(
-        None, description="A JSON Schema of the arguments (an object schema)."
-    )
-    strict: StrictBool | None = None
-
-
-class Tool(_Tolerant):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(_Tolerant):
-    name: Text
-
-
-class NamedToolChoice(_Tolerant):
-    type: Literal["function"]
-    function: NamedFunction
-
-
-class JSONSchemaFormat(_Tolerant):
-    name: Annotated[Text, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    description: Text | None = None
-    schema_: dict[str, JsonValue] | None = Field(None, alias="schema")
-    strict: StrictBool | None = None
-
-
-class ResponseFormat(_Tolerant):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaFormat | None = None
 
 
 class StreamOptions(_Tolerant):
@@ -252,13 +157,8 @@ class ChatCompletionCreate(_Tolerant):
             check_json_text(self.__pydantic_extra__)
         if self.stream_options is not None and self.stream_options.__pydantic_extra__:
             check_json_text(self.stream_options.__pydantic_extra__)
-        for message in self.messages:
-            if message.__pydantic_extra__:
-                check_json_text(message.__pydantic_extra__)
-            if message.content.__class__ is list:
-                for part in message.content:
-                    if part.__pydantic_extra__:
-                        check_json_text(part.__pydantic_extra__)
+        check_extras(self.messages)
+        check_free_json(self.tools or self.functions, self.response_format)
         return self
 
 

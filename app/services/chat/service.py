@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,38 +23,38 @@ from app.engine.executor import Outcome
 from app.engine.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
 from app.engine.inline import InlineRunner
 from app.engine.recorder import Recorder
-from app.kit.errors import AppError, Conflict, InvalidInput, NotFound
-from app.kit.jsonschemas import check_schema
-from app.kit.text import check_json_text
+from app.kit.errors import AppError, Conflict, NotFound
 from app.providers.base import (
     Completion,
-    ImageURL,
-    Message,
-    Part,
     ProviderError,
-    ToolCall,
     ToolCallDelta,
     message_text,
 )
 from app.providers.catalogue import ModelEntry
-from app.providers.images import InvalidImage, parse_data_url
 from app.providers.registry import ModelResolver
 from app.services.chat.errors import UpstreamFailed
 from app.services.chat.schemas import (
     UNSUPPORTED_FIELDS,
     ChatCompletion,
     ChatCompletionCreate,
-    ChatMessage,
     Choice,
     CompletionTokensDetails,
     FunctionCallOut,
-    FunctionDefinition,
     Model,
     ModelList,
     PromptTokensDetails,
     ResponseMessage,
     ToolCallOut,
     Usage,
+)
+from app.services.conversation import (
+    NamedToolChoice,
+    conversation,
+    invalid,
+    last_user,
+    response_format_option,
+    tool_options,
+    unsupported,
 )
 from app.services.intake import Ask, Intake
 from app.services.prompts import live
@@ -270,11 +270,11 @@ async def _recorded_outcome(detail: PromptDetail) -> Outcome:
         detail.response is None and detail.error is None
     ):
         raise asyncio.CancelledError
-    if detail.response is None:
-        assert detail.error is not None
+    if detail.error is not None:  # (failed, maybe with the answer that was not valid)
         error_class = _ERRORS_BY_CODE.get(detail.error.code, ProviderError)
         return Outcome(None, error_class(detail.error.message), error_message=detail.error.message)
     answer = detail.response
+    assert answer is not None
     completion = Completion(
         text=answer.response_text,
         input_tokens=answer.input_tokens,
@@ -303,15 +303,9 @@ def ask_for(user_id: uuid.UUID, data: ChatCompletionCreate) -> Ask:
     template wraps its last user message. The conversation and the options are put in the
     gateway's own (OpenAI) shape, checked (tool schemas, tool turns, images); whether the
     chosen provider can honour them is the intake's question."""
-    refuse_unsupported(data)
+    refuseunsupported(data)
     messages = conversation(data.messages)
-    last = next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "user"), None)
-    if last is None:
-        raise InvalidInput(
-            "messages must contain at least one user message.",
-            code="invalid_messages",
-            extra={"parameter": "messages"},
-        )
+    last = last_user(messages)
     options = chat_options(data)
     return Ask(
         user_id=user_id,
@@ -342,69 +336,40 @@ def _passthrough(data: ChatCompletionCreate) -> dict[str, Any]:
     return passthrough
 
 
-def refuse_unsupported(data: ChatCompletionCreate) -> None:
+def refuseunsupported(data: ChatCompletionCreate) -> None:
     """Refuse, by name, the OpenAI features that would change the answer and that no provider
     here carries; tolerate the rest (see schemas)."""
     if data.n not in (None, 1):
-        _unsupported("n", f"n={data.n}: only one choice per request (n=1) is supported.")
+        unsupported("n", f"n={data.n}: only one choice per request (n=1) is supported.")
     extra = data.model_extra or {}
     for name, (harmless, feature) in UNSUPPORTED_FIELDS.items():
         value = extra.get(name)
         if value is not None and not harmless(value):
-            _unsupported(name, f"'{name}' is not supported here ({feature}).")
-
-
-def _unsupported(name: str, message: str) -> NoReturn:
-    raise InvalidInput(message, code="unsupported_parameter", extra={"parameter": name})
-
-
-def _invalid(parameter: str, message: str, code: str = "invalid_messages") -> NoReturn:
-    raise InvalidInput(message, code=code, extra={"parameter": parameter})
+            unsupported(name, f"'{name}' is not supported here ({feature}).")
 
 
 def chat_options(data: ChatCompletionCreate) -> dict[str, Any]:
     """The request's fields of the translation matrix (app/providers/fidelity.py), in
     OpenAI's shape, checked; the legacy `functions`/`function_call` as `tools`/`tool_choice`.
     Fields left at their default are left out: they ask for nothing."""
-    options: dict[str, Any] = {}
     if data.functions is not None and data.tools is not None:
-        _invalid("functions", "Give tools or the legacy functions, not both.", "invalid_tools")
-    if data.tools:
-        options["tools"] = [_tool(i, t.function) for i, t in enumerate(data.tools)]
-    elif data.functions:
-        options["tools"] = [_tool(i, f, where="functions") for i, f in enumerate(data.functions)]
-    names = {t["function"]["name"] for t in options.get("tools", [])}
-    if len(names) < len(options.get("tools", [])):
-        _invalid("tools", "Two tools have the same name.", "invalid_tools")
+        invalid("functions", "Give tools or the legacy functions, not both.", "invalid_tools")
     choice: Any = data.tool_choice
-    if data.function_call is not None:
-        choice = (
-            data.function_call
-            if isinstance(data.function_call, str)
-            else {"type": "function", "function": {"name": data.function_call.name}}
-        )
-    elif choice is not None and not isinstance(choice, str):
-        choice = {"type": "function", "function": {"name": choice.function.name}}
-    if choice is not None and choice != "auto":
-        if isinstance(choice, dict) and choice["function"]["name"] not in names:
-            _invalid(
-                "tool_choice",
-                f"tool_choice names the function '{choice['function']['name']}', which is not "
-                "among the tools.",
-                "invalid_tool_choice",
-            )
-        if choice == "required" and not names:
-            _invalid("tool_choice", "tool_choice 'required' needs tools.", "invalid_tool_choice")
-        if names:
-            options["tool_choice"] = choice
-    if data.parallel_tool_calls is False and names:
-        options["parallel_tool_calls"] = False
-    if data.response_format is not None and data.response_format.type != "text":
-        options["response_format"] = _response_format(data)
+    if data.function_call is not None:  # the legacy form
+        name = getattr(data.function_call, "name", None)
+        choice = data.function_call if name is None else NamedToolChoice.for_function(name)
+    options = tool_options(
+        data.tools if data.tools is not None else data.functions,
+        choice,
+        data.parallel_tool_calls,
+        where="tools" if data.tools is not None else "functions",
+    )
+    if data.response_format is not None:
+        options.update(response_format_option(data.response_format))
     stop = [data.stop] if isinstance(data.stop, str) else data.stop
     if stop:
         if len(stop) > 4:
-            _invalid("stop", "At most 4 stop sequences.", "invalid_stop")
+            invalid("stop", "At most 4 stop sequences.", "invalid_stop")
         options["stop"] = stop
     for name in ("top_p", "seed", "frequency_penalty", "presence_penalty", "reasoning_effort"):
         value = getattr(data, name)
@@ -414,178 +379,13 @@ def chat_options(data: ChatCompletionCreate) -> dict[str, Any]:
         options["logprobs"] = True
     if data.top_logprobs:
         if not data.logprobs:
-            _invalid("top_logprobs", "top_logprobs needs logprobs: true.", "invalid_logprobs")
+            invalid("top_logprobs", "top_logprobs needs logprobs: true.", "invalid_logprobs")
         options["top_logprobs"] = data.top_logprobs
     if data.logit_bias:
         options["logit_bias"] = data.logit_bias
     if data.user:
         options["user"] = data.user
-    if options:
-        check_json_text(options)  # (the schemas' strings are free JSON, not `Text` fields)
     return options
-
-
-def _tool(index: int, function: FunctionDefinition, *, where: str = "tools") -> dict[str, Any]:
-    definition: dict[str, Any] = {"name": function.name}
-    if function.description is not None:
-        definition["description"] = function.description
-    if function.parameters is not None:
-        check_schema(function.parameters, parameter=f"{where}[{index}].function.parameters")
-        definition["parameters"] = function.parameters
-    if function.strict is not None:
-        definition["strict"] = function.strict
-    return {"type": "function", "function": definition}
-
-
-def _response_format(data: ChatCompletionCreate) -> dict[str, Any]:
-    requested = data.response_format
-    assert requested is not None
-    if requested.type == "json_object":
-        return {"type": "json_object"}
-    spec = requested.json_schema
-    if spec is None or spec.schema_ is None:
-        _invalid(
-            "response_format.json_schema",
-            "response_format json_schema needs json_schema.name and json_schema.schema.",
-            "invalid_response_format",
-        )
-    check_schema(spec.schema_, parameter="response_format.json_schema.schema")
-    out: dict[str, Any] = {"name": spec.name, "schema": spec.schema_}
-    if spec.description is not None:
-        out["description"] = spec.description
-    if spec.strict is not None:
-        out["strict"] = spec.strict
-    return {"type": "json_schema", "json_schema": out}
-
-
-def conversation(messages: list[ChatMessage]) -> list[Message]:
-    """The messages in the gateway's shape: `developer` as `system`, text parts of non-user
-    turns joined, images checked, legacy function turns as tool turns; every tool turn must
-    answer a call an earlier assistant turn made."""
-    out: list[Message] = []
-    calls: dict[str, str] = {}  # tool call id → function name, of the calls made so far
-    legacy: dict[str, list[str]] = {}  # function name → ids of its unanswered legacy calls
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        role = message.role
-        if role in ("system", "developer"):
-            out.append({"role": "system", "content": _text_only(where, message)})
-        elif role == "user":
-            out.append({"role": "user", "content": _user_content(where, message)})
-        elif role == "assistant":
-            turn: Message = {"role": "assistant", "content": None}
-            if message.content is not None:
-                turn["content"] = _text_only(where, message)
-            tool_calls: list[ToolCall] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.function.name, "arguments": call.function.arguments},
-                }
-                for call in message.tool_calls or []
-            ]
-            if message.function_call is not None:
-                legacy_id = f"call_fn_{index}"
-                legacy.setdefault(message.function_call.name, []).append(legacy_id)
-                tool_calls.append(
-                    {
-                        "id": legacy_id,
-                        "type": "function",
-                        "function": {
-                            "name": message.function_call.name,
-                            "arguments": message.function_call.arguments,
-                        },
-                    }
-                )
-            if tool_calls:
-                turn["tool_calls"] = tool_calls
-                calls.update({c["id"]: c["function"]["name"] for c in tool_calls})
-            elif message.content is None:
-                _invalid(f"{where}.content", f"{where}.content is missing.")
-            out.append(turn)
-        elif role == "tool":
-            call_id = message.tool_call_id
-            if call_id is None or call_id not in calls:
-                _invalid(
-                    f"{where}.tool_call_id",
-                    f"{where} is a tool result for "
-                    + (f"the call '{call_id}'" if call_id else "no call (tool_call_id is missing)")
-                    + ", which no earlier assistant turn made.",
-                    "invalid_tool_message",
-                )
-            out.append(
-                {"role": "tool", "tool_call_id": call_id, "content": _text_only(where, message)}
-            )
-        else:  # the legacy `function` turn
-            pending = legacy.get(message.name or "")
-            if not pending:
-                _invalid(
-                    f"{where}.name",
-                    f"{where} is a function result for '{message.name}', which no earlier "
-                    "assistant turn called.",
-                    "invalid_tool_message",
-                )
-            answered = pending.pop(0)
-            out.append(
-                {"role": "tool", "tool_call_id": answered, "content": _text_only(where, message)}
-            )
-    return out
-
-
-def _text_only(where: str, message: ChatMessage) -> str:
-    content = message.content
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for j, part in enumerate(content):
-        if part.type != "text" or part.text is None:
-            _unsupported(
-                f"{where}.content[{j}].type",
-                f"{where}: a {message.role} turn takes text parts only, not '{part.type}'.",
-            )
-        texts.append(part.text)
-    return "\n".join(texts)
-
-
-def _user_content(where: str, message: ChatMessage) -> str | list[Part]:
-    content = message.content
-    if content is None:
-        _invalid(f"{where}.content", f"{where}.content is missing.")
-    if isinstance(content, str):
-        return content
-    parts: list[Part] = []
-    for j, part in enumerate(content):
-        if part.type == "text" and part.text is not None:
-            parts.append({"type": "text", "text": part.text})
-        elif part.type == "image_url" and part.image_url is not None:
-            url = part.image_url.url
-            parameter = f"{where}.content[{j}].image_url.url"
-            if url.startswith("data:"):
-                try:
-                    parse_data_url(url)
-                except InvalidImage as exc:
-                    _invalid(parameter, f"{parameter}: {exc}", "invalid_image")
-            elif not url.startswith("https://"):
-                _invalid(
-                    parameter, f"{parameter} must be an https or a data: URL.", "invalid_image"
-                )
-            image: ImageURL = {"url": url}
-            if part.image_url.detail is not None:
-                image["detail"] = part.image_url.detail
-            parts.append({"type": "image_url", "image_url": image})
-        else:
-            _unsupported(
-                f"{where}.content[{j}].type",
-                f"{where}: content parts of type '{part.type}' are not supported (text and "
-                "image_url are).",
-            )
-    if not parts:
-        _invalid(f"{where}.content", f"{where}.content is empty.")
-    if all(part["type"] == "text" for part in parts):  # text alone stays a string
-        return "\n".join(part["text"] for part in parts)  # type: ignore[typeddict-item]
-    return parts
 
 
 def completion_body(run: ChatRun, outcome: Outcome) -> ChatCompletion:
@@ -618,7 +418,7 @@ def response_message(run: ChatRun, completion: Completion) -> ResponseMessage:
         )
         for call in completion.tool_calls
     ]
-    content = completion.text if completion.text or not calls else None
+    content = completion.text if completion.text or not (calls or completion.refusal) else None
     if calls and run.legacy_functions:
         return ResponseMessage(
             content=content, refusal=completion.refusal, function_call=calls[0].function

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.db.models import PromptRequest, PromptStatus
 from app.kit.fields import (
@@ -22,6 +22,14 @@ from app.kit.fields import (
     VariableValue,
     distinct,
     not_blank,
+)
+from app.services.conversation import (
+    ChatMessage,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    check_extras,
+    check_free_json,
 )
 
 
@@ -58,11 +66,35 @@ class PromptCreate(BaseModel):
         "label.",
         examples=["text"],
     )
-    prompt_text: Annotated[Text, AfterValidator(not_blank)] = Field(
+    prompt_text: Annotated[Text, AfterValidator(not_blank)] | None = Field(
+        None,
         min_length=1,
         description="The prompt. At most MAX_PROMPT_CHARS characters (100,000 by default), "
         "or the prompt type's `max_prompt_chars` if lower. With a type's template, it fills "
-        "`{prompt_text}`.",
+        "`{prompt_text}`. Give either this or `messages`.",
+    )
+    messages: list[ChatMessage] | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="A conversation instead of `prompt_text`, in OpenAI's chat-completions "
+        "shape (system, user, assistant and tool turns; text and `image_url` parts). Its last "
+        "user message is the prompt's `prompt_text` (and what a type's template fills).",
+    )
+    tools: list[Tool] | None = Field(
+        None,
+        max_length=128,
+        description="Function tools in OpenAI's shape; the answer's calls are stored as "
+        "`response.tool_calls`.",
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    response_format: ResponseFormat | None = Field(
+        None,
+        description='Structured output in OpenAI\'s shape: `{"type": "json_schema", '
+        '"json_schema": {"name": ..., "schema": {...}, "strict": true}}` or `{"type": '
+        '"json_object"}`. The answer is then parsed and stored as `response.output_json`, '
+        "checked against the schema; an answer that is not valid JSON (or does not match) "
+        "ends the prompt `failed` with `invalid_structured_output`, its text kept.",
     )
     system_prompt: Text | None = Field(
         None, max_length=100_000, description="Instructions sent as the system message."
@@ -95,6 +127,15 @@ class PromptCreate(BaseModel):
         "characters). Only for a type with a template.",
         examples=[{"audience": "new customers"}],
     )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> PromptCreate:
+        if (self.prompt_text is None) == (self.messages is None):
+            raise ValueError("give either prompt_text or messages (one of them)")
+        if self.messages is not None:
+            check_extras(self.messages)
+        check_free_json(self.tools, self.response_format)
+        return self
 
 
 _PROMPT_EXAMPLE: dict[str, Any] = {
@@ -169,6 +210,12 @@ class ResponseOut(BaseModel):
         "`function.name`, `function.arguments`); null when it made none.",
     )
     refusal: str | None = Field(None, description="The model's refusal message, if any.")
+    output_json: Any = Field(
+        None,
+        description="A structured-output prompt's answer (`response_format`), parsed; null "
+        "for other prompts, and for an answer that was not valid (the prompt then failed "
+        "`invalid_structured_output`, with this response kept).",
+    )
     cached_input_tokens: int | None = Field(
         None, description="Of input_tokens, those served from the provider's prompt cache."
     )

@@ -17,6 +17,13 @@ from app.engine.idempotency import IdempotencyKeys, IdempotencyRecord, request_f
 from app.engine.recorder import Recorder
 from app.engine.runners import Dispatcher
 from app.kit.errors import Conflict, InvalidInput, NotFound
+from app.providers.base import message_text
+from app.services.conversation import (
+    conversation,
+    last_user,
+    response_format_option,
+    tool_options,
+)
 from app.services.intake import Ask, Intake
 from app.services.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
@@ -40,12 +47,13 @@ SUBMIT_ENDPOINT = "POST /ai/prompts/"
 
 
 def ask_for(user_id: uuid.UUID, data: PromptCreate) -> Ask:
-    """What a `POST /ai/prompts/` body asks for, for the intake."""
-    return Ask(
+    """What a `POST /ai/prompts/` body asks for, for the intake: its text, or a conversation
+    (checked as /v1/chat/completions checks one), with its tools and response format."""
+    ask = Ask(
         user_id=user_id,
         model=data.model,
         prompt_type=data.prompt_type,
-        text=data.prompt_text,
+        text=data.prompt_text or "",
         variables=data.variables,
         system_prompt=data.system_prompt,
         temperature=data.temperature,
@@ -54,6 +62,18 @@ def ask_for(user_id: uuid.UUID, data: PromptCreate) -> Ask:
         fallbacks=data.fallbacks,
         metadata=data.metadata,
     )
+    if data.messages is not None:
+        messages = conversation(data.messages)
+        last = last_user(messages)
+        ask.messages, ask.last, ask.text = messages, last, message_text(messages[last])
+    if data.tools is not None or data.tool_choice is not None:
+        ask.options = tool_options(data.tools, data.tool_choice, None)
+    if data.response_format is not None:
+        ask.options.update(response_format_option(data.response_format))
+        if ask.options.get("response_format"):
+            # The answer is parsed and checked against the schema (executor.py).
+            ask.passthrough["structured_output"] = True
+    return ask
 
 
 class PromptService:

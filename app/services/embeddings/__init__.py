@@ -1,0 +1,1 @@
+"""POST /v1/embeddings: OpenAI's Embeddings API on the prompt records."""
