@@ -29,7 +29,7 @@ from app.api import openai_errors as errors
 from app.engine.executor import Outcome, carried_through
 from app.kit.errors import AppError
 from app.providers.base import ToolCallDelta
-from app.services.chat.service import ChatRun, completion_body, finish_reason, usage
+from app.services.chat.service import ChatRun, completion_json, finish_reason, usage
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class ChatCompletionResponse(_WatchedResponse):
     async def respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             outcome = await _outcome(self.run)
-            body = completion_body(self.run, outcome).model_dump_json()
+            body = completion_json(self.run, outcome)
             response: Response = Response(
                 body, media_type="application/json", headers=self.headers_out
             )
@@ -158,7 +158,7 @@ class ChatStreamResponse(_WatchedResponse):
                 await emit(self.chunk({"refusal": completion.refusal}))
             await emit(self.chunk({}, finish_reason=finish_reason(run, completion)))
             if run.include_usage:
-                await emit(self.event(choices=[], usage=usage(completion).model_dump()))
+                await emit(self.event(choices=[], usage=usage(completion)))
             await emit(b"data: [DONE]\n\n")
         except AppError as exc:
             await emit(errors.error_event(exc))

@@ -26,17 +26,8 @@ def _no_retrieval(uri: str) -> Any:
 
 def check_schema(schema: Any, *, parameter: str) -> None:
     """Refuse (400 `invalid_json_schema`) a schema that is not a valid JSON Schema, is larger
-    than MAX_SCHEMA_BYTES, or refers to another document."""
-    try:
-        size = len(json.dumps(schema))
-    except (TypeError, ValueError):
-        size = MAX_SCHEMA_BYTES + 1
-    if size > MAX_SCHEMA_BYTES:
-        raise InvalidInput(
-            f"{parameter} is larger than {MAX_SCHEMA_BYTES:,} bytes of JSON.",
-            code="invalid_json_schema",
-            extra={"parameter": parameter},
-        )
+    than MAX_SCHEMA_BYTES, or refers to another document. An agent sends the same tools with
+    every call: a schema already judged is not judged again (`_judged`)."""
     if not isinstance(schema, dict):
         raise InvalidInput(
             f"{parameter} must be a JSON Schema object.",
@@ -44,15 +35,29 @@ def check_schema(schema: Any, *, parameter: str) -> None:
             extra={"parameter": parameter},
         )
     try:
-        jsonschema_rs.meta.validate(schema)
-        _validator(json.dumps(schema, sort_keys=True))
-    except (jsonschema_rs.ValidationError, ValueError) as exc:
-        first = str(exc).split("\n", 1)[0][:300]
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        text = None
+    problem = _judged(text) if text is not None and len(text) <= MAX_SCHEMA_BYTES else None
+    if text is None or len(text) > MAX_SCHEMA_BYTES:
+        problem = f"it is larger than {MAX_SCHEMA_BYTES:,} bytes of JSON"
+    if problem is not None:
         raise InvalidInput(
-            f"{parameter} is not a valid JSON Schema: {first}",
+            f"{parameter} is not a valid JSON Schema: {problem}",
             code="invalid_json_schema",
             extra={"parameter": parameter},
-        ) from None
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _judged(schema_json: str) -> str | None:
+    """What is wrong with a schema (its JSON, keys sorted), or None."""
+    try:
+        jsonschema_rs.meta.validate(json.loads(schema_json))
+        _validator(schema_json)
+    except (jsonschema_rs.ValidationError, ValueError) as exc:
+        return str(exc).split("\n", 1)[0][:300]
+    return None
 
 
 @functools.lru_cache(maxsize=256)

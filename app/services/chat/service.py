@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.database import SessionFactory
@@ -35,17 +36,9 @@ from app.providers.registry import ModelResolver
 from app.services.chat.errors import UpstreamFailed
 from app.services.chat.schemas import (
     UNSUPPORTED_FIELDS,
-    ChatCompletion,
     ChatCompletionCreate,
-    Choice,
-    CompletionTokensDetails,
-    FunctionCallOut,
     Model,
     ModelList,
-    PromptTokensDetails,
-    ResponseMessage,
-    ToolCallOut,
-    Usage,
 )
 from app.services.conversation import (
     NamedToolChoice,
@@ -388,42 +381,49 @@ def chat_options(data: ChatCompletionCreate) -> dict[str, Any]:
     return options
 
 
-def completion_body(run: ChatRun, outcome: Outcome) -> ChatCompletion:
+def completion_json(run: ChatRun, outcome: Outcome) -> bytes:
+    """The `chat.completion` (schemas.ChatCompletion) of a finished run, as JSON. Built as
+    plain data and encoded once: pydantic models cost every /v1 answer about 6 µs more (the
+    nested usage details most)."""
     completion = outcome.completion
     assert completion is not None
-    return ChatCompletion(
-        id=run.completion_id,
-        created=run.created,
-        model=run.prompt.model,
-        choices=[
-            Choice(
-                message=response_message(run, completion),
-                finish_reason=finish_reason(run, completion),
-                logprobs=completion.logprobs if isinstance(completion.logprobs, dict) else None,
-            )
-        ],
-        usage=usage(completion),
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": response_message(run, completion),
+        "finish_reason": finish_reason(run, completion),
+        "logprobs": completion.logprobs if isinstance(completion.logprobs, dict) else None,
+    }
+    return to_json(
+        {
+            "id": run.completion_id,
+            "object": "chat.completion",
+            "created": run.created,
+            "model": run.prompt.model,
+            "choices": [choice],
+            "usage": usage(completion),
+        }
     )
 
 
-def response_message(run: ChatRun, completion: Completion) -> ResponseMessage:
-    """The assistant's message: its text (None when it only called tools), its tool calls
-    (as a legacy `function_call` for a request that used `functions`) and its refusal."""
-    calls = [
-        ToolCallOut(
-            id=call["id"],
-            function=FunctionCallOut(
-                name=call["function"]["name"], arguments=call["function"]["arguments"]
-            ),
-        )
-        for call in completion.tool_calls
-    ]
-    content = completion.text if completion.text or not (calls or completion.refusal) else None
-    if calls and run.legacy_functions:
-        return ResponseMessage(
-            content=content, refusal=completion.refusal, function_call=calls[0].function
-        )
-    return ResponseMessage(content=content, refusal=completion.refusal, tool_calls=calls or None)
+def response_message(run: ChatRun, completion: Completion) -> dict[str, Any]:
+    """The assistant's message (schemas.ResponseMessage): its text (None when it only called
+    tools or refused), its tool calls (as a legacy `function_call` for a request that used
+    `functions`) and its refusal."""
+    calls = completion.tool_calls
+    text = completion.text
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text if text or not (calls or completion.refusal) else None,
+        "refusal": completion.refusal,
+    }
+    if calls:
+        if run.legacy_functions:
+            message["function_call"] = dict(calls[0]["function"])
+        else:
+            message["tool_calls"] = [
+                {"id": c["id"], "type": "function", "function": dict(c["function"])} for c in calls
+            ]
+    return message
 
 
 def finish_reason(run: ChatRun, completion: Completion) -> str:
@@ -435,16 +435,15 @@ def finish_reason(run: ChatRun, completion: Completion) -> str:
     return reason if reason in _FINISH_REASONS and reason != "tool_calls" else "stop"
 
 
-def usage(completion: Completion) -> Usage:
-    return Usage(
-        prompt_tokens=completion.input_tokens,
-        completion_tokens=completion.output_tokens,
-        total_tokens=completion.input_tokens + completion.output_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=completion.cached_input_tokens),
-        completion_tokens_details=CompletionTokensDetails(
-            reasoning_tokens=completion.reasoning_tokens
-        ),
-    )
+def usage(completion: Completion) -> dict[str, Any]:
+    """OpenAI's `usage` (schemas.Usage), with the cached and reasoning tokens."""
+    return {
+        "prompt_tokens": completion.input_tokens,
+        "completion_tokens": completion.output_tokens,
+        "total_tokens": completion.input_tokens + completion.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": completion.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": completion.reasoning_tokens},
+    }
 
 
 def list_models(router: ModelResolver) -> ModelList:
