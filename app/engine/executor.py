@@ -80,6 +80,7 @@ DeltaSink = Callable[[str | ToolCallDelta], Awaitable[None]]
 arrives."""
 
 _OPTION_FIELDS = frozenset(fidelity.OPTION_FIELDS)
+_NO_OPTIONS: dict[str, Any] = {}  # (never changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +136,11 @@ def build_messages(claim: Claim) -> list[Message]:
     stored = claim.parameters.get("messages")
     if stored:
         # (stored in the gateway's shape: providers/base.py Message)
-        if not isinstance(stored, list) or not all(
-            isinstance(m, dict) and "role" in m for m in stored
-        ):
+        if stored.__class__ is not list:
             raise TypeError("the prompt's stored messages are not a list of messages")
+        for message in stored:
+            if message.__class__ is not dict or "role" not in message:
+                raise TypeError("the prompt's stored messages are not a list of messages")
         messages.extend(stored)
     else:
         messages.append({"role": "user", "content": claim.prompt_text})
@@ -160,9 +162,10 @@ def options_of(claim: Claim) -> dict[str, Any]:
     """The prompt's fields of the translation matrix (tools, response_format, stop, ...),
     stored among its parameters by their OpenAI names."""
     parameters = claim.parameters
-    if not parameters.keys() & _OPTION_FIELDS:
-        return {}
-    return {name: parameters[name] for name in fidelity.OPTION_FIELDS if name in parameters}
+    for name in parameters:  # (a few keys; no set made for a plain prompt)
+        if name in _OPTION_FIELDS:
+            return {name: parameters[name] for name in fidelity.OPTION_FIELDS if name in parameters}
+    return _NO_OPTIONS
 
 
 def _options_for(claim: Claim, route: Route, provider: Provider, options: dict[str, Any]) -> Any:
@@ -593,7 +596,9 @@ async def _finish_success(
             time_to_first_token_ms=first_token_ms,
             cached_input_tokens=completion.cached_input_tokens,
             reasoning_tokens=completion.reasoning_tokens,
-            tool_calls=[dict(call) for call in completion.tool_calls] or None,
+            tool_calls=[dict(call) for call in completion.tool_calls]
+            if completion.tool_calls
+            else None,
             refusal=completion.refusal,
             output_json=output_json,
         ),

@@ -149,9 +149,10 @@ class Intake:
             check_parameters(
                 candidate, models, temperature=ask.temperature, max_tokens=applied.max_tokens
             )
-        dropped: dict[str, list[str]] = {}
+        dropped: dict[str, list[str]] | None = None
         used = fidelity.used(ask.options, messages or ())
         if used:
+            dropped = {}
             drop = ask.drop_params or self.drop_params
             fallbacks = self._honoured(
                 route,
@@ -340,7 +341,11 @@ class Intake:
         by_type = limit < self.max_prompt_chars
         whose = f"prompt type '{ask.prompt_type}'" if by_type else "MAX_PROMPT_CHARS"
         if messages is not None:
-            total = sum(len(message_text(m)) for m in messages)
+            total = 0
+            for message in messages:
+                content = message["content"]
+                plain = content.__class__ is str and "tool_calls" not in message
+                total += len(content) if plain else len(message_text(message))  # type: ignore[arg-type]
             if total > limit:
                 raise InvalidInput(
                     f"The messages have {total:,} characters; the limit here is {limit:,} "

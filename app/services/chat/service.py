@@ -341,22 +341,35 @@ def refuseunsupported(data: ChatCompletionCreate) -> None:
             unsupported(name, f"'{name}' is not supported here ({feature}).")
 
 
+# The request's fields that `chat_options` reads.
+_OPTION_FIELDS = (
+    "tools", "functions", "tool_choice", "function_call", "parallel_tool_calls",
+    "response_format", "stop", "top_p", "seed", "frequency_penalty", "presence_penalty",
+    "logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "user",
+)  # fmt: skip
+
+
 def chat_options(data: ChatCompletionCreate) -> dict[str, Any]:
     """The request's fields of the translation matrix (app/providers/fidelity.py), in
     OpenAI's shape, checked; the legacy `functions`/`function_call` as `tools`/`tool_choice`.
     Fields left at their default are left out: they ask for nothing."""
+    fields = data.__dict__
+    if all(fields[name] is None for name in _OPTION_FIELDS):  # (most requests: no garbage)
+        return {}
     if data.functions is not None and data.tools is not None:
         invalid("functions", "Give tools or the legacy functions, not both.", "invalid_tools")
     choice: Any = data.tool_choice
     if data.function_call is not None:  # the legacy form
         name = getattr(data.function_call, "name", None)
         choice = data.function_call if name is None else NamedToolChoice.for_function(name)
-    options = tool_options(
-        data.tools if data.tools is not None else data.functions,
-        choice,
-        data.parallel_tool_calls,
-        where="tools" if data.tools is not None else "functions",
-    )
+    options: dict[str, Any] = {}
+    if data.tools is not None or data.functions is not None or choice is not None:
+        options = tool_options(
+            data.tools if data.tools is not None else data.functions,
+            choice,
+            data.parallel_tool_calls,
+            where="tools" if data.tools is not None else "functions",
+        )
     if data.response_format is not None:
         options.update(response_format_option(data.response_format))
     stop = [data.stop] if isinstance(data.stop, str) else data.stop

@@ -7,6 +7,7 @@ import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -66,11 +67,14 @@ def ask_for(user_id: uuid.UUID, data: PromptCreate) -> Ask:
         messages = conversation(data.messages)
         last = last_user(messages)
         ask.messages, ask.last, ask.text = messages, last, message_text(messages[last])
+    options: dict[str, Any] = {}
     if data.tools is not None or data.tool_choice is not None:
-        ask.options = tool_options(data.tools, data.tool_choice, None)
+        options = tool_options(data.tools, data.tool_choice, None)
     if data.response_format is not None:
-        ask.options.update(response_format_option(data.response_format))
-        if ask.options.get("response_format"):
+        options.update(response_format_option(data.response_format))
+    if options:
+        ask.options = options
+        if "response_format" in options:
             # The answer is parsed and checked against the schema (executor.py).
             ask.passthrough["structured_output"] = True
     return ask
