@@ -4,7 +4,9 @@
 each turn their body into an `Ask`, and `Intake.admit` does the rest, in this order:
 the prompt type's current policy (app/services/prompt_types/policy.py), the size limit,
 routing and fallbacks (the catalogue), the parameter checks every candidate provider must
-honour, then the per-request policies of the user (today MAX_PENDING_PER_USER). Whatever is
+honour (temperature and max_tokens; then each field and message feature the request uses,
+against the translation matrix of app/providers/fidelity.py and the model's catalogue
+capabilities), then the per-request policies of the user (today MAX_PENDING_PER_USER). Whatever is
 wrong with a request is raised here as an `AppError`, before anything is written: the fast
 paths rely on that to hand a refused request to its route, which then answers it.
 
@@ -46,9 +48,10 @@ from app.services.prompt_types.policy import Applied, apply_policy
 class Ask:
     """What a client asks for, whichever endpoint it used, before any policy.
 
-    A conversation (/v1) gives its `messages`, and `text` is the last user message (at index
-    `last`), which a prompt type's template wraps; a prompt (/ai/prompts/) gives only `text`.
-    An `Ask` is made for one `Intake.admit`, which may change its `messages` in place.
+    A conversation (/v1, or /ai/prompts/ with `messages`) gives its `messages`, and `text` is
+    the last user message's text (at index `last`), which a prompt type's template wraps; a
+    plain prompt gives only `text`. An `Ask` is made for one `Intake.admit`, which may change
+    its `messages` in place.
     """
 
     user_id: uuid.UUID
