@@ -3,7 +3,7 @@
 gateway's own (app/providers/base.py `Message`; the options of app/providers/fidelity.py):
 checked once here, whichever endpoint received them.
 
-The models tolerate fields they do not declare (`_Tolerant`, see app/services/chat/schemas.py
+The models tolerate fields they do not declare (`Tolerant`, see app/services/chat/schemas.py
 for why); `check_extras` holds those fields' text to the same rule as the rest.
 """
 
@@ -23,7 +23,7 @@ from app.providers.base import Message, Part, ToolCall
 from app.providers.images import InvalidImage, parse_data_url
 
 
-class _Tolerant(BaseModel):
+class Tolerant(BaseModel):
     """A part of the request that tolerates fields it does not declare (see above). They are
     not used, but they are text the API accepted, so the same rule holds for them (`Text`):
     `ChatCompletionCreate` checks them all at once (one check per request, rather than a
@@ -32,12 +32,12 @@ class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class ImageURL(_Tolerant):
+class ImageURL(Tolerant):
     url: Text = Field(description="An https URL, or a `data:image/<type>;base64,...` URL.")
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ContentPart(_Tolerant):
+class ContentPart(Tolerant):
     """A content part: `text`, or `image_url` (user turns). Other types (`input_audio`,
     `file`) are refused by name."""
 
@@ -58,18 +58,18 @@ Content = Annotated[
 ]
 
 
-class FunctionCallIn(_Tolerant):
+class FunctionCallIn(Tolerant):
     name: Annotated[Text, Field(min_length=1, max_length=64)]
     arguments: Text = Field(description="The arguments as JSON text, as the model wrote them.")
 
 
-class ToolCallIn(_Tolerant):
+class ToolCallIn(Tolerant):
     id: Annotated[Text, Field(min_length=1, max_length=200)]
     type: Literal["function"] = "function"
     function: FunctionCallIn
 
 
-class ChatMessage(_Tolerant):
+class ChatMessage(Tolerant):
     """One turn. `developer` is taken as `system`; a `tool` turn answers an assistant's tool
     call (`tool_call_id`); the legacy `function` turn answers a `function_call`."""
 
@@ -91,7 +91,7 @@ class ChatMessage(_Tolerant):
     refusal: Text | None = None
 
 
-class FunctionDefinition(_Tolerant):
+class FunctionDefinition(Tolerant):
     name: Annotated[Text, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     description: Text | None = None
     parameters: dict[str, JsonValue] | None = Field(
@@ -100,16 +100,16 @@ class FunctionDefinition(_Tolerant):
     strict: StrictBool | None = None
 
 
-class Tool(_Tolerant):
+class Tool(Tolerant):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Tolerant):
+class NamedFunction(Tolerant):
     name: Text
 
 
-class NamedToolChoice(_Tolerant):
+class NamedToolChoice(Tolerant):
     type: Literal["function"]
     function: NamedFunction
 
@@ -118,14 +118,14 @@ class NamedToolChoice(_Tolerant):
         return cls(type="function", function=NamedFunction(name=name))
 
 
-class JSONSchemaFormat(_Tolerant):
+class JSONSchemaFormat(Tolerant):
     name: Annotated[Text, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     description: Text | None = None
     schema_: dict[str, JsonValue] | None = Field(None, alias="schema")
     strict: StrictBool | None = None
 
 
-class ResponseFormat(_Tolerant):
+class ResponseFormat(Tolerant):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 

@@ -43,8 +43,8 @@ from app.services.conversation import (
     NamedFunction,
     NamedToolChoice,
     ResponseFormat,
+    Tolerant,
     Tool,
-    _Tolerant,
     check_extras,
     check_free_json,
 )
@@ -65,13 +65,13 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-class StreamOptions(_Tolerant):
+class StreamOptions(Tolerant):
     include_usage: StrictBool | None = Field(
         None, description="Send a last chunk with `usage` and empty `choices` before `[DONE]`."
     )
 
 
-class ChatCompletionCreate(_Tolerant):
+class ChatCompletionCreate(Tolerant):
     """OpenAI's `POST /v1/chat/completions` body, the subset this gateway honours."""
 
     model_config = ConfigDict(
@@ -152,7 +152,7 @@ class ChatCompletionCreate(_Tolerant):
 
     @model_validator(mode="after")
     def _extra_text(self) -> ChatCompletionCreate:
-        """The undeclared fields' text, wherever they are (see `_Tolerant`)."""
+        """The undeclared fields' text, wherever they are (see `Tolerant`)."""
         if self.__pydantic_extra__:
             check_json_text(self.__pydantic_extra__)
         if self.stream_options is not None and self.stream_options.__pydantic_extra__:
