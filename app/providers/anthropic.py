@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -77,9 +76,12 @@ from app.providers.base import (
     ToolCall,
     ToolCallDelta,
     Unavailable,
+    arguments_object,
+    arguments_text,
     estimate_prompt_tokens,
     estimate_tokens,
     retry_after_seconds,
+    tool_call,
 )
 from app.providers.transport import is_connection_failure
 
@@ -232,11 +234,8 @@ def _assistant_content(message: Message) -> str | list[TextBlockParam | ToolUseB
     if text:  # Anthropic refuses an empty text block
         blocks.append({"type": "text", "text": text})
     for call in calls:
-        try:
-            arguments: object = json.loads(call["function"]["arguments"])
-        except (ValueError, TypeError):
-            arguments = None
-        if not isinstance(arguments, dict):
+        arguments = arguments_object(call)
+        if arguments is None:
             raise BadRequest(
                 f"the arguments of tool call {call['id']!r} are not a JSON object, "
                 "and Anthropic takes a tool call's input only as one"
@@ -335,10 +334,6 @@ def _thinking(
     return {"type": "enabled", "budget_tokens": budget}, max_tokens
 
 
-def _tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
 class AnthropicProvider:
     max_temperature = None  # not accepted at all by API version 2026-10-21
     kind = "anthropic"
@@ -367,7 +362,7 @@ class AnthropicProvider:
         # Thinking blocks are left out: the model's working, not its answer.
         text = "".join(block.text for block in reply.content if isinstance(block, TextBlock))
         calls = tuple(
-            _tool_call(block.id, block.name, json.dumps(block.input, separators=(",", ":")))
+            tool_call(block.id, block.name, arguments_text(block.input))
             for block in reply.content
             if isinstance(block, ToolUseBlock)
         )
@@ -540,7 +535,7 @@ class _StreamedAnswer:
     def answer(self) -> _Answer:
         text = "".join(self._pieces)
         calls = tuple(
-            _tool_call(call.id, call.name, "".join(call.arguments) or "{}") for call in self._calls
+            tool_call(call.id, call.name, "".join(call.arguments) or "{}") for call in self._calls
         )
         return _Answer(text, self._usage, self.stop_reason, self._stop_details, self._model, calls)
 

@@ -6,6 +6,7 @@ of the system decides retry / fallback / fail on our codes, never on a vendor's 
 
 from __future__ import annotations
 
+import json
 import sys
 from array import array
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -41,6 +42,26 @@ class ToolCall(TypedDict):
     id: str
     type: Literal["function"]
     function: FunctionCall
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
+    """A tool call in OpenAI's shape, whichever vendor made it."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def arguments_text(arguments: object) -> str:
+    """A vendor's arguments object as OpenAI's `arguments` string (compact JSON)."""
+    return json.dumps(arguments or {}, separators=(",", ":"))
+
+
+def arguments_object(call: ToolCall) -> dict[str, Any] | None:
+    """A call's `arguments` as the JSON object Gemini and Anthropic take in its place; None
+    when they are not one (the adapter says so, in its vendor's terms)."""
+    try:
+        arguments: object = json.loads(call["function"]["arguments"])
+    except (ValueError, TypeError):
+        return None
+    return arguments if isinstance(arguments, dict) else None
 
 
 class Message(TypedDict):

@@ -79,12 +79,15 @@ from app.providers.base import (
     ToolCall,
     ToolCallDelta,
     Unavailable,
+    arguments_object,
+    arguments_text,
     estimate_input_tokens,
     estimate_prompt_tokens,
     estimate_tokens,
     message_text,
     pack_floats,
     retry_after_seconds,
+    tool_call,
 )
 from app.providers.images import ImageFetcher, InvalidImage, parse_data_url
 
@@ -560,14 +563,8 @@ def _function_calls(candidate: types.Candidate) -> list[types.FunctionCall]:
 def _tool_call(call: types.FunctionCall) -> ToolCall:
     """A Gemini function call as an OpenAI tool call; Google's id if it gave one (newer
     models do), else one of OpenAI's form, made up."""
-    return {
-        "id": call.id or "call_" + secrets.token_hex(12),
-        "type": "function",
-        "function": {
-            "name": call.name or "",
-            "arguments": json.dumps(call.args or {}, separators=(",", ":")),
-        },
-    }
+    made_up = "call_" + secrets.token_hex(12)
+    return tool_call(call.id or made_up, call.name or "", arguments_text(call.args))
 
 
 def _result(
@@ -686,11 +683,8 @@ def _model_parts(message: Message, names: dict[str, str], index: int) -> list[ty
     parts = [types.Part(text=text)] if text or not calls else []
     for call in calls:
         function = call["function"]
-        try:
-            args = json.loads(function["arguments"])
-        except (TypeError, ValueError):
-            args = None
-        if not isinstance(args, dict):
+        args = arguments_object(call)
+        if args is None:
             raise BadRequest(
                 f"messages[{index}]: the arguments of tool call {call['id']!r} are not a JSON "
                 "object"

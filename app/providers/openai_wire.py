@@ -43,6 +43,7 @@ from app.providers.base import (
     estimate_tokens,
     pack_floats,
     retry_after_seconds,
+    tool_call,
 )
 
 MAX_VENDOR_MESSAGE = 500
@@ -169,7 +170,7 @@ def _tool_call(call: object) -> ToolCall:
     if not call_id or not name:
         raise _WrongShape("tool call")
     arguments = _text(_field(function, "arguments")) or ""
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    return tool_call(call_id, name, arguments)
 
 
 def _vendor_message(error: object, status: int) -> str:
@@ -450,12 +451,7 @@ class _CallPieces:
     arguments: list[str] = field(default_factory=list)
 
     def call(self) -> ToolCall:
-        arguments = "".join(self.arguments)
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": arguments},
-        }
+        return tool_call(self.id, self.name, "".join(self.arguments))
 
 
 def _field(obj: object, key: str) -> object:
