@@ -129,13 +129,10 @@ class MockGemini:
     def calls_for(self, model: str) -> list[RecordedCall]:
         return [c for c in self.calls if c.model == model]
 
-    async def _models(self, request: web.Request) -> web.StreamResponse:
-        model, _, method = request.match_info["target"].rpartition(":")
-        if method in ("batchEmbedContents", "embedContent"):
-            return await self._embed(request, model, method)
-        if method not in ("generateContent", "streamGenerateContent"):
-            return _error(404, f"Method {method!r} not found.")
-        body = await request.json()
+    def _received(
+        self, request: web.Request, body: dict[str, Any], model: str
+    ) -> web.Response | None:
+        """Record the request; the answer Google gives a missing or wrong key, if it has one."""
         self.calls.append(
             RecordedCall(request.path, dict(request.query), dict(request.headers), body, model)
         )
@@ -144,6 +141,17 @@ class MockGemini:
             return _error(403, "Method doesn't allow unregistered callers.")
         if key != self.api_key:
             return _error(400, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID")
+        return None
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["target"].rpartition(":")
+        if method in ("batchEmbedContents", "embedContent"):
+            return await self._embed(request, model, method)
+        if method not in ("generateContent", "streamGenerateContent"):
+            return _error(404, f"Method {method!r} not found.")
+        body = await request.json()
+        if (refused := self._received(request, body, model)) is not None:
+            return refused
         if self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
         if model.startswith("slow-"):
@@ -187,14 +195,8 @@ class MockGemini:
 
     async def _embed(self, request: web.Request, model: str, method: str) -> web.Response:
         body = await request.json()
-        self.calls.append(
-            RecordedCall(request.path, dict(request.query), dict(request.headers), body, model)
-        )
-        key = request.headers.get("x-goog-api-key")
-        if key is None:
-            return _error(403, "Method doesn't allow unregistered callers.")
-        if key != self.api_key:
-            return _error(400, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID")
+        if (refused := self._received(request, body, model)) is not None:
+            return refused
         if model.startswith("error-"):
             return _vendor_error(model)
         if model.startswith("malformed"):

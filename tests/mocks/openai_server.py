@@ -115,23 +115,29 @@ class MockOpenAI:
     def calls_for(self, model: str) -> list[RecordedCall]:
         return [c for c in self.calls if c.body.get("model") == model]
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _received(self, request: web.Request) -> tuple[dict[str, Any], str, bool]:
+        """Record the request and take its time (the delay, `slow-<ms>`): its body, its model,
+        and whether its key is one of the mock's."""
         body = await request.json()
         self.calls.append(RecordedCall(request.path, dict(request.headers), body))
-        if request.headers.get("Authorization") not in (
+        authorized = request.headers.get("Authorization") in (
             f"Bearer {self.api_key}",
             f"Bearer {OTHER_API_KEY}",
-        ):
-            return _error(
-                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            )
+        )
         model = str(body.get("model", ""))
+        if authorized:
+            self._seen[model] = self._seen.get(model, 0) + 1
+            if self.delay_ms:
+                await asyncio.sleep(self.delay_ms / 1000)
+            if model.startswith("slow-"):
+                await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        return body, model, authorized
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body, model, authorized = await self._received(request)
+        if not authorized:
+            return _unauthorized()
         streamed = bool(body.get("stream"))
-        self._seen[model] = self._seen.get(model, 0) + 1
-        if self.delay_ms:
-            await asyncio.sleep(self.delay_ms / 1000)
-        if model.startswith("slow-"):
-            await asyncio.sleep(int(model.split("-")[1]) / 1000)
         if model.startswith("hang") or (model.startswith("stall-") and not streamed):
             await self._hanging.wait()
         if model.startswith("reset") or (model.startswith("break-") and not streamed):
@@ -146,11 +152,7 @@ class MockOpenAI:
             seconds = model.split("-")[2]
             return _error(429, "slow down", "rate_limit", None, {"Retry-After": seconds})
         if model.startswith("error-"):
-            status = int(model.split("-")[1])
-            headers = None
-            if status in (429, 503) and "no-retry-after" not in model:
-                headers = {"Retry-After": "1"}
-            return _error(status, f"mock error {status}", "mock_error", None, headers)
+            return _status_error(model)
         if model.startswith("rejected-"):
             code = model.removeprefix("rejected-")
             return _error(400, f"mock rejected: {code}", "invalid_request_error", code)
@@ -248,21 +250,9 @@ class MockOpenAI:
         return web.json_response(reply)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.calls.append(RecordedCall(request.path, dict(request.headers), body))
-        if request.headers.get("Authorization") not in (
-            f"Bearer {self.api_key}",
-            f"Bearer {OTHER_API_KEY}",
-        ):
-            return _error(
-                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            )
-        model = str(body.get("model", ""))
-        self._seen[model] = self._seen.get(model, 0) + 1
-        if self.delay_ms:
-            await asyncio.sleep(self.delay_ms / 1000)
-        if model.startswith("slow-"):
-            await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        body, model, authorized = await self._received(request)
+        if not authorized:
+            return _unauthorized()
         if model.startswith("hang"):
             await self._hanging.wait()
         if model.startswith("reset"):
@@ -274,11 +264,7 @@ class MockOpenAI:
         if model.startswith("flaky-") and self._seen[model] <= int(model.split("-")[1]):
             return _error(503, "mock flaky 503", "mock_error", None)
         if model.startswith("error-"):
-            status = int(model.split("-")[1])
-            headers = None
-            if status in (429, 503) and "no-retry-after" not in model:
-                headers = {"Retry-After": "1"}
-            return _error(status, f"mock error {status}", "mock_error", None, headers)
+            return _status_error(model)
         inputs = body.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -406,6 +392,20 @@ def _logprob(word: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def _data(chunk: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def _unauthorized() -> web.Response:
+    return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+
+
+def _status_error(model: str) -> web.Response:
+    """`error-<status>[-anything]`: that status, with `Retry-After: 1` on 429 and 503 unless
+    the name says `no-retry-after`."""
+    status = int(model.split("-")[1])
+    headers = None
+    if status in (429, 503) and "no-retry-after" not in model:
+        headers = {"Retry-After": "1"}
+    return _error(status, f"mock error {status}", "mock_error", None, headers)
 
 
 def _error(
