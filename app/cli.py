@@ -26,6 +26,8 @@ from app.providers.catalogue import CatalogueError, load_catalogue
 from app.services.auth import service
 from app.services.webhooks.service import reseal_secrets
 
+_DROP_PARAMS = {"on": True, "off": False, "default": None}
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
@@ -45,6 +47,21 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", default="default", help="a label for the key")
     create_key.add_argument(
         "--expires-in-days", type=float, help="the key stops working after this many days"
+    )
+    create_key.add_argument(
+        "--drop-params",
+        choices=_DROP_PARAMS,
+        default="default",
+        help="on: the key's requests leave out, rather than refuse, what the chosen provider "
+        "cannot honour (each field left out is recorded and named in X-Dropped-Params); "
+        "off: refuse it, whatever DROP_PARAMS says; default: as each request (drop_params), "
+        "else DROP_PARAMS, says",
+    )
+
+    set_key = commands.add_parser("set-key", help="change an API key's settings")
+    set_key.add_argument("prefix", help="the first 11 characters of the key (pm_…)")
+    set_key.add_argument(
+        "--drop-params", choices=_DROP_PARAMS, required=True, help="as for create-key"
     )
 
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its prefix")
@@ -92,12 +109,25 @@ async def _create_key(sessions: SessionFactory, args: argparse.Namespace) -> Non
     async with sessions.begin() as session:
         user = await service.get_user_by_email(session, email=args.email)
         key, plaintext = await service.create_api_key(
-            session, user=user, name=args.name, expires_at=expires_at
+            session,
+            user=user,
+            name=args.name,
+            expires_at=expires_at,
+            drop_params=_DROP_PARAMS[args.drop_params],
         )
     until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
-    print(f"Created API key {key.prefix}… for {user.email}{until}.")
+    dropping = f", drop_params {args.drop_params}" if args.drop_params != "default" else ""
+    print(f"Created API key {key.prefix}… for {user.email}{until}{dropping}.")
     print("The key is shown only now; keep it somewhere safe:")
     print(plaintext)
+
+
+async def _set_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    async with sessions.begin() as session:
+        key = await service.set_key_drop_params(
+            session, prefix=args.prefix, drop_params=_DROP_PARAMS[args.drop_params]
+        )
+    print(f"API key {key.prefix}…: drop_params {args.drop_params}.")
 
 
 async def _revoke_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
@@ -154,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, Callable[[SessionFactory, argparse.Namespace], Awaitable[None]]] = {
         "create-user": _create_user,
         "create-key": _create_key,
+        "set-key": _set_key,
         "revoke-key": _revoke_key,
     }
     if args.command in ("serve", "worker", "reseal-secrets"):

@@ -90,5 +90,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
             }
         ]
     },
+    "n": {"n": 2},
     "user": {"user": "end-user-42"},
 }

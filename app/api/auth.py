@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 from app.api.bearer import authorization_values, bearer_key
 from app.api.deps import ServicesDep
 from app.db.models import User
+from app.services.auth.authenticator import Caller
 
 
 class _Bearer(HTTPBearer):
@@ -32,12 +33,20 @@ _bearer = _Bearer(
 )
 
 
-async def current_user(
+async def current_caller(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """The key's owner (`Authenticator.user`, as the fast paths ask it)."""
-    return await services.auth.user(credentials.credentials if credentials else None)
+) -> Caller:
+    """The key's owner and settings (`Authenticator.caller`, as the fast paths ask it)."""
+    return await services.auth.caller(credentials.credentials if credentials else None)
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+
+
+async def current_user(caller: CurrentCaller) -> User:
+    """The key's owner (for the routes that need nothing else of the key)."""
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

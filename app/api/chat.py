@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from starlette.types import Receive, Scope, Send
 
-from app.api.auth import CurrentUser
+from app.api.auth import CurrentCaller, CurrentUser
 from app.api.chat_responses import ChatCompletionResponse, ChatStreamResponse
 from app.api.deps import IdempotencyKeyHeader, ServicesDep
 from app.api.openai_errors import OpenAIRoute, error_response
@@ -67,7 +67,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 )
 async def create_chat_completion(
     data: ChatCompletionCreate,
-    user: CurrentUser,
+    caller: CurrentCaller,
     services: ServicesDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -78,16 +78,25 @@ async def create_chat_completion(
     messages in `parameters.messages`), so it is listed in `GET /ai/prompts/` with its
     response, tokens, cost and duration. A defined prompt type (`chat`, or the one the
     `prompt_type` extension names) applies its policy, as on `/ai/prompts/`. A client that
-    disconnects cancels the call (the prompt ends `cancelled`). Not supported: `n` > 1, tools
-    and function calling, `response_format`, logprobs, non-text content, and other sampling
-    options than `temperature` and `max_tokens` (refused by name with a 400).
+    disconnects cancels the call (the prompt ends `cancelled`).
+
+    The whole Chat Completions request is taken: tools (and the legacy `functions`),
+    `response_format` (JSON mode and JSON schema), `n`, stop sequences, sampling fields,
+    logprobs, `reasoning_effort`, image parts. Each is forwarded to OpenAI and compatible
+    servers, translated for Gemini and Anthropic, or refused by name (400
+    `unsupported_parameter`, naming the field and the provider) where the chosen model cannot
+    honour it: the README's translation matrix says which. With `drop_params` (this request's
+    `extra_body`, else the API key's setting, else the server's `DROP_PARAMS`) such fields are
+    left out instead, recorded on the prompt and named in `X-Dropped-Params`.
 
     With an `Idempotency-Key`, a retry of the same body gets the first call's answer (waiting
     for it if it is still running), with `Idempotent-Replayed: true`, and no second prompt or
-    provider call; streamed, the replayed text comes as one chunk.
+    provider call; streamed, each replayed answer's text comes as one chunk.
     """
 
-    run = await services.chat.start(user.id, data, idempotency_key=idempotency_key)
+    run = await services.chat.start(
+        caller.user.id, data, idempotency_key=idempotency_key, drop_params=caller.drop_params
+    )
     response = ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
     if run.replayed:
         response.headers_out["Idempotent-Replayed"] = "true"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from app.api import openai_errors as errors
 from app.engine.executor import Outcome, carried_through
 from app.kit.errors import AppError
-from app.providers.base import ToolCallDelta
+from app.providers.base import Choice, ChoiceText, Completion, Delta, ToolCallDelta
 from app.services.chat.service import ChatRun, completion_json, finish_reason, usage
 
 logger = logging.getLogger(__name__)
@@ -132,31 +132,32 @@ class ChatStreamResponse(_WatchedResponse):
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         await emit(self.chunk({"role": "assistant", "content": ""}))
-        sent = called = False
-        item: str | ToolCallDelta | Outcome = first
+        sent: set[int] = set()  # the answers whose text was streamed, and whose calls were
+        called: set[int] = set()
+        item: Delta | Outcome = first
         try:
             while not isinstance(item, Outcome):
                 if isinstance(item, str):
                     await emit(self.chunk({"content": item}))
-                    sent = True
+                    sent.add(0)
+                elif isinstance(item, ChoiceText):
+                    if item.choice not in sent and item.choice not in called:
+                        await emit(self.chunk({"role": "assistant", "content": ""}, item.choice))
+                    await emit(self.chunk({"content": item.text}, item.choice))
+                    sent.add(item.choice)
                 else:
-                    await emit(self.chunk(self.tool_delta(item)))
-                    called = True
+                    if item.choice and item.choice not in sent and item.choice not in called:
+                        await emit(self.chunk({"role": "assistant", "content": ""}, item.choice))
+                    await emit(self.chunk(self.tool_delta(item), item.choice))
+                    called.add(item.choice)
                 item = await run.next_event()
             completion = item.completion
             assert completion is not None
-            if not sent and completion.text:  # a provider that sent the text in one piece
-                await emit(self.chunk({"content": completion.text}))
-            if not called:  # (a replay: the calls as recorded, each in one piece)
-                for index, call in enumerate(completion.tool_calls):
-                    function = call["function"]
-                    piece = ToolCallDelta(
-                        index, call["id"], function["name"], function["arguments"]
-                    )
-                    await emit(self.chunk(self.tool_delta(piece)))
-            if completion.refusal:
-                await emit(self.chunk({"refusal": completion.refusal}))
-            await emit(self.chunk({}, finish_reason=finish_reason(run, completion)))
+            await self.finish(emit, 0, completion, sent, called)
+            for index, choice in enumerate(completion.choices, 1):
+                if index not in sent and index not in called:
+                    await emit(self.chunk({"role": "assistant", "content": ""}, index))
+                await self.finish(emit, index, choice, sent, called)
             if run.include_usage:
                 await emit(self.event(choices=[], usage=usage(completion)))
             await emit(b"data: [DONE]\n\n")
@@ -166,6 +167,28 @@ class ChatStreamResponse(_WatchedResponse):
             logger.exception("chat stream %s failed", run.prompt.id)
             await emit(errors.error_event(AppError(f"The stream failed ({type(exc).__name__}).")))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def finish(
+        self,
+        emit: Callable[[bytes], Awaitable[None]],
+        index: int,
+        answer: Completion | Choice,
+        sent: set[int],
+        called: set[int],
+    ) -> None:
+        """The end of answer `index`: what was not streamed of it (the text of a provider
+        that sent it in one piece; a replay's text and calls, as recorded), its refusal, and
+        the chunk with its finish reason."""
+        if index not in sent and answer.text:
+            await emit(self.chunk({"content": answer.text}, index))
+        if index not in called:
+            for position, call in enumerate(answer.tool_calls):
+                function = call["function"]
+                piece = ToolCallDelta(position, call["id"], function["name"], function["arguments"])
+                await emit(self.chunk(self.tool_delta(piece), index))
+        if answer.refusal:
+            await emit(self.chunk({"refusal": answer.refusal}, index))
+        await emit(self.chunk({}, index, finish_reason=finish_reason(self.run, answer)))
 
     def tool_delta(self, piece: ToolCallDelta) -> dict[str, Any]:
         """A tool call's piece as OpenAI streams it: the first with its id, type and name (and
@@ -182,8 +205,10 @@ class ChatStreamResponse(_WatchedResponse):
         call["function"] = function
         return {"tool_calls": [call]}
 
-    def chunk(self, delta: dict[str, Any], *, finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    def chunk(
+        self, delta: dict[str, Any], index: int = 0, *, finish_reason: str | None = None
+    ) -> bytes:
+        choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
         extra = {"usage": None} if self.run.include_usage else {}
         return self.event(choices=[choice], **extra)
 

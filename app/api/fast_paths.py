@@ -42,8 +42,8 @@ from app.api.middleware import target_bytes
 from app.api.paths import other_form
 from app.api.problems import handled
 from app.api.prompts import location
-from app.db.models import User
 from app.kit.errors import AppError
+from app.services.auth.authenticator import Caller
 from app.services.chat.schemas import ChatCompletionCreate
 from app.services.container import Services
 from app.services.prompts.schemas import PromptCreate, PromptOut
@@ -56,8 +56,8 @@ MIDDLEWARE: dict[str, str] = {
 # Each fast-pathed route's dependencies (by function or header name) and how the fast path
 # meets them; a route dependency it cannot meet must send the request to the route instead.
 _COMMON = {
-    "current_user": "Services.auth.known: a key this process verified recently; any other "
-    "key (or none) goes to the route",
+    "current_caller": "Services.auth.known: a key this process verified recently (its user "
+    "and its drop_params); any other key (or none) goes to the route",
     "_Bearer": "_plain_request: the one Authorization header, read by bearer_key",
     "get_services": "scope['app'].state.services",
     "idempotency_key": "a request with an Idempotency-Key header goes to the route",
@@ -68,27 +68,29 @@ DEPENDENCIES: dict[str, dict[str, str]] = {
 }
 
 # None: the route must answer (the request is not the common case, or it is refused).
-Handler = Callable[[Services, User, bytes], Awaitable[Response | None]]
+Handler = Callable[[Services, Caller, bytes], Awaitable[Response | None]]
 ErrorRenderer = Callable[[Request, Exception], Awaitable[Response]]
 
 
-async def _chat(services: Services, user: User, body: bytes) -> Response | None:
+async def _chat(services: Services, caller: Caller, body: bytes) -> Response | None:
     """`POST /v1/chat/completions` as its route (`app.api.chat.create_chat_completion`)
     answers it without an Idempotency-Key."""
     try:
         data = ChatCompletionCreate.model_validate_json(body)
-        run = await services.chat.start(user.id, data)
+        run = await services.chat.start(caller.user.id, data, drop_params=caller.drop_params)
     except (pydantic.ValidationError, AppError):
         return None
     return ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
 
 
-async def _submit(services: Services, user: User, body: bytes) -> Response | None:
+async def _submit(services: Services, caller: Caller, body: bytes) -> Response | None:
     """`POST /ai/prompts/` as its route (`app.api.prompts.create_prompt`) answers it without
     an Idempotency-Key or a `Prefer`."""
     try:
         data = PromptCreate.model_validate_json(body)
-        submission = await services.prompts.submit(user.id, data)
+        submission = await services.prompts.submit(
+            caller.user.id, data, drop_params=caller.drop_params
+        )
     except (pydantic.ValidationError, AppError):
         return None
     prompt = submission.prompt
@@ -126,15 +128,15 @@ class FastPaths:
         handler, routed_headers, render_error = route
         services: Services | None = getattr(scope["app"].state, "services", None)
         token = _plain_request(scope, self.max_bytes, self.max_header_bytes, routed_headers)
-        user = None
+        caller = None
         if token is not None and services is not None:  # (no lifespan: the route says so)
-            user = services.auth.known(token)
-        if user is None or services is None:
+            caller = services.auth.known(token)
+        if caller is None or services is None:
             await self.app(scope, receive, send)
             return
         body, complete = await _read_body(receive, self.max_bytes)
         try:
-            response = await handler(services, user, body) if complete else None
+            response = await handler(services, caller, body) if complete else None
         except Exception as exc:  # the database is down, say: answered as the route would
             response = await render_error(Request(scope), exc)
         if response is None:

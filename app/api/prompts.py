@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.auth import CurrentUser
+from app.api.auth import CurrentCaller, CurrentUser
 from app.api.deps import Filters, IdempotencyKeyHeader, ServicesDep, Session
 from app.api.problems import problem_responses
 from app.db.models import PromptStatus
@@ -73,7 +73,7 @@ _SUBMIT_PROBLEMS[422]["description"] = (
 )
 async def create_prompt(
     data: PromptCreate,
-    user: CurrentUser,
+    caller: CurrentCaller,
     response: Response,
     services: ServicesDep,
     prefer: Annotated[
@@ -102,7 +102,10 @@ async def create_prompt(
     passed: **200** with the whole prompt (as `GET /ai/prompts/{id}`), or **202** if it is
     still running. Either way the header `Preference-Applied: wait=N` says it was honoured.
     """
-    submission = await services.prompts.submit(user.id, data, idempotency_key=idempotency_key)
+    user = caller.user
+    submission = await services.prompts.submit(
+        user.id, data, idempotency_key=idempotency_key, drop_params=caller.drop_params
+    )
     prompt = submission.prompt
     response.headers["Location"] = location(prompt.id)
     if submission.replayed:

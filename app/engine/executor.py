@@ -53,8 +53,11 @@ from app.providers.base import (
     AdapterFailed,
     AuthenticationFailed,
     BadRequest,
+    Choice,
+    ChoiceText,
     Completion,
     CompletionRequest,
+    Delta,
     Embedder,
     EmbeddingRequest,
     Embeddings,
@@ -63,9 +66,11 @@ from app.providers.base import (
     Provider,
     ProviderError,
     ProviderNotConfigured,
+    ToolCall,
     ToolCallDelta,
     estimate_prompt_tokens,
     estimate_tokens,
+    tool_call,
 )
 from app.providers.catalogue import Price
 from app.providers.registry import ModelResolver, Route
@@ -75,9 +80,9 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DeltaSink = Callable[[str | ToolCallDelta], Awaitable[None]]
-"""Receives each piece of a streamed answer (text, or a piece of a tool call), in order, as it
-arrives."""
+DeltaSink = Callable[[Delta], Awaitable[None]]
+"""Receives each piece of a streamed answer (text, or a piece of a tool call; with `n` > 1 the
+other answers' pieces too), in order, as it arrives."""
 
 _OPTION_FIELDS = frozenset(fidelity.OPTION_FIELDS)
 _NO_OPTIONS: dict[str, Any] = {}  # (never changed)
@@ -187,8 +192,8 @@ async def execute_prompt(claim: Claim, *, execution: Execution) -> None:
     on_delta: DeltaSink | None = None
     if await bus.watched(prompt_id):
 
-        async def on_delta(piece: str | ToolCallDelta) -> None:
-            if isinstance(piece, str):  # (tool calls are shown with the answer)
+        async def on_delta(piece: Delta) -> None:
+            if isinstance(piece, str):  # (tool calls and other answers are shown with it)
                 await bus.publish([PromptEvent(prompt_id, "delta", text=piece)])
 
     await run_prompt(claim, execution=execution, on_delta=on_delta)
@@ -409,6 +414,10 @@ async def _stream_call(
                 item = dataclasses.replace(item, arguments=scrub(item.arguments))
                 streamed.add(item.arguments or item.name or "")
                 await streamed.on_delta(item)
+            elif isinstance(item, ChoiceText):
+                item = ChoiceText(item.choice, scrub(item.text))
+                streamed.add(item.text)
+                await streamed.on_delta(item)
             elif item:
                 item = scrub(item)
                 streamed.add(item)
@@ -422,20 +431,26 @@ def _valid_text(completion: Completion) -> Completion:
     """The answer with any lone surrogate replaced (app/kit/text.py): an upstream's JSON can spell
     one, and then neither the database nor an answer's JSON could encode the text."""
     text = scrub(completion.text)
-    if completion.tool_calls:
-        calls = tuple(
-            {
-                "id": scrub(call["id"]),
-                "type": "function",
-                "function": {
-                    "name": scrub(call["function"]["name"]),
-                    "arguments": scrub(call["function"]["arguments"]),
-                },
-            }
-            for call in completion.tool_calls
+    if completion.tool_calls or completion.choices:
+        return dataclasses.replace(
+            completion,
+            text=text,
+            tool_calls=_valid_calls(completion.tool_calls),
+            choices=tuple(
+                dataclasses.replace(c, text=scrub(c.text), tool_calls=_valid_calls(c.tool_calls))
+                for c in completion.choices
+            ),
         )
-        return dataclasses.replace(completion, text=text, tool_calls=calls)  # type: ignore[arg-type]
     return completion if text is completion.text else dataclasses.replace(completion, text=text)
+
+
+def _valid_calls(calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
+    return tuple(
+        tool_call(
+            scrub(call["id"]), scrub(call["function"]["name"]), scrub(call["function"]["arguments"])
+        )
+        for call in calls
+    )
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
@@ -601,10 +616,21 @@ async def _finish_success(
             else None,
             refusal=completion.refusal,
             output_json=output_json,
+            choices=[choice_record(c) for c in completion.choices] if completion.choices else None,
         ),
         error_code="invalid_structured_output" if problem else None,
         error_message=problem,
     )
+
+
+def choice_record(choice: Choice) -> dict[str, Any]:
+    """One more answer (`n` > 1) as the response keeps it (`prompt_responses.choices`)."""
+    return {
+        "text": choice.text,
+        "finish_reason": choice.finish_reason,
+        "tool_calls": [dict(call) for call in choice.tool_calls] or None,
+        "refusal": choice.refusal,
+    }
 
 
 def structured_output(claim: Claim, completion: Completion) -> tuple[Any, str | None]:

@@ -65,3 +65,6 @@ class ResponseRecord:
     refusal: str | None = None
     # A structured-output prompt's answer, parsed (and checked against its schema).
     output_json: Any = None
+    # With `n` > 1: the answers after the first, each {"text", "finish_reason", "tool_calls",
+    # "refusal"} (executor.choice_record).
+    choices: list[dict[str, Any]] | None = None

@@ -15,13 +15,21 @@ The rest of a chat-completions request is translated as the "anthropic" column o
 (app/providers/fidelity.py) says, and nothing else is: `tools` (`parameters` become
 `input_schema`), `tool_choice` (auto, any, tool, none), `parallel_tool_calls` false
 (`disable_parallel_tool_use` on the tool choice), `response_format` (`output_config.format`, a
-JSON schema; `json_object` asks for any object), `stop` (`stop_sequences`), `reasoning_effort`
+JSON schema; `json_object` asks for any object; for a model without it, a forced tool: see
+below), `stop` (`stop_sequences`), `reasoning_effort`
 (`thinking` with a token budget) and `user` (`metadata.user_id`). In the conversation, image
 parts become image blocks, an assistant's tool calls `tool_use` blocks and tool turns
 `tool_result` blocks. The intake refuses what the matrix refuses, so another option reaching
 the adapter is a bug upstream: it is a `BadRequest` naming it, never silently dropped. In the
 reply, `tool_use` blocks come back as OpenAI tool calls (streamed as `ToolCallDelta`s), and
 thinking blocks are the model's working, not its answer: they are left out of the text.
+
+Structured output on a model without the native kind (the upstream models in
+`structured_by_tool`, from the catalogue: app/providers/forced_tool.py says why and what cannot
+go with it) is one tool more, `json_output`, whose input schema is the answer's, and a
+`tool_choice` that forces it. Its `tool_use` block is the answer: read back as the text (compact
+JSON; streamed, its `input_json_delta`s as text deltas), with finish reason `stop`, never as a
+tool call.
 """
 
 from __future__ import annotations
@@ -29,9 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeGuard
 
 import aiohttp
 import anthropic
@@ -83,6 +91,7 @@ from app.providers.base import (
     retry_after_seconds,
     tool_call,
 )
+from app.providers.forced_tool import FORCED_TOOL, FORCED_TOOL_DESCRIPTION, conflict
 from app.providers.transport import is_connection_failure
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -298,22 +307,35 @@ def _tool_choice(choice: Any, *, one_call: bool, provider: str) -> ToolChoicePar
     return named
 
 
-def _output_config(response_format: Any, provider: str) -> OutputConfigParam | Omit:
-    """Anthropic's structured output takes a JSON schema: `json_object` (any JSON object) is
-    the schema of any object."""
+def _json_schema(response_format: Any, provider: str) -> dict[str, Any] | None:
+    """The JSON schema a response format asks for (None: `text`, the default, asks for none).
+    Anthropic's structured output, native or by forced tool, takes a JSON schema: `json_object`
+    (any JSON object) is the schema of any object."""
     if not isinstance(response_format, Mapping):
         raise BadRequest(f"{provider} does not understand response_format {response_format!r}")
     kind = response_format.get("type")
-    if kind == "text":  # the default: asks for nothing
-        return omit
+    if kind == "text":
+        return None
     spec = response_format.get("json_schema")
     if kind == "json_schema" and isinstance(spec, Mapping):
-        schema = spec.get("schema") or {"type": "object"}
-    elif kind == "json_object":
-        schema = {"type": "object"}
-    else:
-        raise BadRequest(f"{provider} does not understand response_format {response_format!r}")
-    return {"format": {"type": "json_schema", "schema": dict(schema)}}
+        return dict(spec.get("schema") or {"type": "object"})
+    if kind == "json_object":
+        return {"type": "object"}
+    raise BadRequest(f"{provider} does not understand response_format {response_format!r}")
+
+
+def _forced_tool(schema: dict[str, Any], provider: str) -> ToolParam:
+    """The tool whose input is the answer. Anthropic takes only an object as a tool's input:
+    a schema of anything else cannot be asked for so. (Not `strict`: strict tool use is part
+    of the native structured output such a model lacks; the gateway checks the answer.)"""
+    if schema.get("type") != "object":
+        raise BadRequest(
+            f"{provider} gives structured output for this model through a tool, whose input "
+            "must be a JSON object: the response_format schema's type must be object"
+        )
+    if schema == {"type": "object"}:  # json_object: any object, with any properties
+        schema = {"type": "object", "additionalProperties": True}
+    return {"name": FORCED_TOOL, "description": FORCED_TOOL_DESCRIPTION, "input_schema": schema}
 
 
 def _thinking(
@@ -339,14 +361,22 @@ class AnthropicProvider:
     kind = "anthropic"
 
     def __init__(
-        self, client: AsyncAnthropic, *, default_max_tokens: int, name: str = "anthropic"
+        self,
+        client: AsyncAnthropic,
+        *,
+        default_max_tokens: int,
+        name: str = "anthropic",
+        structured_by_tool: Iterable[str] = (),
     ) -> None:
+        """`structured_by_tool`: the upstream models without native structured output, whose
+        response_format is served by a forced tool (the catalogue's, in production)."""
         self.name = name
         self._client = client
         self._default_max_tokens = default_max_tokens  # the Messages API requires max_tokens
+        self._structured_by_tool = frozenset(structured_by_tool)
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        params = self._prepared(request)
+        params, forced = self._prepared(request)
         with self._sdk_errors():
             # The SDK's timeouts are per phase (connect, each read); this makes the request's
             # timeout a deadline for the whole call, as CompletionRequest promises.
@@ -359,16 +389,22 @@ class AnthropicProvider:
             raise MalformedResponse(
                 f"{self.name} sent a response that could not be read", status=raw.status_code
             )
-        # Thinking blocks are left out: the model's working, not its answer.
-        text = "".join(block.text for block in reply.content if isinstance(block, TextBlock))
+        # Thinking blocks are left out: the model's working, not its answer. The forced
+        # tool's call (structured output by tool) is the answer's text, not a tool call.
+        text = "".join(
+            block.text if isinstance(block, TextBlock) else arguments_text(block.input)
+            for block in reply.content
+            if isinstance(block, TextBlock) or (forced and _answers(block))
+        )
         calls = tuple(
             tool_call(block.id, block.name, arguments_text(block.input))
             for block in reply.content
-            if isinstance(block, ToolUseBlock)
+            if isinstance(block, ToolUseBlock) and not (forced and _answers(block))
         )
+        stop_reason = _forced_stop(reply.stop_reason) if forced else reply.stop_reason
         return _completion(
             request,
-            _Answer(text, reply.usage, reply.stop_reason, reply.stop_details, reply.model, calls),
+            _Answer(text, reply.usage, stop_reason, reply.stop_details, reply.model, calls),
             provider=self.name,
             status=raw.status_code,
         )
@@ -376,14 +412,14 @@ class AnthropicProvider:
     async def stream(
         self, request: CompletionRequest
     ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
-        params = self._prepared(request)
+        params, forced = self._prepared(request)
         deadline = asyncio.get_running_loop().time() + _seconds(request, self._client.timeout)
         with self._sdk_errors():
             async with asyncio.timeout_at(deadline):
                 events = await self._client.messages.create(
                     **params, stream=True, timeout=self._timeout(request)
                 )
-        answer = _StreamedAnswer()
+        answer = _StreamedAnswer(forced=forced)
         status = events.response.status_code
         try:
             while (event := await self._next(events, deadline)) is not None:
@@ -400,9 +436,10 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         await self._client.close()
 
-    def _prepared(self, request: CompletionRequest) -> _Params:
-        """The call's arguments, the same streamed or not. What the request asks for and
-        cannot be translated is refused here, before any call: never silently dropped."""
+    def _prepared(self, request: CompletionRequest) -> tuple[_Params, bool]:
+        """The call's arguments, the same streamed or not, and whether its structured output
+        is asked for by forced tool. What the request asks for and cannot be translated is
+        refused here, before any call: never silently dropped."""
         if request.temperature is not None:  # refused at submission; never dropped here
             raise BadRequest(f"{self.name} does not accept a temperature")
         options = request.options
@@ -419,9 +456,10 @@ class AnthropicProvider:
         # Only `false` asks for something: true is the default.
         one_call = options.get("parallel_tool_calls") is False
         response_format = options.get("response_format")
+        schema = _json_schema(response_format, self.name) if response_format is not None else None
         stop = options.get("stop")
         user = options.get("user")
-        return _Params(
+        params = _Params(
             model=request.model,
             max_tokens=max_tokens,
             messages=turns,
@@ -431,12 +469,30 @@ class AnthropicProvider:
                 options.get("tool_choice"), one_call=one_call, provider=self.name
             ),
             output_config=(
-                _output_config(response_format, self.name) if response_format is not None else omit
+                {"format": {"type": "json_schema", "schema": schema}}
+                if schema is not None
+                else omit
             ),
             stop_sequences=([stop] if isinstance(stop, str) else list(stop)) if stop else omit,
             thinking=thinking,
             metadata={"user_id": str(user)} if user is not None else omit,
         )
+        if schema is None or request.model not in self._structured_by_tool:
+            return params, False
+        # No native structured output: a forced tool (the intake refuses what cannot go with
+        # it, before anything is recorded; this is the same check, for any other caller).
+        if (problem := conflict(options)) is not None:
+            raise BadRequest(f"{self.name} ({request.model}): {problem}")
+        own = params["tools"]
+        params["tools"] = [*(own if isinstance(own, list) else ()), _forced_tool(schema, self.name)]
+        # One call, so that one tool_use block is the whole answer.
+        params["tool_choice"] = {
+            "type": "tool",
+            "name": FORCED_TOOL,
+            "disable_parallel_tool_use": True,
+        }
+        params["output_config"] = omit
+        return params, True
 
     def _timeout(self, request: CompletionRequest) -> float | anthropic.Timeout | None:
         # Always given: with no timeout and a client left on the SDK's default one, the SDK
@@ -495,12 +551,16 @@ class _StreamedAnswer:
     of its `tool_use` blocks (their arguments, the `input_json_delta`s), the usage of
     `message_start` brought up to date by `message_delta` (whose counts are running totals),
     and the stop reason and details of `message_delta`. Thinking (`thinking_delta`,
-    `signature_delta`) is the model's working, not its answer: it is passed over."""
+    `signature_delta`) is the model's working, not its answer: it is passed over. With
+    `forced` (structured output by forced tool), that tool's block is text: its input's
+    pieces are text deltas (an empty input, `{}` at the block's end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, forced: bool = False) -> None:
+        self._forced = forced
         self._pieces: list[str] = []
         self._calls: list[_StreamedCall] = []
         self._call_of_block: dict[int, int] = {}  # content block index → tool call index
+        self._answer_blocks: dict[int, bool] = {}  # the forced tool's blocks → any input yet
         self._usage: Usage | None = None
         self._model: str | None = None
         self.stop_reason: str | None = None
@@ -513,6 +573,9 @@ class _StreamedAnswer:
             self._usage = getattr(event.message, "usage", None)  # the SDK parses leniently
         elif event.type == "content_block_start" and event.content_block.type == "tool_use":
             block = event.content_block
+            if self._forced and block.name == FORCED_TOOL:
+                self._answer_blocks[event.index] = False
+                return None
             index = self._call_of_block[event.index] = len(self._calls)
             self._calls.append(_StreamedCall(block.id, block.name))
             return ToolCallDelta(index=index, id=block.id, name=block.name, arguments="")
@@ -521,11 +584,21 @@ class _StreamedAnswer:
             if delta.type == "text_delta" and delta.text:
                 self._pieces.append(delta.text)
                 return delta.text
+            if event.index in self._answer_blocks:
+                if delta.type == "input_json_delta" and delta.partial_json:
+                    self._answer_blocks[event.index] = True
+                    self._pieces.append(delta.partial_json)
+                    return delta.partial_json
+                return None
             # Only those of the blocks started as tool calls (not a server tool's, say).
             call = self._call_of_block.get(event.index)
             if delta.type == "input_json_delta" and delta.partial_json and call is not None:
                 self._calls[call].arguments.append(delta.partial_json)
                 return ToolCallDelta(index=call, arguments=delta.partial_json)
+        elif event.type == "content_block_stop" and self._answer_blocks.get(event.index) is False:
+            self._answer_blocks[event.index] = True
+            self._pieces.append("{}")  # as the whole call reads an empty input
+            return "{}"
         elif event.type == "message_delta":
             self.stop_reason = event.delta.stop_reason
             self._stop_details = event.delta.stop_details
@@ -537,7 +610,19 @@ class _StreamedAnswer:
         calls = tuple(
             tool_call(call.id, call.name, "".join(call.arguments) or "{}") for call in self._calls
         )
-        return _Answer(text, self._usage, self.stop_reason, self._stop_details, self._model, calls)
+        reason = _forced_stop(self.stop_reason) if self._forced else self.stop_reason
+        return _Answer(text, self._usage, reason, self._stop_details, self._model, calls)
+
+
+def _answers(block: object) -> TypeGuard[ToolUseBlock]:
+    """Whether a reply's block is the forced tool's call, whose input is the answer."""
+    return isinstance(block, ToolUseBlock) and block.name == FORCED_TOOL
+
+
+def _forced_stop(stop_reason: str | None) -> str | None:
+    """A forced tool's call is the answer, not a call for the client to make: it stops the
+    answer as the end of a turn does (`stop`, not `tool_calls`)."""
+    return "end_turn" if stop_reason == "tool_use" else stop_reason
 
 
 def _updated(usage: Usage | None, delta: MessageDeltaUsage | None) -> Usage | None:

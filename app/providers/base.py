@@ -97,12 +97,35 @@ class CompletionRequest:
 @dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     """A piece of a streamed tool call, as OpenAI streams them: the first piece of call `index`
-    has its `id` and `name`, later ones only more `arguments` text."""
+    has its `id` and `name`, later ones only more `arguments` text. `choice` is the answer it
+    belongs to (OpenAI's `choices[].index`; more than 0 only for a request with `n` > 1)."""
 
     index: int
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    choice: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceText:
+    """A piece of streamed text of answer `choice` ≥ 1, for a request with `n` > 1. (The first
+    answer's text streams as bare `str` deltas: the plain request allocates nothing more.)"""
+
+    choice: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One more answer to the same request (OpenAI's `n` > 1): `Completion.choices` holds the
+    answers after the first, the first being the `Completion` itself."""
+
+    text: str
+    finish_reason: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str | None = None
+    logprobs: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +141,12 @@ class Completion:
     refusal: str | None = None  # the model's refusal message (OpenAI's `refusal`), if any
     reasoning_tokens: int = 0  # of output_tokens, those spent thinking
     logprobs: Any = None  # OpenAI's `choices[0].logprobs` object, where the provider gives one
+    # With `n` > 1: the answers after this first one (OpenAI's choices 1 .. n-1), in order. The
+    # token counts above are the whole call's, every answer's output included.
+    choices: tuple[Choice, ...] = ()
+
+
+Delta = str | ChoiceText | ToolCallDelta  # what a stream yields before its `Completion`
 
 
 class Provider(Protocol):
@@ -132,10 +161,11 @@ class Provider(Protocol):
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[str | ToolCallDelta | Completion]:
+    def stream(self, request: CompletionRequest) -> AsyncIterator[Delta | Completion]:
         """The same call, streamed: yields the answer's text as it arrives (non-empty `str`
         deltas) and its tool calls in pieces (`ToolCallDelta`), then exactly one `Completion`
-        (the whole text and tool calls, usage, finish reason) last.
+        (the whole text and tool calls, usage, finish reason) last. With `n` > 1 the other
+        answers' text comes as `ChoiceText` and their calls' pieces with `choice` set.
         Fails with the same `ProviderError`s as `complete`, before or after some deltas;
         closing the iterator early abandons the upstream call."""
         ...

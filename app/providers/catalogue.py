@@ -19,9 +19,11 @@ BUNDLED_CATALOGUE = Path(__file__).with_name("catalogue.toml")
 _MILLION = Decimal(1_000_000)
 
 
-Capability = Literal["tools", "vision", "structured_output", "reasoning", "embeddings"]
+Capability = Literal[
+    "tools", "vision", "structured_output", "native_structured_output", "reasoning", "embeddings"
+]
 CAPABILITIES: tuple[Capability, ...] = (
-    "tools", "vision", "structured_output", "reasoning", "embeddings",
+    "tools", "vision", "structured_output", "native_structured_output", "reasoning", "embeddings",
 )  # fmt: skip
 
 
@@ -47,6 +49,19 @@ class ModelEntry(BaseModel):
     # is recorded (app/services/intake.py). None: not stated, so only the provider's column of
     # the translation matrix (app/providers/fidelity.py) is checked.
     capabilities: tuple[Capability, ...] | None = None
+
+
+def structured_output_by_tool(entry: ModelEntry | None) -> bool:
+    """Whether the gateway gives structured output for this Anthropic model through a forced
+    tool: its capabilities are stated and lack `native_structured_output` (the vendor's own
+    `output_config.format`). A model whose capabilities are not stated, or one outside the
+    catalogue (`anthropic/<name>`), is taken to have the native kind, as current models do.
+    (Only the Anthropic adapter asks: the other vendors' structured output is native.)"""
+    return (
+        entry is not None
+        and entry.capabilities is not None
+        and "native_structured_output" not in entry.capabilities
+    )
 
 
 def embedding_model(entry: ModelEntry | None) -> bool:

@@ -132,7 +132,10 @@ ROWS: tuple[Row, ...] = (
             "gemini": _to(
                 "generationConfig.responseMimeType application/json (+ responseJsonSchema)"
             ),
-            "anthropic": _to("output_config.format (json_schema; json_object: any object)"),
+            "anthropic": _to(
+                "output_config.format where the model has it, else a forced tool "
+                "(json_schema; json_object: any object)"
+            ),
             "local": _fwd(),  # llama.cpp's server turns the schema into a grammar
         },
         _equals({"type": "text"}),
@@ -191,7 +194,7 @@ ROWS: tuple[Row, ...] = (
         "logprobs",
         {
             "openai": _fwd(),
-            "gemini": _no("not translated here yet (Gemini's logprobs have another shape)"),
+            "gemini": _to("generationConfig.responseLogprobs (logprobsResult → logprobs.content)"),
             "anthropic": _no("Anthropic gives no log probabilities"),
             "local": _fwd(),
         },
@@ -201,7 +204,7 @@ ROWS: tuple[Row, ...] = (
         "top_logprobs",
         {
             "openai": _fwd(),
-            "gemini": _no("not translated here yet (Gemini's logprobs have another shape)"),
+            "gemini": _to("generationConfig.logprobs (topCandidates → top_logprobs)"),
             "anthropic": _no("Anthropic gives no log probabilities"),
             "local": _fwd(),
         },
@@ -238,6 +241,16 @@ ROWS: tuple[Row, ...] = (
         },
         None,
         "vision",
+    ),
+    Row(
+        "n",
+        {
+            "openai": _fwd(),
+            "gemini": _to("generationConfig.candidateCount"),
+            "anthropic": _no("Anthropic answers once per request"),
+            "local": _no("llama.cpp's server answers once per request"),
+        },
+        _equals(1),
     ),
     Row(
         "user",

@@ -21,6 +21,13 @@ The request's OpenAI fields are translated as the "gemini" column of the transla
   `responseJsonSchema` (its `strict` has no switch either);
 - `stop`, `top_p`, `seed`, `frequency_penalty`, `presence_penalty` → the same generation fields;
 - `reasoning_effort` → `thinkingConfig.thinkingBudget` (see REASONING_BUDGETS);
+- `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs` (0 to 20 alternatives, as
+  OpenAI allows); each candidate's `logprobsResult` (`chosenCandidates`, and `topCandidates`
+  step by step) becomes OpenAI's `logprobs.content`, added up over the chunks when streamed;
+- `n` → `candidateCount`: candidate 0 is the Completion itself, the others (by their
+  `index`) its `choices`; streamed, a chunk carries pieces of any of them, each routed to its
+  choice (`ChoiceText`, `ToolCallDelta.choice`). Tool-call ids are kept unique across the
+  candidates (a repeated one is replaced by a made-up one);
 - `user` is recorded by the gateway and never sent (Gemini has no such field).
 
 Anything else in `options` (the matrix refuses it for Gemini, so the intake should not have let
@@ -49,7 +56,7 @@ import math
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import aiohttp
@@ -64,11 +71,14 @@ from app.providers import fidelity
 from app.providers.base import (
     AuthenticationFailed,
     BadRequest,
+    Choice,
+    ChoiceText,
     Completion,
     CompletionRequest,
     ConnectionFailed,
     ContentFiltered,
     ContextLengthExceeded,
+    Delta,
     EmbeddingRequest,
     Embeddings,
     MalformedResponse,
@@ -130,9 +140,14 @@ TRANSLATED = frozenset(
         "frequency_penalty",
         "presence_penalty",
         "reasoning_effort",
+        "logprobs",
+        "top_logprobs",
+        "n",
     }
 )
 RECORDED = frozenset({"user"})
+# Gemini's `logprobs` (alternatives a step) takes 0 to 20, as OpenAI's `top_logprobs` does.
+MAX_TOP_LOGPROBS = 20
 
 
 class _ConnectTimeoutConnector(aiohttp.TCPConnector):
@@ -227,9 +242,7 @@ class GeminiProvider:
             )
         return _completion(request, reply, provider=self.name)
 
-    async def stream(
-        self, request: CompletionRequest
-    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Delta | Completion, None]:
         contents, config = await self._call(request)
         # Nothing is sent until the first chunk is asked for.
         chunks = _ReadAhead(
@@ -237,14 +250,14 @@ class GeminiProvider:
                 model=request.model, contents=contents, config=config
             )
         )
-        answer = _StreamedAnswer(provider=self.name)
+        answer = _StreamedAnswer(request, provider=self.name)
         try:
             while (chunk := await self._next(chunks)) is not None:
                 for piece in answer.add(chunk):
                     yield piece
         finally:
             await chunks.close()
-        yield answer.completion(request)
+        yield answer.completion()
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         config = types.EmbedContentConfig(
@@ -382,9 +395,41 @@ def _options(options: Mapping[str, Any]) -> dict[str, Any]:
             config["thinking_config"] = types.ThinkingConfig(
                 thinking_budget=REASONING_BUDGETS[value]
             )
+        elif name == "logprobs":
+            if value is not True:
+                raise BadRequest("logprobs must be true or false")
+            config["response_logprobs"] = True
+        elif name == "top_logprobs":
+            config["logprobs"] = _top_logprobs(value, options)
+        elif name == "n":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadRequest(f"n must be a whole number of at least 1, not {value!r}")
+            config["candidate_count"] = value
         else:  # top_p, seed, frequency_penalty, presence_penalty: the same fields
             config[name] = value
     return config
+
+
+def _top_logprobs(value: Any, options: Mapping[str, Any]) -> int:
+    """`top_logprobs` as Gemini's `logprobs`, which it only takes with `responseLogprobs` (as
+    OpenAI takes it only with `logprobs: true`)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise BadRequest(
+            f"top_logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS} for Gemini, "
+            f"not {value!r}"
+        )
+    if options.get("logprobs") is not True:
+        raise BadRequest("top_logprobs needs logprobs: true")
+    return value
+
+
+def _logprobs_asked(options: Mapping[str, Any]) -> int | None:
+    """How many alternatives a token the request asked for (`top_logprobs`); None: it asked
+    for no log probabilities at all."""
+    if options.get("logprobs") is not True:
+        return None
+    top = options.get("top_logprobs")
+    return top if isinstance(top, int) else 0
 
 
 def _tools(tools: Any) -> types.Tool:
@@ -447,11 +492,13 @@ def _completion(
     _refuse_blocked_prompt(reply, provider=provider)
     if not reply.candidates:
         raise MalformedResponse(f"{provider} answered with no candidates")
-    candidate = reply.candidates[0]
-    finish = _finish(candidate, provider=provider)
-    text = _answer_text(candidate)
-    calls = tuple(_tool_call(call) for call in _function_calls(candidate))
-    return _result(request, text, calls, finish, reply.usage_metadata, reply.model_version)
+    top = _logprobs_asked(request.options)
+    answers: dict[int, _Answer] = {}
+    ids: set[str] = set()
+    for candidate in reply.candidates:
+        answer = answers.setdefault(_index(candidate), _Answer())
+        answer.add(candidate, top=top, ids=ids, provider=provider)
+    return _result(request, _in_order(answers, provider), reply.usage_metadata, reply.model_version)
 
 
 def _embeddings(
@@ -478,56 +525,136 @@ def _embeddings(
     return Embeddings(tuple(vectors), tokens, True, request.model)
 
 
+@dataclass(slots=True)
+class _Answer:
+    """One candidate (OpenAI's choice `index`), read from a whole reply or added up from the
+    chunks of a stream: its text, function calls, finish reason (as Google names it), and
+    its tokens' log probabilities in OpenAI's shape (None: none were asked for or given)."""
+
+    pieces: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    finish: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def add(
+        self, candidate: types.Candidate, *, top: int | None, ids: set[str], provider: str
+    ) -> tuple[str, list[ToolCall]]:
+        """Add (a chunk of) the candidate; returns the text and the calls it added. `top` is
+        how many alternatives a token were asked for (None: no log probabilities); `ids` the
+        tool-call ids the reply used so far, in all its candidates."""
+        self.finish = _finish(candidate, provider=provider) or self.finish
+        text = _answer_text(candidate)
+        if text:
+            self.pieces.append(text)
+        calls = [_unique(_tool_call(call), ids) for call in _function_calls(candidate)]
+        self.calls += calls
+        if top is not None and candidate.logprobs_result is not None:
+            steps = _token_logprobs(candidate.logprobs_result, top)
+            self.logprobs = (self.logprobs or []) + steps
+        return text, calls
+
+    def logprobs_object(self) -> dict[str, Any] | None:
+        """OpenAI's `choices[].logprobs` (Gemini has no refusal, so no refusal tokens)."""
+        return {"content": self.logprobs, "refusal": None} if self.logprobs is not None else None
+
+
 class _StreamedAnswer:
     """What the chunks of a stream add up to, read as `_completion` reads a whole reply: the
-    text and function calls of every chunk, and the last chunk's finish reason, usage and model
-    version. A function call arrives whole, in one chunk."""
+    text, function calls and log probabilities of every chunk, for each candidate (a chunk
+    carries those of the candidates it advances, each with its `index`), each candidate's
+    last finish reason, and the last usage and model version. A function call arrives whole,
+    in one chunk."""
 
-    def __init__(self, *, provider: str) -> None:
+    def __init__(self, request: CompletionRequest, *, provider: str) -> None:
+        self._request = request
         self._provider = provider
-        self._pieces: list[str] = []
-        self._calls: list[ToolCall] = []
+        self._top = _logprobs_asked(request.options)
+        self._answers: dict[int, _Answer] = {}
+        self._ids: set[str] = set()  # the tool-call ids given so far, in all candidates
         self._candidates = False  # whether any chunk had one
-        self._finish: str | None = None
         self._usage: types.GenerateContentResponseUsageMetadata | None = None
         self._model_version: str | None = None
 
-    def add(self, chunk: types.GenerateContentResponse) -> list[str | ToolCallDelta]:
-        """What the chunk adds to the answer (maybe nothing): its text, then its calls."""
+    def add(self, chunk: types.GenerateContentResponse) -> list[Delta]:
+        """What the chunk adds to the answers (maybe nothing): for each candidate, its text
+        (candidate 0's as bare `str`, the others' as `ChoiceText`), then its calls."""
         _refuse_blocked_prompt(chunk, provider=self._provider)
         self._usage = chunk.usage_metadata or self._usage
         self._model_version = chunk.model_version or self._model_version
         if not chunk.candidates:
             return []
         self._candidates = True
-        candidate = chunk.candidates[0]
-        self._finish = _finish(candidate, provider=self._provider) or self._finish
-        added: list[str | ToolCallDelta] = []
-        if text := _answer_text(candidate):
-            self._pieces.append(text)
-            added.append(text)
-        for function_call in _function_calls(candidate):
-            call = _tool_call(function_call)
-            added.append(
-                ToolCallDelta(
-                    index=len(self._calls),
-                    id=call["id"],
-                    name=call["function"]["name"],
-                    arguments=call["function"]["arguments"],
-                )
+        added: list[Delta] = []
+        for candidate in chunk.candidates:
+            choice = _index(candidate)
+            answer = self._answers.setdefault(choice, _Answer())
+            text, calls = answer.add(
+                candidate, top=self._top, ids=self._ids, provider=self._provider
             )
-            self._calls.append(call)
+            if text:
+                added.append(text if choice == 0 else ChoiceText(choice, text))
+            first = len(answer.calls) - len(calls)
+            for number, call in enumerate(calls, start=first):
+                added.append(
+                    ToolCallDelta(
+                        index=number,
+                        id=call["id"],
+                        name=call["function"]["name"],
+                        arguments=call["function"]["arguments"],
+                        choice=choice,
+                    )
+                )
         return added
 
-    def completion(self, request: CompletionRequest) -> Completion:
+    def completion(self) -> Completion:
         if not self._candidates:
             raise MalformedResponse(f"{self._provider} answered with no candidates")
-        if self._finish is None:  # cut off, though the connection ended cleanly
+        answers = _in_order(self._answers, self._provider)
+        if any(answer.finish is None for answer in answers):  # cut off, though cleanly
             raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
-        text = "".join(self._pieces)
-        return _result(
-            request, text, tuple(self._calls), self._finish, self._usage, self._model_version
+        return _result(self._request, answers, self._usage, self._model_version)
+
+
+def _index(candidate: types.Candidate) -> int:
+    """The candidate's `index`: Google's JSON leaves out a field at its default, so candidate 0
+    may come without one."""
+    return candidate.index or 0
+
+
+def _in_order(answers: dict[int, _Answer], provider: str) -> list[_Answer]:
+    """The candidates by index, which must be 0, 1, 2, ... with none missing: their places
+    are the choices' indexes, streamed and whole."""
+    if sorted(answers) != list(range(len(answers))):
+        raise MalformedResponse(
+            f"{provider} answered with candidates {', '.join(map(str, sorted(answers)))}"
         )
+    return [answers[index] for index in range(len(answers))]
+
+
+def _token_logprobs(result: types.LogprobsResult, top: int) -> list[dict[str, Any]]:
+    """Gemini's `logprobsResult` as the items of OpenAI's `logprobs.content`: one per chosen
+    token (`chosenCandidates`), with at most `top` of the alternatives Gemini gives for the
+    same step (`topCandidates`, at the same position). `tokenId` has no OpenAI place."""
+    tops = result.top_candidates or []
+    steps = []
+    for step, chosen in enumerate(result.chosen_candidates or []):
+        alternatives = (tops[step].candidates or []) if step < len(tops) else []
+        steps.append(
+            _token_logprob(chosen)
+            | {"top_logprobs": [_token_logprob(other) for other in alternatives[:top]]}
+        )
+    return steps
+
+
+def _token_logprob(token: types.LogprobsResultCandidate) -> dict[str, Any]:
+    """A token as OpenAI gives one: its text, log probability and UTF-8 bytes. A missing
+    logProbability is 0.0: Google's JSON leaves out a field at its default."""
+    text = token.token or ""
+    return {"token": text, "logprob": token.log_probability or 0.0, "bytes": list(text.encode())}
 
 
 def _refuse_blocked_prompt(reply: types.GenerateContentResponse, *, provider: str) -> None:
@@ -563,18 +690,31 @@ def _function_calls(candidate: types.Candidate) -> list[types.FunctionCall]:
 def _tool_call(call: types.FunctionCall) -> ToolCall:
     """A Gemini function call as an OpenAI tool call; Google's id if it gave one (newer
     models do), else one of OpenAI's form, made up."""
-    made_up = "call_" + secrets.token_hex(12)
-    return tool_call(call.id or made_up, call.name or "", arguments_text(call.args))
+    return tool_call(call.id or _made_up_id(), call.name or "", arguments_text(call.args))
+
+
+def _made_up_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+def _unique(call: ToolCall, ids: set[str]) -> ToolCall:
+    """The call, with a made-up id if an earlier one of the reply had its id: a client
+    answers each call by its id, and the candidates of one reply may each have made the
+    same call under the same id."""
+    if call["id"] in ids:
+        call = tool_call(_made_up_id(), call["function"]["name"], call["function"]["arguments"])
+    ids.add(call["id"])
+    return call
 
 
 def _result(
     request: CompletionRequest,
-    text: str,
-    calls: tuple[ToolCall, ...],
-    finish: str | None,
+    answers: list[_Answer],
     usage: types.GenerateContentResponseUsageMetadata | None,
     model_version: str | None,
 ) -> Completion:
+    """The Completion of the candidates (the first one's, with the others as its `choices`);
+    the usage is the whole call's, every candidate's output included."""
     reasoning = 0
     if usage is not None and usage.prompt_token_count is not None:
         input_tokens = usage.prompt_token_count
@@ -586,24 +726,42 @@ def _result(
     else:
         input_tokens = estimate_prompt_tokens(request)
         output_tokens = estimate_tokens(
-            text + "".join(c["function"]["name"] + c["function"]["arguments"] for c in calls)
+            "".join(
+                answer.text
+                + "".join(c["function"]["name"] + c["function"]["arguments"] for c in answer.calls)
+                for answer in answers
+            )
         )
         cached, reported = 0, False
-    if finish == "STOP" and calls:
-        reason: str | None = "tool_calls"  # Gemini says STOP after function calls
-    else:
-        reason = FINISH_REASONS.get(finish, finish.lower()) if finish else None
+    first, *others = answers
     return Completion(
-        text=text,
+        text=first.text,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         usage_reported=reported,
-        finish_reason=reason,
+        finish_reason=_finish_reason(first),
         upstream_model=model_version or request.model,
         cached_input_tokens=cached,
-        tool_calls=calls,
+        tool_calls=tuple(first.calls),
         reasoning_tokens=reasoning,
+        logprobs=first.logprobs_object(),
+        choices=tuple(
+            Choice(
+                text=answer.text,
+                finish_reason=_finish_reason(answer),
+                tool_calls=tuple(answer.calls),
+                logprobs=answer.logprobs_object(),
+            )
+            for answer in others
+        ),
     )
+
+
+def _finish_reason(answer: _Answer) -> str | None:
+    """OpenAI's finish reason of the candidate."""
+    if answer.finish == "STOP" and answer.calls:
+        return "tool_calls"  # Gemini says STOP after function calls
+    return FINISH_REASONS.get(answer.finish, answer.finish.lower()) if answer.finish else None
 
 
 async def _to_contents(

@@ -60,9 +60,9 @@ from app.providers.base import (
     Completion,
     CompletionRequest,
     ContextLengthExceeded,
+    Delta,
     EmbeddingRequest,
     Embeddings,
-    ToolCallDelta,
     Unavailable,
 )
 from app.providers.openai_http import OpenAIHTTPProvider
@@ -249,9 +249,7 @@ class LocalProvider:
     async def complete(self, request: CompletionRequest) -> Completion:
         return await (await self._provider()).complete(self._bounded(request))
 
-    async def stream(
-        self, request: CompletionRequest
-    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Delta | Completion, None]:
         inner = (await self._provider()).stream(self._bounded(request))
         try:
             async for item in inner:

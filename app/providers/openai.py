@@ -23,12 +23,12 @@ from app.providers.base import (
     Completion,
     CompletionRequest,
     ConnectionFailed,
+    Delta,
     EmbeddingRequest,
     Embeddings,
     MalformedResponse,
     ProviderError,
     ProviderTimeout,
-    ToolCallDelta,
 )
 from app.providers.openai_http import dropped
 from app.providers.openai_wire import (
@@ -82,9 +82,7 @@ class OpenAIProvider:
         # Read as the direct transport reads the bytes: the model dumped back to its JSON.
         return read_completion(_json(reply), request, provider=self.name)
 
-    async def stream(
-        self, request: CompletionRequest
-    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Delta | Completion, None]:
         deadline = asyncio.get_running_loop().time() + _seconds(request, self._client.timeout)
         with _sdk_errors(self.name):
             async with asyncio.timeout_at(deadline):
@@ -103,8 +101,8 @@ class OpenAIProvider:
             while (chunk := await self._next(chunks, deadline)) is not None:
                 if delta := answer.add_chunk(_json(chunk)):
                     yield delta
-                if answer.tool_deltas:
-                    for piece in answer.take_tool_deltas():
+                if answer.deltas:
+                    for piece in answer.take_deltas():
                         yield piece
         finally:
             await chunks.close()  # after the last chunk the SDK has closed it already

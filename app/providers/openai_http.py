@@ -37,10 +37,10 @@ from app.providers.base import (
     Completion,
     CompletionRequest,
     ConnectionFailed,
+    Delta,
     EmbeddingRequest,
     Embeddings,
     ProviderTimeout,
-    ToolCallDelta,
 )
 from app.providers.http1 import HTTP1Client
 from app.providers.openai_wire import (
@@ -118,9 +118,7 @@ class OpenAIHTTPProvider:
             raise status_error(reply.status, error, reply.retry_after, provider=self.name)
         return parse_completion(reply.body, request, provider=self.name)
 
-    async def stream(
-        self, request: CompletionRequest
-    ) -> AsyncGenerator[str | ToolCallDelta | Completion, None]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Delta | Completion, None]:
         body = to_json(_request_body(request) | STREAM_FIELDS)
         deadline = asyncio.get_running_loop().time() + self._seconds(request)
         reader = EventReader(await self._open(body, deadline))
@@ -130,8 +128,8 @@ class OpenAIHTTPProvider:
                 for event in events:
                     if delta := answer.add(event.data):
                         yield delta
-                    if answer.tool_deltas:
-                        for piece in answer.take_tool_deltas():
+                    if answer.deltas:
+                        for piece in answer.take_deltas():
                             yield piece
             completion = answer.completion()
             left = deadline - asyncio.get_running_loop().time()

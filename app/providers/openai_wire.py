@@ -26,6 +26,8 @@ from pydantic_core import from_json
 from app.providers.base import (
     AuthenticationFailed,
     BadRequest,
+    Choice,
+    ChoiceText,
     Completion,
     CompletionRequest,
     ContentFiltered,
@@ -132,11 +134,14 @@ def build_completion(
     tool_calls: tuple[ToolCall, ...] = (),
     refusal: str | None = None,
     logprobs: object = None,
+    choices: tuple[Choice, ...] = (),
 ) -> Completion:
     """The `Completion` of an answer: its text, its finish reason (from `map_finish_reason`),
     the model that answered (else the one asked for) and its `usage` JSON object, as
-    `read_usage` reads it; its tool calls, refusal and logprobs as the vendor sent them."""
-    counted = read_usage(usage, request, text, provider=provider)
+    `read_usage` reads it; its tool calls, refusal and logprobs as the vendor sent them; the
+    other answers (`n` > 1) as `choices`."""
+    every_text = text if not choices else " ".join([text, *(c.text for c in choices)])
+    counted = read_usage(usage, request, every_text, provider=provider)
     return Completion(
         text=text,
         input_tokens=counted.input_tokens,
@@ -149,6 +154,7 @@ def build_completion(
         refusal=refusal,
         reasoning_tokens=counted.reasoning_tokens,
         logprobs=logprobs,
+        choices=choices,
     )
 
 
@@ -221,23 +227,60 @@ def _completion(reply: object, request: CompletionRequest, *, provider: str) -> 
         raise MalformedResponse(f"{provider} answered with no choices")
     if not isinstance(choices, list):
         raise _WrongShape("choices")
-    choice = choices[0]
-    finish_reason = map_finish_reason(_text(_field(choice, "finish_reason")), provider=provider)
-    message = _field(choice, "message")
-    text = _text(_field(message, "content")) or ""
-    model = _text(_field(reply, "model"))
-    usage = _field(reply, "usage")
+    first, *others = _in_order(choices, request)
+    choice = _choice(first, provider)
     return build_completion(
         request,
-        text,
-        finish_reason,
-        model,
-        usage,
+        choice.text,
+        choice.finish_reason,
+        _text(_field(reply, "model")),
+        _field(reply, "usage"),
         provider=provider,
+        tool_calls=choice.tool_calls,
+        refusal=choice.refusal,
+        logprobs=choice.logprobs,
+        choices=tuple(_choice(other, provider) for other in others),
+    )
+
+
+def _choice(choice: object, provider: str) -> Choice:
+    message = _field(choice, "message")
+    return Choice(
+        text=_text(_field(message, "content")) or "",
+        finish_reason=map_finish_reason(_text(_field(choice, "finish_reason")), provider=provider),
         tool_calls=read_tool_calls(_field(message, "tool_calls"), provider=provider),
         refusal=_text(_field(message, "refusal")),
         logprobs=_field(choice, "logprobs"),
     )
+
+
+def _in_order(choices: list[object], request: CompletionRequest) -> list[object]:
+    """An answer's choices by their `index` (as listed when there is none): one per answer
+    asked for (`n`), no more."""
+    if len(choices) == 1:
+        return choices
+    indexed = sorted(
+        ((_choice_index(c, position, request), c) for position, c in enumerate(choices)),
+        key=lambda item: item[0],
+    )
+    if [index for index, _ in indexed] != list(range(len(indexed))):
+        raise _WrongShape("choices")  # an answer twice, or one missing
+    return [choice for _, choice in indexed]
+
+
+def _choice_index(choice: object, position: int, request: CompletionRequest) -> int:
+    """A choice's `index`, checked: each answer asked for (`n`) has one, 0 .. n-1."""
+    index = _field(choice, "index")
+    if index is None:
+        return position
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < _n(request):
+        raise _WrongShape("choice index")
+    return index
+
+
+def _n(request: CompletionRequest) -> int:
+    n = request.options.get("n", 1)
+    return n if isinstance(n, int) else 1
 
 
 # Embeddings, both transports.
@@ -328,33 +371,31 @@ def _vector(value: object) -> bytes:
 
 class StreamedAnswer:
     """What the `chat.completion.chunk`s of a stream add up to, read as `parse_completion`
-    reads a whole reply: the text of `choices[0].delta.content`, the tool calls of its
-    `delta.tool_calls` (by `index`: id and name first, then the arguments in pieces), the
-    refusal and logprobs pieces, the last `finish_reason` and `model`, and the usage of the
-    chunk that carries one (without it, an estimate).
+    reads a whole reply: per choice (by its `index`; only 0 unless `n` > 1), the text of
+    `delta.content`, the tool calls of its `delta.tool_calls` (by `index`: id and name first,
+    then the arguments in pieces), the refusal and logprobs pieces and the last
+    `finish_reason`; the `model`, and the usage of the chunk that carries one (without it, an
+    estimate).
 
-    `add` returns the text a chunk adds; the tool-call pieces it adds wait in `tool_deltas`
-    for the caller to hand on (`take_tool_deltas`)."""
+    `add` returns the text a chunk adds to the first answer; the other pieces it adds (tool
+    calls, and with `n` > 1 the other answers' text) wait in `deltas` for the caller to hand
+    on (`take_deltas`)."""
 
     def __init__(self, request: CompletionRequest, *, provider: str) -> None:
         self._request = request
         self._provider = provider
-        self._pieces: list[str] = []
-        self._finish_reason: str | None = None
+        self._choices: dict[int, _ChoicePieces] = {0: _ChoicePieces()}
         self._model: str | None = None
         self._usage: object = None
-        self._calls: dict[int, _CallPieces] = {}
-        self._refusal: list[str] = []
-        self._logprobs: list[Any] | None = None
-        self.tool_deltas: list[ToolCallDelta] = []
+        self.deltas: list[ChoiceText | ToolCallDelta] = []
         self.done = False  # `[DONE]` was read: what follows is not the answer's
 
-    def take_tool_deltas(self) -> list[ToolCallDelta]:
-        deltas, self.tool_deltas = self.tool_deltas, []
+    def take_deltas(self) -> list[ChoiceText | ToolCallDelta]:
+        deltas, self.deltas = self.deltas, []
         return deltas
 
     def add(self, data: str) -> str | None:
-        """One event's data; returns the text it adds to the answer, if any."""
+        """One event's data; returns the text it adds to the first answer, if any."""
         if self.done or data.startswith("[DONE]"):  # the SDK's test, kept
             self.done = True
             return None
@@ -366,27 +407,29 @@ class StreamedAnswer:
 
     def add_chunk(self, chunk: object) -> str | None:
         """One chunk, already read from JSON (the SDK transport's, dumped back from its
-        model); returns the text it adds to the answer, if any."""
+        model); returns the text it adds to the first answer, if any."""
         try:
             return self._take(chunk)
         except _WrongShape:
             raise _unreadable(self._provider) from None
 
     def completion(self) -> Completion:
-        if self._finish_reason is None:  # cut off, though the connection ended cleanly
+        answers = [self._choices[index] for index in sorted(self._choices)]
+        if any(answer.finish_reason is None for answer in answers):
+            # cut off, though the connection ended cleanly
             raise MalformedResponse(f"{self._provider} ended its stream before the answer did")
-        text = "".join(self._pieces)
-        calls = tuple(pieces.call() for _, pieces in sorted(self._calls.items()))
+        first, *others = (answer.choice() for answer in answers)
         return build_completion(
             self._request,
-            text,
-            self._finish_reason,
+            first.text,
+            first.finish_reason,
             self._model,
             self._usage,
             provider=self._provider,
-            tool_calls=calls,
-            refusal="".join(self._refusal) or None,
-            logprobs={"content": self._logprobs} if self._logprobs is not None else None,
+            tool_calls=first.tool_calls,
+            refusal=first.refusal,
+            logprobs=first.logprobs,
+            choices=tuple(others),
         )
 
     def _take(self, chunk: object) -> str | None:
@@ -400,31 +443,44 @@ class StreamedAnswer:
             return None
         if not isinstance(choices, list):
             raise _WrongShape("choices")
-        choice = choices[0]
+        first_text = None
+        for position, choice in enumerate(choices):
+            index = _choice_index(choice, position, self._request)
+            answer = self._choices.get(index)
+            if answer is None:
+                self._choices[index] = answer = _ChoicePieces()
+            text = self._take_choice(choice, index, answer)
+            if index == 0:
+                first_text = text
+            elif text:
+                self.deltas.append(ChoiceText(index, text))
+        return first_text
+
+    def _take_choice(self, choice: object, index: int, answer: _ChoicePieces) -> str | None:
         finish_reason = map_finish_reason(
             _text(_field(choice, "finish_reason")), provider=self._provider
         )
-        self._finish_reason = finish_reason or self._finish_reason
+        answer.finish_reason = finish_reason or answer.finish_reason
         delta = _field(choice, "delta")
         if delta is None:
             return None
         text = _text(_field(delta, "content"))
         if text:
-            self._pieces.append(text)
+            answer.pieces.append(text)
         calls = _field(delta, "tool_calls")
         if calls:
             if not isinstance(calls, list):
                 raise _WrongShape("tool_calls")
             for call in calls:
-                self._add_call(call)
+                self._add_call(call, index, answer)
         if refusal := _text(_field(delta, "refusal")):
-            self._refusal.append(refusal)
+            answer.refusal.append(refusal)
         logprobs = _field(choice, "logprobs")
         if logprobs is not None and isinstance(content := _field(logprobs, "content"), list):
-            self._logprobs = (self._logprobs or []) + content
+            answer.logprobs = (answer.logprobs or []) + content
         return text or None
 
-    def _add_call(self, call: object) -> None:
+    def _add_call(self, call: object, choice: int, answer: _ChoicePieces) -> None:
         index = _field(call, "index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise _WrongShape("tool call index")
@@ -432,16 +488,36 @@ class StreamedAnswer:
         name = _text(_field(function, "name")) if function is not None else None
         arguments = (_text(_field(function, "arguments")) if function is not None else None) or ""
         call_id = _text(_field(call, "id"))
-        pieces = self._calls.get(index)
+        pieces = answer.calls.get(index)
         if pieces is None:
             if not call_id or not name:  # a call's first piece names it
                 raise _WrongShape("tool call")
-            self._calls[index] = pieces = _CallPieces(call_id, name)
-            self.tool_deltas.append(ToolCallDelta(index, call_id, name, arguments))
+            answer.calls[index] = pieces = _CallPieces(call_id, name)
+            self.deltas.append(ToolCallDelta(index, call_id, name, arguments, choice))
         elif arguments:
-            self.tool_deltas.append(ToolCallDelta(index, arguments=arguments))
+            self.deltas.append(ToolCallDelta(index, arguments=arguments, choice=choice))
         if arguments:
             pieces.arguments.append(arguments)
+
+
+@dataclass(slots=True)
+class _ChoicePieces:
+    """One answer of a stream, as its chunks bring it."""
+
+    pieces: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    calls: dict[int, _CallPieces] = field(default_factory=dict)
+    refusal: list[str] = field(default_factory=list)
+    logprobs: list[Any] | None = None
+
+    def choice(self) -> Choice:
+        return Choice(
+            text="".join(self.pieces),
+            finish_reason=self.finish_reason,
+            tool_calls=tuple(pieces.call() for _, pieces in sorted(self.calls.items())),
+            refusal="".join(self.refusal) or None,
+            logprobs={"content": self.logprobs} if self.logprobs is not None else None,
+        )
 
 
 @dataclass(slots=True)

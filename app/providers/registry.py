@@ -14,7 +14,7 @@ from app.kit.errors import InvalidInput
 from app.kit.outbound import policy_for
 from app.kit.settings import Settings
 from app.providers.base import Provider
-from app.providers.catalogue import Catalogue, ModelEntry, Price
+from app.providers.catalogue import Catalogue, ModelEntry, Price, structured_output_by_tool
 from app.providers.images import ImageFetcher
 from app.providers.local import LocalModelServer, LocalProvider, bundled_model_path
 from app.providers.openai_http import OpenAIHTTPProvider
@@ -176,6 +176,17 @@ def build_providers(settings: Settings, catalogue: Catalogue) -> dict[str, Provi
                 **timeouts,
             ),
             default_max_tokens=settings.anthropic_default_max_tokens,
+            # (by upstream model, as the adapter is asked: the last entry for one wins, as in
+            # Catalogue.for_upstream)
+            structured_by_tool=[
+                upstream
+                for upstream, by_tool in {
+                    e.upstream_model: structured_output_by_tool(e)
+                    for e in catalogue.entries
+                    if e.provider == "anthropic"
+                }.items()
+                if by_tool
+            ],
         )
     if settings.local_model_enabled:
         path = settings.local_model_path or bundled_model_path()

@@ -35,9 +35,9 @@ from app.engine.embedding_prompts import (
     stored_text,
 )
 from app.kit.errors import InvalidInput
-from app.providers import fidelity
+from app.providers import fidelity, forced_tool
 from app.providers.base import Embedder, Message, message_text
-from app.providers.catalogue import embedding_model
+from app.providers.catalogue import embedding_model, structured_output_by_tool
 from app.providers.registry import ModelResolver, Route
 from app.services.caps import PendingGauge
 from app.services.prompt_types.cache import PromptTypeCache
@@ -72,7 +72,9 @@ class Ask:
     # The fields of the translation matrix the request uses (app/providers/fidelity.py), in
     # OpenAI's shape: `tools`, `response_format`, `stop`, ...
     options: dict[str, Any] = field(default_factory=dict)
-    drop_params: bool = False  # leave out what the provider cannot honour, rather than refuse
+    # Leave out what the provider cannot honour, rather than refuse it: as the request (or
+    # else its key) says; None: the server's default (DROP_PARAMS).
+    drop_params: bool | None = None
     # Whether the prompt waits in the queue (counted against MAX_PENDING_PER_USER); a chat
     # is run at once by the process that received it.
     queued: bool = True
@@ -156,11 +158,12 @@ class Intake:
         used = fidelity.used(ask.options, messages or ())
         if used:
             dropped = {}
-            drop = ask.drop_params or self.drop_params
+            drop = self.drop_params if ask.drop_params is None else ask.drop_params
             fallbacks = self._honoured(
                 route,
                 fallbacks,
                 used,
+                ask.options,
                 drop=drop,
                 explicit=applied.fallbacks is not None,
                 dropped=dropped,
@@ -286,6 +289,7 @@ class Intake:
         route: Route,
         fallbacks: list[Route],
         used: list[str],
+        asked: dict[str, Any],
         *,
         drop: bool,
         explicit: bool,
@@ -299,7 +303,7 @@ class Intake:
         in `dropped`, by model); image parts and tool turns are never left out."""
         kept: list[Route] = []
         for candidate in (route, *fallbacks):
-            problems = self.unsupported(candidate, used)
+            problems = self.unsupported(candidate, used, asked)
             if drop:
                 options = [name for name in problems if name in fidelity.OPTION_FIELDS]
                 if options:
@@ -325,8 +329,11 @@ class Intake:
                 )
         return kept
 
-    def unsupported(self, route: Route, used: list[str]) -> dict[str, str]:
-        """Of the matrix rows `used`, those `route` cannot honour, with why."""
+    def unsupported(self, route: Route, used: list[str], asked: dict[str, Any]) -> dict[str, str]:
+        """Of the matrix rows `used` (the request's options: `asked`), those `route` cannot
+        honour, with why. `response_format` on an Anthropic model without native structured
+        output is served by a forced tool, which some other options cannot go with
+        (app/providers/forced_tool.py): it is refused here, before anything is recorded."""
         kind = self.models.providers[route.provider].kind
         problems = {name: fidelity.why(kind, name) for name in fidelity.refused_fields(kind, used)}
         capabilities = route.entry.capabilities if route.entry is not None else None
@@ -335,6 +342,14 @@ class Intake:
                 need = fidelity.BY_NAME[name].capability
                 if need is not None and need not in capabilities and name not in problems:
                     problems[name] = f"the catalogue does not list {need} for this model"
+        if (
+            "response_format" in used
+            and "response_format" not in problems
+            and kind == "anthropic"
+            and structured_output_by_tool(route.entry)
+            and (why := forced_tool.conflict(asked)) is not None
+        ):
+            problems["response_format"] = why
         return problems
 
     def _check_size(self, ask: Ask, applied: Applied, messages: list[Message] | None) -> None:

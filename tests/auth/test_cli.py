@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,31 @@ async def test_create_key_and_revoke_it(cli_db: str):
         assert response.status_code == 401 and response.json()["code"] == "revoked_api_key"
 
     missing = await run_cli(cli_db, "revoke-key", "pm_nothere")
+    assert missing.returncode == 1 and "No API key with prefix pm_nothere" in missing.stderr
+
+
+async def test_a_keys_drop_params_is_set_at_creation_and_changed(cli_db: str):
+    await run_cli(cli_db, "create-user", "dan@example.com")
+    created = await run_cli(cli_db, "create-key", "dan@example.com", "--drop-params", "on")
+    assert created.returncode == 0, created.stderr
+    assert "drop_params on" in created.stdout
+    prefix = created.stdout.strip().splitlines()[-1][:11]
+
+    def setting() -> object:
+        with sqlite3.connect(cli_db.removeprefix("sqlite+aiosqlite:///")) as db:
+            return db.execute(
+                "SELECT drop_params FROM api_keys WHERE prefix = ?", (prefix,)
+            ).fetchone()[0]
+
+    assert setting() == 1
+    changed = await run_cli(cli_db, "set-key", prefix, "--drop-params", "off")
+    assert changed.returncode == 0 and "drop_params off" in changed.stdout, changed.stderr
+    assert setting() == 0
+    assert (await run_cli(cli_db, "set-key", prefix, "--drop-params", "default")).returncode == 0
+    assert setting() is None
+    wrong = await run_cli(cli_db, "set-key", prefix, "--drop-params", "maybe")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+    missing = await run_cli(cli_db, "set-key", "pm_nothere", "--drop-params", "on")
     assert missing.returncode == 1 and "No API key with prefix pm_nothere" in missing.stderr
 
 

@@ -13,7 +13,7 @@ import pytest
 from app.db.base import utcnow
 from app.db.models import User
 from app.kit.errors import Unauthorized
-from app.services.auth.authenticator import KeyCache
+from app.services.auth.authenticator import Caller, KeyCache
 
 KEY = "pm_test-key"
 
@@ -24,23 +24,24 @@ def _user() -> User:
 
 class Lookups:
     def __init__(self, user: User, *, expires_at: datetime | None = None) -> None:
-        self.user, self.expires_at, self.count = user, expires_at, 0
+        self.caller = Caller(user, "pm_test-ke", drop_params=True)
+        self.expires_at, self.count = expires_at, 0
         self.fail: Exception | None = None
 
-    async def __call__(self) -> tuple[User, datetime | None]:
+    async def __call__(self) -> tuple[Caller, datetime | None]:
         self.count += 1
         await asyncio.sleep(0.05)  # a database round trip
         if self.fail is not None:
             raise self.fail
-        return self.user, self.expires_at
+        return self.caller, self.expires_at
 
 
 async def test_concurrent_requests_share_one_lookup_then_hit_the_cache():
     cache, lookup = KeyCache(60), Lookups(_user())
-    users = await asyncio.gather(*(cache.verify(KEY, lookup) for _ in range(50)))
+    callers = await asyncio.gather(*(cache.verify(KEY, lookup) for _ in range(50)))
     assert lookup.count == 1
-    assert {u.id for u in users} == {lookup.user.id}
-    assert cache.get(KEY) is lookup.user
+    assert {c.user.id for c in callers} == {lookup.caller.user.id}
+    assert cache.get(KEY) is lookup.caller
     assert cache.get("pm_other-key") is None
 
 
@@ -54,21 +55,21 @@ async def test_a_failed_lookup_fails_its_waiters_and_is_not_kept():
     assert all(isinstance(r, Unauthorized) for r in results)
     assert cache.get(KEY) is None
     lookup.fail = None
-    assert await cache.verify(KEY, lookup) is lookup.user
+    assert await cache.verify(KEY, lookup) is lookup.caller
     assert lookup.count == 2
 
 
 async def test_entries_expire_with_the_cache_time_and_with_the_key():
     cache, lookup = KeyCache(0.1), Lookups(_user())
     await cache.verify(KEY, lookup)
-    assert cache.get(KEY) is lookup.user
+    assert cache.get(KEY) is lookup.caller
     await asyncio.sleep(0.15)
     assert cache.get(KEY) is None  # AUTH_CACHE_SECONDS passed: looked up again
 
     expiring = Lookups(_user(), expires_at=utcnow() + timedelta(milliseconds=100))
     cache = KeyCache(60)
     await cache.verify(KEY, expiring)
-    assert cache.get(KEY) is expiring.user
+    assert cache.get(KEY) is expiring.caller
     await asyncio.sleep(0.15)
     assert cache.get(KEY) is None  # the key itself expired: never trusted past that
 

@@ -33,11 +33,18 @@ What it answers is chosen by the model name, so a test picks a behaviour by nami
   `input_json_delta`s (`{"city": ` and `"Paris"}`) and `content_block_stop`. Once the last
   user turn holds a `tool_result`, it answers in text, "tool said: <result>", and end_turn;
 - `json-city[-anything]`: the text `{"city": "Paris", "population": 2100000}`;
+- whatever the name, a `tool_choice` that forces a tool (`{"type": "tool", "name": …}`) is
+  answered as the API does: with one `tool_use` block calling that tool (id `toolu_mock_1`),
+  no text, and `stop_reason` "tool_use" (streamed as for `tool-call`). Its input is an instance
+  of the tool's `input_schema`: a property named `city` is "Paris", one named `population`
+  2100000, others a value of their type ("text", 1, 1.5, true, an array of one item, ...);
 - `thinking`: a `thinking` block ("let me think", signature "sig") before the text block,
   its words counted as output; streamed, as `thinking_delta` and `signature_delta` events.
 
-Like the API, it refuses (400) a `thinking` budget under 1024 or not below `max_tokens`, and
-a `tool_result` whose `tool_use_id` is not that of a `tool_use` in the turn before it.
+Like the API, it refuses (400) a `thinking` budget under 1024 or not below `max_tokens`,
+`thinking` with a `tool_choice` that forces tool use (`any` or `tool`), a `tool_choice` naming
+a tool the request does not have, and a `tool_result` whose `tool_use_id` is not that of a
+`tool_use` in the turn before it.
 
 Streams also know the behaviours of `tests.mocks.server.STREAM_BEHAVIOURS` (`drip-<ms>`,
 `break-<n>`, `stall-<n>`, `bad-chunk`); not streamed, `break-<n>` is `reset`, `stall-<n>` is
@@ -134,7 +141,11 @@ class MockAnthropic:
             return _error(400, "max_tokens: Field required")
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400, "messages: at least one message is required")
-        if problem := _thinking_problem(body) or _tool_result_problem(body["messages"]):
+        if problem := (
+            _thinking_problem(body)
+            or _tool_choice_problem(body)
+            or _tool_result_problem(body["messages"])
+        ):
             return _error(400, problem)
         return await self._behave(request, body, str(body.get("model", "")))
 
@@ -249,6 +260,65 @@ def _first_tool(body: dict[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool the request's `tool_choice` forces the model to call, if it forces one."""
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "tool":
+        return None
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    named = [t for t in tools if isinstance(t, dict) and t.get("name") == choice.get("name")]
+    return named[0] if named else None
+
+
+def _tool_choice_problem(body: dict[str, Any]) -> str | None:
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict):
+        return None
+    thinking = body.get("thinking")
+    thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+    if thinks and choice.get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    if choice.get("type") == "tool" and _forced_tool(body) is None:
+        return f"tool_choice: tool {choice.get('name')!r} was not found in the request's tools"
+    return None
+
+
+# What the mock "knows": the value it gives a property of these names in a forced tool's input.
+KNOWN_VALUES: dict[str, Any] = {"city": "Paris", "population": 2100000}
+_TYPE_VALUES: dict[str, Any] = {
+    "string": "text",
+    "integer": 1,
+    "number": 1.5,
+    "boolean": True,
+    "null": None,
+}
+
+
+def _instance(schema: Any, name: str | None = None) -> Any:
+    """A value of a JSON schema (the common keywords; `$ref`s are not followed)."""
+    if name in KNOWN_VALUES:
+        return KNOWN_VALUES[name]
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return _instance(schema[key][0], name)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        return {key: _instance(value, key) for key, value in properties.items()}
+    if kind == "array":
+        return [_instance(schema.get("items"))]
+    return _TYPE_VALUES.get(kind)
+
+
 def _thinking_problem(body: dict[str, Any]) -> str | None:
     thinking = body.get("thinking")
     if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
@@ -318,9 +388,12 @@ def _reply(body: dict[str, Any], model: str, message_id: str) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": {"input_tokens": len(" ".join(prompt).split()), "output_tokens": len(words)},
     }
-    if model.startswith("tool-call") and not results:
-        arguments = {"city": "Paris"}
-        name = _first_tool(body)
+    forced = _forced_tool(body)
+    if forced is not None or (model.startswith("tool-call") and not results):
+        if forced is not None:
+            arguments, name = _instance(forced.get("input_schema")), forced["name"]
+        else:
+            arguments, name = {"city": "Paris"}, _first_tool(body)
         call = {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": arguments}
         reply["content"] = [call]
         reply["stop_reason"] = "tool_use"

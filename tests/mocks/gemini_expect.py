@@ -199,6 +199,12 @@ def _images(body: Body) -> None:
     assert data == base64.b64decode(PNG_BASE64), "inlineData.data is not the sample PNG"
 
 
+def _top_logprobs(body: Body) -> None:
+    """Gemini's `logprobs` only counts with `responseLogprobs`: both are sent."""
+    _generation(body, "responseLogprobs", True)
+    _generation(body, "logprobs", SAMPLES["top_logprobs"]["top_logprobs"])
+
+
 def _user(body: Body) -> None:
     """Recorded, not sent: the end user's id appears nowhere in the body."""
     value = SAMPLES["user"]["user"]
@@ -220,7 +226,10 @@ EXPECTED: dict[str, Callable[[Body], None]] = {
     "presence_penalty": lambda body: _generation(
         body, "presencePenalty", SAMPLES["presence_penalty"]["presence_penalty"]
     ),
+    "logprobs": lambda body: _generation(body, "responseLogprobs", True),
+    "top_logprobs": _top_logprobs,
     "reasoning_effort": _reasoning_effort,
     IMAGES: _images,
+    "n": lambda body: _generation(body, "candidateCount", SAMPLES["n"]["n"]),
     "user": _user,
 }

@@ -29,6 +29,12 @@ What it answers is chosen by the model name in the URL:
 - `json-city`: the text `{"city": "Paris", "population": 2100000}`;
 - `reasoning-<n>[-anything]`: usageMetadata's `thoughtsTokenCount` is n.
 
+Whatever the model, `generationConfig.responseLogprobs` true gives each piece of text (one
+token here) a `logprobsResult` (`chosenCandidates`; with `logprobs` k, also k `topCandidates`:
+the chosen token, then "<token>~1", ...), joined over the pieces when not streamed; a
+`candidateCount` n gives n candidates, candidate i > 0 saying the same with " #i" after it
+(a function call: the same call, with the same id), each under its `index`.
+
 Parts other than text (`inlineData`, `functionCall`, `functionResponse`; the SDK writes some of
 their fields in snake_case, which Google accepts too) are taken as they come: the echo is the
 text of the last user turn's text parts, and a functionResponse part in it reads
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,12 +270,19 @@ def _declared_function(body: dict[str, Any]) -> str | None:
 
 
 def _chunk_text(chunk: dict[str, Any]) -> str:
-    candidates = chunk.get("candidates") or [{}]
-    return _texts(candidates[0].get("content") or {})
+    return "".join(_texts(c.get("content") or {}) for c in chunk.get("candidates") or [])
+
+
+def _generation(body: dict[str, Any], name: str) -> Any:
+    """A generationConfig field, by its camelCase name or the proto's snake_case one."""
+    config = body.get("generationConfig") or {}
+    return config.get(name, config.get(re.sub(r"([A-Z])", r"_\1", name).lower()))
 
 
 def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The reply as stream chunks, one per word (at least one chunk)."""
+    """The reply as stream chunks, one per word (at least one chunk). With a candidateCount
+    of n, candidate i > 0 says the same with " #i" after it: the chunks carry the pieces of
+    every candidate that has one left, each under its `index`."""
     contents: list[dict[str, Any]] = body.get("contents") or []
     users = [c for c in contents if c.get("role", "user") == "user"]
     last_user = users[-1] if users else {}
@@ -279,11 +293,7 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         text = '{"city": "Paris", "population": 2100000}'
     else:
         text = "echo: " + _user_text(last_user)
-    words = text.split()
-    limit = (body.get("generationConfig") or {}).get("maxOutputTokens")
-    finish = "STOP"
-    if isinstance(limit, int) and len(words) > limit:
-        words, finish = words[:limit], "MAX_TOKENS"
+    limit = _generation(body, "maxOutputTokens")
     prompt_words = sum(len(_texts(c).split()) for c in contents)
     prompt_words += len(_texts(body.get("systemInstruction") or {}).split())
     base: dict[str, Any] = {"modelVersion": f"{model}-001", "responseId": "mock-response"}
@@ -293,20 +303,38 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         rating = {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
         candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": [rating]}
         return [base | {"candidates": [candidate]}]
-    pieces: list[dict[str, Any]] = [
-        {"text": w if i == 0 else " " + w} for i, w in enumerate(words)
-    ] or [{"text": ""}]
-    if model.startswith("tool-call") and not answered:
-        call: dict[str, Any] = {"name": _declared_function(body), "args": {"city": "Paris"}}
-        if model == "tool-call-with-id":
-            call["id"] = "fc_mock_1"
-        pieces = [{"functionCall": call}]
-        words = json.dumps(call).split()  # what the mock counts as its output tokens
+    top = (_generation(body, "logprobs") or 0) if _generation(body, "responseLogprobs") else None
+    count = _generation(body, "candidateCount") or 1
+    answers: list[list[dict[str, Any]]] = []  # each candidate's pieces, as chunk candidates
+    output_words = 0
+    for index in range(count):
+        words = text.split() + ([f"#{index}"] if index else [])
+        finish = "STOP"
+        if isinstance(limit, int) and len(words) > limit:
+            words, finish = words[:limit], "MAX_TOKENS"
+        pieces: list[dict[str, Any]] = [
+            {"text": w if i == 0 else " " + w} for i, w in enumerate(words)
+        ] or [{"text": ""}]
+        if model.startswith("tool-call") and not answered:
+            call: dict[str, Any] = {"name": _declared_function(body), "args": {"city": "Paris"}}
+            if model == "tool-call-with-id":
+                call["id"] = "fc_mock_1"  # the same in every candidate
+            pieces = [{"functionCall": call}]
+            words = json.dumps(call).split()  # what the mock counts as its output tokens
+        output_words += len(words)
+        answer = []
+        for step, part in enumerate(pieces):
+            candidate: dict[str, Any] = {"content": {"role": "model", "parts": [part]}}
+            candidate["index"] = index
+            if top is not None and part.get("text"):
+                candidate["logprobsResult"] = _logprobs_result(part["text"], step, top)
+            answer.append(candidate)
+        answer[-1]["finishReason"] = finish
+        answers.append(answer)
     chunks = [
-        base | {"candidates": [{"content": {"role": "model", "parts": [p]}, "index": 0}]}
-        for p in pieces
+        base | {"candidates": [answer[step] for answer in answers if step < len(answer)]}
+        for step in range(max(map(len, answers)))
     ]
-    chunks[-1]["candidates"][0]["finishReason"] = finish
     if model == "continuation" and "continuationToken" not in body:
         chunks[-1]["candidates"][0] |= {
             "finishReason": "CONTINUATION",
@@ -315,8 +343,8 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     if model != "no-usage":
         chunks[-1]["usageMetadata"] = {
             "promptTokenCount": prompt_words,
-            "candidatesTokenCount": len(words),
-            "totalTokenCount": prompt_words + len(words),
+            "candidatesTokenCount": output_words,  # every candidate's
+            "totalTokenCount": prompt_words + output_words,
         }
         if model.startswith("cached-"):
             cached = min(prompt_words, int(model.split("-")[1]))
@@ -328,22 +356,53 @@ def _answer(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     return chunks
 
 
-def _joined(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unary reply: the last chunk, with the text of all of them (and their other parts,
-    after it)."""
-    reply = dict(chunks[-1])
-    if "candidates" in reply and "content" in reply["candidates"][0]:
-        text = "".join(_texts(c["candidates"][0]["content"]) for c in chunks)
+def _logprobs_result(token: str, step: int, top: int | None) -> dict[str, Any]:
+    """A `logprobsResult` for one chosen token (a piece of text is one token here): its log
+    probability -0.25, and with `logprobs` k, k top candidates (the chosen token first, then
+    "<token>~1", ... at -1.25, -2.25, ...), as Google sends them."""
+    chosen = {"token": token, "tokenId": 1000 + step, "logProbability": -0.25}
+    result: dict[str, Any] = {"chosenCandidates": [chosen]}
+    if top:
         others = [
-            part
-            for c in chunks
-            for part in c["candidates"][0]["content"]["parts"]
-            if "text" not in part
+            {"token": f"{token}~{i}", "tokenId": 2000 + i, "logProbability": -0.25 - i}
+            for i in range(1, top)
         ]
-        parts = ([{"text": text}] if text or not others else []) + others
-        candidate = reply["candidates"][0] | {"content": {"role": "model", "parts": parts}}
-        reply["candidates"] = [candidate]
+        result["topCandidates"] = [{"candidates": [chosen, *others]}]
+    return result
+
+
+def _joined(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The unary reply: the last chunk, with each candidate made of all its chunks: the text
+    of all of them (and their other parts, after it), their logprobsResults joined, and the
+    last of each other field (the finish reason)."""
+    reply = dict(chunks[-1])
+    pieces: dict[int, list[dict[str, Any]]] = {}
+    for chunk in chunks:
+        for candidate in chunk.get("candidates") or []:
+            pieces.setdefault(candidate.get("index", 0), []).append(candidate)
+    if pieces:
+        reply["candidates"] = [_joined_candidate(pieces[index]) for index in sorted(pieces)]
     return reply
+
+
+def _joined_candidate(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    candidate: dict[str, Any] = {}
+    for piece in pieces:
+        candidate |= piece
+    contents = [piece["content"] for piece in pieces if "content" in piece]
+    if contents:
+        text = "".join(_texts(content) for content in contents)
+        others = [part for content in contents for part in content["parts"] if "text" not in part]
+        parts = ([{"text": text}] if text or not others else []) + others
+        candidate["content"] = {"role": "model", "parts": parts}
+    results = [piece["logprobsResult"] for piece in pieces if "logprobsResult" in piece]
+    if results:
+        candidate["logprobsResult"] = {
+            key: [step for result in results for step in result[key]]
+            for key in ("chosenCandidates", "topCandidates")
+            if key in results[0]
+        }
+    return candidate
 
 
 def _vendor_error(model: str) -> web.Response:

@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import json
 import math
 import struct
@@ -236,6 +237,7 @@ class MockOpenAI:
             words = []
         if body.get("logprobs"):
             choice["logprobs"] = {"content": [_logprob(w, body) for w in words]}
+        _more_choices(reply, words, body)
         if streamed:
             frames = _chunks(reply, words, body)
             return await send_stream(
@@ -342,15 +344,51 @@ def _vary(model: str, reply: dict[str, Any]) -> None:
         choice["message"] = "not an object"
 
 
+def _more_choices(reply: dict[str, Any], words: list[str], body: dict[str, Any]) -> None:
+    """`n` > 1: answers 1 .. n-1, each the first one with ` #<index>` added to its text (its
+    tool calls with their own ids); the usage counts every answer's words, as OpenAI's does."""
+    n = body.get("n") or 1
+    first = reply["choices"][0]
+    for index in range(1, n):
+        message = json.loads(json.dumps(first["message"]))
+        if message.get("content") is not None:
+            message["content"] += f" #{index}"
+        for call in message.get("tool_calls") or []:
+            call["id"] += f"_{index}"
+        choice = {"index": index, "message": message, "finish_reason": first["finish_reason"]}
+        reply["choices"].append(choice)
+    if n > 1 and "usage" in reply:
+        extra = (n - 1) * (len(words) + 1) if first["message"].get("content") is not None else 0
+        reply["usage"]["completion_tokens"] += extra
+        reply["usage"]["total_tokens"] += extra
+
+
 def _chunks(reply: dict[str, Any], words: list[str], body: dict[str, Any]) -> list[Frame]:
-    """The answer as server-sent `chat.completion.chunk`s: a role delta, one delta per word,
-    the finish reason, a usage chunk with no choices when `stream_options.include_usage` asks
-    for it, then `[DONE]`."""
+    """The answer as server-sent `chat.completion.chunk`s: per answer (with `n` > 1 the
+    answers' chunks interleaved, as OpenAI's are) a role delta, one delta per word, the finish
+    reason; a usage chunk with no choices when `stream_options.include_usage` asks for it,
+    then `[DONE]`."""
     base = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    finish = reply["choices"][0]["finish_reason"]
+    answers = [
+        _choice_chunks(base, reply, index, words + ([f"#{index}"] if index else []), body)
+        for index in range(len(reply["choices"]))
+    ]
+    frames = [frame for step in itertools.zip_longest(*answers) for frame in step if frame]
+    if (body.get("stream_options") or {}).get("include_usage") and "usage" in reply:
+        frames.append(Frame(_data(base | {"choices": [], "usage": reply["usage"]})))
+    frames.append(Frame(b"data: [DONE]\n\n"))
+    return frames
+
+
+def _choice_chunks(
+    base: dict[str, Any], reply: dict[str, Any], index: int, words: list[str], body: dict[str, Any]
+) -> list[Frame]:
+    finish = reply["choices"][index]["finish_reason"]
     if reply["model"].startswith("filtered-stream"):
         finish = "content_filter"
-    message = reply["choices"][0]["message"]
+    message = reply["choices"][index]["message"]
+    if message.get("content") is None:
+        words = []
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
     deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
     for call in message.get("tool_calls") or []:
@@ -365,15 +403,12 @@ def _chunks(reply: dict[str, Any], words: list[str], body: dict[str, Any]) -> li
         deltas.append({"refusal": message["refusal"]})
     frames = []
     for i, delta in enumerate(deltas):
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None}
         if body.get("logprobs") and 0 < i <= len(words):
             choice["logprobs"] = {"content": [_logprob(words[i - 1], body)]}
         frames.append(Frame(_data(base | {"choices": [choice]}), text=bool(delta.get("content"))))
-    last = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+    last = base | {"choices": [{"index": index, "delta": {}, "finish_reason": finish}]}
     frames.append(Frame(_data(last)))
-    if (body.get("stream_options") or {}).get("include_usage") and "usage" in reply:
-        frames.append(Frame(_data(base | {"choices": [], "usage": reply["usage"]})))
-    frames.append(Frame(b"data: [DONE]\n\n"))
     return frames
 
 

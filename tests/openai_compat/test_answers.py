@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from app.services.auth import service as auth_service
 from tests.fidelity_samples import WEATHER_TOOL
 from tests.mocks.anthropic_server import MockAnthropic
 from tests.mocks.openai_server import MockOpenAI
@@ -102,6 +103,30 @@ async def test_logprobs_come_back_whole_and_streamed(v1: V1):
     assert len(logprobs.content[0].top_logprobs) == 2
     assert completion.choices[0].message.content == "echo: one two"
     del chunks  # (the stream's text is what matters to a client; its logprobs are the vendor's)
+
+
+async def test_gemini_logprobs_come_back_in_openai_shape(v1: V1):
+    """Gemini's logprobsResult (chosenCandidates, topCandidates) as OpenAI's logprobs, parsed
+    by the SDK: the mock's tokens ("echo:", " one", " two"), each at -0.25, each with the
+    two top candidates asked for (the token itself, then "<token>~1" at -1.25)."""
+    key, _ = await v1.user()
+    async with v1.client(key) as client:
+        completion = await client.chat.completions.create(
+            model="gemini/logprobs-demo",
+            messages=[{"role": "user", "content": "one two"}],
+            logprobs=True,
+            top_logprobs=2,
+        )
+    choice = completion.choices[0]
+    assert choice.message.content == "echo: one two"
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    content = choice.logprobs.content
+    assert [(t.token, t.logprob, t.bytes) for t in content] == [
+        (token, -0.25, list(token.encode())) for token in ("echo:", " one", " two")
+    ]
+    assert [[(a.token, a.logprob) for a in t.top_logprobs] for t in content] == [
+        [(token, -0.25), (f"{token}~1", -1.25)] for token in ("echo:", " one", " two")
+    ]
 
 
 async def test_the_legacy_functions_get_a_function_call(v1: V1):
@@ -240,3 +265,45 @@ async def test_drop_params_as_the_servers_default(
     assert raw.headers["X-Dropped-Params"] == "seed"
     assert "seed" not in mock_anthropic.calls_for(upstream)[0].body
     assert refused.value.param == "messages[].content[].image_url"
+
+
+async def test_drop_params_as_the_keys_setting_on_the_routes_and_the_fast_paths(
+    v1: V1, mock_anthropic: MockAnthropic
+):
+    """A key set to drop (`python -m app set-key PREFIX --drop-params on`) leaves out what the
+    provider cannot honour, on /v1 and /ai/prompts alike, for a request that does not say;
+    a request's own `drop_params: false` still refuses."""
+    key, headers = await v1.user()
+    async with v1.api.sessions.begin() as session:
+        await auth_service.set_key_drop_params(session, prefix=key[:11], drop_params=True)
+    upstream = f"key-drop-{uuid.uuid4().hex[:8]}"
+    async with v1.client(key) as client:
+        # The first request is the key's first: the route verifies it; the next ones take
+        # the fast path (a key verified recently), which must read the same setting.
+        raws = [
+            await client.chat.completions.with_raw_response.create(
+                model=f"anthropic/{upstream}", messages=ASK, seed=7
+            )
+            for _ in range(2)
+        ]
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model=f"anthropic/{upstream}",
+                messages=ASK,
+                seed=7,
+                extra_body={"drop_params": False},
+            )
+    assert [raw.headers["X-Dropped-Params"] for raw in raws] == ["seed", "seed"]
+    assert refused.value.code == "unsupported_parameter" and refused.value.param == "seed"
+    assert len(mock_anthropic.calls_for(upstream)) == 2
+    assert all("seed" not in call.body for call in mock_anthropic.calls_for(upstream))
+
+    # /ai/prompts: the bundled model has no tools; the key's prompt is taken without them.
+    submitted = await v1.api.submit(
+        headers, prompt_text="Say hi", model="local", max_tokens=4, tools=[WEATHER_TOOL]
+    )
+    prompt = await v1.api.wait_final(headers, submitted["id"], timeout=60)
+    assert prompt["status"] == "completed", prompt
+    assert prompt["parameters"]["dropped_params"] == {"local": ["tools"]}
+    async with v1.api.sessions.begin() as session:
+        await auth_service.set_key_drop_params(session, prefix=key[:11], drop_params=None)

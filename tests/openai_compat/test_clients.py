@@ -139,6 +139,77 @@ async def test_parse_into_a_pydantic_model(v1: V1, request: pytest.FixtureReques
     _assert_schema_sent(provider, body, to_strict_json_schema(City))
 
 
+# An Anthropic model of the catalogue without native structured output: the gateway makes it
+# call a tool whose input schema is the answer's (app/providers/forced_tool.py).
+BY_TOOL_MODEL, BY_TOOL_UPSTREAM = "claude-3-5-haiku", "claude-3-5-haiku-20241022"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_parse_on_a_model_without_native_structured_output(
+    v1: V1, mock_anthropic: Any, stream: bool
+):
+    key, headers = await v1.user()
+    marker = uuid.uuid4().hex
+    messages: Any = [{"role": "user", "content": f"Describe Paris. ({marker})"}]
+    async with v1.client(key) as client:
+        if stream:
+            async with client.chat.completions.stream(
+                model=BY_TOOL_MODEL, messages=messages, response_format=City
+            ) as events:
+                completion = await events.get_final_completion()
+        else:
+            completion = await client.chat.completions.parse(
+                model=BY_TOOL_MODEL, messages=messages, response_format=City
+            )
+
+    [choice] = completion.choices
+    assert choice.finish_reason == "stop"
+    assert choice.message.parsed == City(city="Paris", population=2100000)
+    assert not choice.message.tool_calls
+    # Anthropic was made to call the forced tool, of City's schema, and asked nothing else.
+    [call] = [c for c in mock_anthropic.calls_for(BY_TOOL_UPSTREAM) if marker in json.dumps(c.body)]
+    [tool] = call.body["tools"]
+    assert tool["name"] == "json_output"
+    assert tool["input_schema"] == to_strict_json_schema(City)
+    assert call.body["tool_choice"] == {
+        "type": "tool",
+        "name": "json_output",
+        "disable_parallel_tool_use": True,
+    }
+    assert "output_config" not in call.body
+    # The prompt records the answer as text, not as a tool call.
+    [item] = (await v1.api.client.get("/ai/prompts/", headers=headers)).json()["items"]
+    answer = (await _prompt(v1, headers, item["id"]))["response"]
+    assert json.loads(answer["response_text"]) == {"city": "Paris", "population": 2100000}
+    assert not answer["tool_calls"] and answer["finish_reason"] == "stop"
+
+
+async def test_tools_and_structured_output_without_native_support_are_refused(
+    v1: V1, mock_anthropic: Any
+):
+    """Refused at intake with a 400 naming both, before anything is recorded or sent."""
+    key, headers = await v1.user()
+    marker = uuid.uuid4().hex
+    async with v1.client(key) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model=BY_TOOL_MODEL,
+                messages=[{"role": "user", "content": f"Weather in Paris? ({marker})"}],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "City", "schema": to_strict_json_schema(City)},
+                },
+                tools=[WEATHER],
+            )
+    assert refused.value.code == "unsupported_parameter"
+    assert refused.value.param == "response_format"
+    assert "response_format and tools cannot be combined" in refused.value.message
+    assert BY_TOOL_MODEL in refused.value.message
+    assert (await v1.api.client.get("/ai/prompts/", headers=headers)).json()["items"] == []
+    sent = [c for c in mock_anthropic.calls_for(BY_TOOL_UPSTREAM) if marker in json.dumps(c.body)]
+    assert sent == []
+
+
 # -- the openai SDK: a two-step agent loop -------------------------------------------------------
 
 

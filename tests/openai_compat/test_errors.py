@@ -136,7 +136,7 @@ _TOOL_CALL = {
     ("change", "param", "words"),
     [
         ({"messages": []}, "messages", "at least 1"),
-        ({"n": 2}, "n", "n=2"),
+        ({"n": 0}, "n", "greater than or equal to 1"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio output"),
         ({"temperature": 3}, "temperature", "less than or equal"),
         ({"messages": [{"role": "system", "content": "no user"}]}, "messages", "user message"),

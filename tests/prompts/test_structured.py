@@ -4,6 +4,7 @@ worker runs these prompts in production mode)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.conftest import Api
 from tests.fidelity_samples import CITY_SCHEMA, WEATHER_TOOL
+from tests.mocks.anthropic_server import MockAnthropic
 
 PROVIDERS = ["openai", "gemini", "anthropic"]
 CITY_FORMAT = {
@@ -39,6 +41,33 @@ async def test_a_structured_prompt_stores_its_answer_parsed(api: Api, provider: 
     assert prompt["status"] == "completed", prompt["error"]
     assert prompt["response"]["output_json"] == {"city": "Paris", "population": 2100000}
     assert prompt["parameters"]["response_format"] == CITY_FORMAT
+
+
+async def test_structured_output_on_a_model_without_the_native_kind(
+    api: Api, mock_anthropic: MockAnthropic
+):
+    """claude-3-5-haiku has no native structured output (the catalogue): the gateway makes it
+    call a tool of the answer's schema, and the call's input is the answer."""
+    headers = await api.new_user()
+    marker = uuid.uuid4().hex
+    prompt = await _run(
+        api,
+        headers,
+        model="claude-3-5-haiku",
+        prompt_text=f"Which city is the capital of France? ({marker})",
+        response_format=CITY_FORMAT,
+    )
+    assert prompt["status"] == "completed", prompt["error"]
+    assert prompt["response"]["output_json"] == {"city": "Paris", "population": 2100000}
+    assert prompt["response"]["finish_reason"] == "stop"
+    assert not prompt["response"]["tool_calls"]
+    [call] = [
+        c
+        for c in mock_anthropic.calls_for("claude-3-5-haiku-20241022")
+        if marker in json.dumps(c.body)
+    ]
+    assert [tool["input_schema"] for tool in call.body["tools"]] == [CITY_SCHEMA]
+    assert call.body["tool_choice"]["type"] == "tool"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -133,6 +162,13 @@ async def test_a_conversation_with_tools_records_the_calls(api: Api, provider: s
             {"model": "gpt-4o-mini", "tools": [WEATHER_TOOL], "fallbacks": ["local"]},
             "unsupported_parameter",
             "fallback local",
+        ),
+        # Structured output by forced tool (no native kind) leaves no room for the request's
+        # own tools.
+        (
+            {"model": "claude-3-5-haiku", "tools": [WEATHER_TOOL], "response_format": CITY_FORMAT},
+            "unsupported_parameter",
+            "response_format and tools cannot be combined",
         ),
     ],
 )

@@ -7,6 +7,7 @@ translated is refused before any call, never dropped."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -33,9 +34,11 @@ ASK: list[Message] = [{"role": "user", "content": "What is the weather in Paris?
 Item = str | ToolCallDelta | Completion
 
 
-def _provider(base_url: str) -> AnthropicProvider:
+def _provider(base_url: str, *, by_tool: frozenset[str] = frozenset()) -> AnthropicProvider:
     client = build_client(api_key=MOCK_API_KEY, base_url=base_url, timeout=5, connect_timeout=1)
-    return AnthropicProvider(client, default_max_tokens=DEFAULT_MAX_TOKENS)
+    return AnthropicProvider(
+        client, default_max_tokens=DEFAULT_MAX_TOKENS, structured_by_tool=by_tool
+    )
 
 
 def _request(
@@ -50,9 +53,11 @@ def _request(
     return CompletionRequest(model, messages, max_tokens=max_tokens, options=options)
 
 
-async def _both(mock: MockAnthropic, request: CompletionRequest) -> tuple[Completion, list[Item]]:
+async def _both(
+    mock: MockAnthropic, request: CompletionRequest, *, by_tool: frozenset[str] = frozenset()
+) -> tuple[Completion, list[Item]]:
     """The request answered whole, then streamed."""
-    provider = _provider(mock.base_url)
+    provider = _provider(mock.base_url, by_tool=by_tool)
     try:
         whole = await provider.complete(request)
         streamed = [item async for item in provider.stream(request)]
@@ -61,9 +66,11 @@ async def _both(mock: MockAnthropic, request: CompletionRequest) -> tuple[Comple
     return whole, streamed
 
 
-async def _refused(mock: MockAnthropic, request: CompletionRequest) -> list[str]:
+async def _refused(
+    mock: MockAnthropic, request: CompletionRequest, *, by_tool: frozenset[str] = frozenset()
+) -> list[str]:
     """The messages of the BadRequests the call raises, whole and streamed."""
-    provider = _provider(mock.base_url)
+    provider = _provider(mock.base_url, by_tool=by_tool)
     messages = []
     try:
         with pytest.raises(BadRequest) as whole:
@@ -102,7 +109,14 @@ async def test_each_row_arrives_as_anthropic_expects(mock_anthropic: MockAnthrop
     EXPECTED[row](sent.body)
     EXPECTED[row](sent_streamed.body)
     assert sent_streamed.body == {**sent.body, "stream": True}
-    assert streamed[-1] == whole and whole.finish_reason == "stop"
+    final = streamed[-1]
+    assert isinstance(final, Completion)
+    if row == "tool_choice":  # a forced call: the model calls the tool, as the API's does
+        for answer in (whole, final):
+            assert answer.finish_reason == "tool_calls"
+            assert [c["function"]["name"] for c in answer.tool_calls] == ["get_weather"]
+    else:
+        assert final == whole and whole.finish_reason == "stop"
 
 
 async def test_the_checks_fail_on_a_request_without_the_row(mock_anthropic: MockAnthropic):
@@ -294,6 +308,150 @@ async def test_json_output(
     assert streamed[-1] == whole
     for call in mock_anthropic.calls_for(model):
         assert call.body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+
+
+# -- structured output by forced tool, for a model without the native kind ----------------------
+
+FORCED_CHOICE = {"type": "tool", "name": "json_output", "disable_parallel_tool_use": True}
+
+
+def _forced_tool(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "json_output",
+        "description": (
+            "Give your answer by calling this tool once: its input is the whole answer, as "
+            "JSON of this schema."
+        ),
+        "input_schema": schema,
+    }
+
+
+async def test_structured_output_by_forced_tool(mock_anthropic: MockAnthropic):
+    """A model without native structured output is made to call a tool whose input schema is
+    the answer's; the call's input comes back as the answer's text, not as a tool call."""
+    model = "old-model-json-schema"
+    request = _request(model, SAMPLES["response_format"])
+    whole, streamed = await _both(mock_anthropic, request, by_tool=frozenset({model}))
+    for call in mock_anthropic.calls_for(model):
+        assert call.body["tools"] == [_forced_tool(CITY_SCHEMA)]
+        assert call.body["tool_choice"] == FORCED_CHOICE
+        assert "output_config" not in call.body
+    assert whole.text == '{"city":"Paris","population":2100000}'
+    assert (whole.finish_reason, whole.tool_calls) == ("stop", ())
+    # Streamed, the call's input arrives as text deltas (as the mock cuts it), no tool call.
+    assert streamed[:-1] == ['{"city": ', '"Paris", "population": 2100000}']
+    final = streamed[-1]
+    assert isinstance(final, Completion)
+    assert final.text == '{"city": "Paris", "population": 2100000}'
+    assert (final.finish_reason, final.tool_calls) == ("stop", ())
+    assert (final.input_tokens, final.output_tokens) == (whole.input_tokens, whole.output_tokens)
+
+
+async def test_json_object_by_forced_tool_asks_for_any_object(mock_anthropic: MockAnthropic):
+    model = "old-model-json-object"
+    request = _request(model, {"response_format": {"type": "json_object"}})
+    whole, streamed = await _both(mock_anthropic, request, by_tool=frozenset({model}))
+    for call in mock_anthropic.calls_for(model):
+        schema = {"type": "object", "additionalProperties": True}
+        assert call.body["tools"] == [_forced_tool(schema)]
+        assert call.body["tool_choice"] == FORCED_CHOICE
+    # (the mock's instance of a schema without properties is the empty object)
+    assert (whole.text, whole.finish_reason, whole.tool_calls) == ("{}", "stop", ())
+    assert "".join(i for i in streamed if isinstance(i, str)) == "{}"
+    assert not any(isinstance(i, ToolCallDelta) for i in streamed)
+    assert streamed[-1] == whole
+
+
+async def test_a_model_with_native_structured_output_keeps_output_config(
+    mock_anthropic: MockAnthropic,
+):
+    """The forced tool is for the models named so only: another keeps output_config.format."""
+    model = "json-city-native"
+    request = _request(model, SAMPLES["response_format"])
+    whole, _ = await _both(mock_anthropic, request, by_tool=frozenset({"old-model"}))
+    for call in mock_anthropic.calls_for(model):
+        assert call.body["output_config"] == {
+            "format": {"type": "json_schema", "schema": CITY_SCHEMA}
+        }
+        assert "tools" not in call.body and "tool_choice" not in call.body
+    assert json.loads(whole.text) == {"city": "Paris", "population": 2100000}
+
+
+async def test_tools_the_model_may_not_call_go_with_the_forced_tool(
+    mock_anthropic: MockAnthropic,
+):
+    """With tool_choice none the request's own tools are only context (a conversation's past
+    calls name them): they are sent beside the forced tool, which alone can be called."""
+    model = "old-model-tools-none"
+    sample = {**SAMPLES["response_format"], "tools": [WEATHER_TOOL], "tool_choice": "none"}
+    whole, _ = await _both(mock_anthropic, _request(model, sample), by_tool=frozenset({model}))
+    for call in mock_anthropic.calls_for(model):
+        weather = call.body["tools"][0]
+        assert [weather["name"], call.body["tools"][1]] == [
+            "get_weather",
+            _forced_tool(CITY_SCHEMA),
+        ]
+        assert call.body["tool_choice"] == FORCED_CHOICE
+    assert (whole.text, whole.tool_calls) == ('{"city":"Paris","population":2100000}', ())
+
+
+CLASHING_TOOL = {"type": "function", "function": {"name": "json_output", "parameters": {}}}
+
+
+@pytest.mark.parametrize(
+    ("sample", "words"),
+    [
+        (
+            {"tools": [CLASHING_TOOL], "tool_choice": "none"},
+            ["a tool named 'json_output'", "rename yours"],
+        ),
+        ({"tools": [WEATHER_TOOL]}, ["response_format and tools cannot be combined"]),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": "required"},
+            ["response_format and tools cannot be combined", "tool_choice none"],
+        ),
+        (
+            {"reasoning_effort": "low"},
+            ["response_format and reasoning_effort cannot be combined", "extended thinking"],
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "list", "schema": {"type": "array"}},
+                }
+            },
+            ["schema's type must be object"],
+        ),
+    ],
+    ids=["tool-name-clash", "tools", "tools-required", "reasoning", "not-an-object"],
+)
+async def test_what_cannot_go_with_the_forced_tool_is_refused(
+    mock_anthropic: MockAnthropic, sample: dict[str, Any], words: list[str]
+):
+    model = f"old-model-refused-{uuid.uuid4().hex[:8]}"
+    request = _request(model, {**SAMPLES["response_format"], **sample})
+    for message in await _refused(mock_anthropic, request, by_tool=frozenset({model})):
+        assert "anthropic" in message
+        for word in words:
+            assert word in message
+    assert mock_anthropic.calls_for(model) == []
+
+
+async def test_the_same_combinations_are_sent_to_a_native_model(mock_anthropic: MockAnthropic):
+    """The refusals are the forced tool's: a model with native structured output takes tools
+    and reasoning beside response_format."""
+    model = "native-model-tools-and-reasoning"
+    sample = {
+        **SAMPLES["response_format"],
+        "tools": [WEATHER_TOOL],
+        "reasoning_effort": "low",
+    }
+    whole, _ = await _both(mock_anthropic, _request(model, sample), by_tool=frozenset({"old"}))
+    assert whole.finish_reason == "stop"
+    for call in mock_anthropic.calls_for(model):
+        assert call.body["output_config"]["format"]["schema"] == CITY_SCHEMA
+        assert call.body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
 
 
 async def test_an_https_image_is_sent_by_url(mock_anthropic: MockAnthropic):

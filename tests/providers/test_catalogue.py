@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from app.providers.catalogue import BUNDLED_CATALOGUE, CatalogueError, load_catalogue
+from app.providers.catalogue import (
+    BUNDLED_CATALOGUE,
+    CatalogueError,
+    ModelEntry,
+    load_catalogue,
+    structured_output_by_tool,
+)
 
 
 def test_bundled_catalogue_prices_and_aliases():
@@ -74,3 +80,19 @@ def test_an_invalid_file_is_refused_with_a_clear_message(tmp_path: Path, text: s
 
 def test_the_bundled_file_is_shipped_next_to_the_code():
     assert BUNDLED_CATALOGUE.is_file() and BUNDLED_CATALOGUE.suffix == ".toml"
+
+
+def test_which_anthropic_models_get_structured_output_by_forced_tool():
+    """Every bundled Anthropic model gives structured output; those whose capabilities leave
+    out `native_structured_output` get it through a forced tool. A model whose capabilities
+    are not stated (or one outside the catalogue) is taken to have the native kind."""
+    catalogue = load_catalogue()
+    anthropic = [e for e in catalogue.entries if e.provider == "anthropic"]
+    assert all(e.capabilities and "structured_output" in e.capabilities for e in anthropic)
+    by_tool = {e.name for e in anthropic if structured_output_by_tool(e)}
+    assert by_tool == {"claude-3-5-haiku"}
+    assert not structured_output_by_tool(catalogue.get("sonnet"))
+    unstated = ModelEntry(
+        name="mine", provider="anthropic", upstream_model="m", input=Decimal(0), output=Decimal(0)
+    )
+    assert not structured_output_by_tool(unstated) and not structured_output_by_tool(None)

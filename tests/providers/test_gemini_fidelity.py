@@ -15,17 +15,22 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from google.genai import types
 
 from app.kit.outbound import OutboundPolicy
 from app.providers import fidelity
 from app.providers.base import (
     BadRequest,
+    Choice,
+    ChoiceText,
     Completion,
     CompletionRequest,
+    Delta,
+    MalformedResponse,
     Message,
     ToolCallDelta,
 )
-from app.providers.gemini import RECORDED, TRANSLATED, GeminiProvider, build_client
+from app.providers.gemini import RECORDED, TRANSLATED, GeminiProvider, _completion, build_client
 from app.providers.images import (
     MAX_IMAGE_BYTES,
     ImageFetcher,
@@ -69,9 +74,7 @@ def _sample(row: str, model: str) -> CompletionRequest:
     return CompletionRequest(model, sample.get("messages", QUESTION), options=options)
 
 
-async def _stream(
-    provider: GeminiProvider, request: CompletionRequest
-) -> list[str | ToolCallDelta | Completion]:
+async def _stream(provider: GeminiProvider, request: CompletionRequest) -> list[Delta | Completion]:
     return [item async for item in provider.stream(request)]
 
 
@@ -394,9 +397,195 @@ async def test_an_option_value_gemini_cannot_take_is_a_bad_request(
 
 
 async def test_an_unknown_option_is_a_bad_request(provider: GeminiProvider):
-    options = {"n": 2}
-    with pytest.raises(BadRequest, match="n is not supported by Gemini"):
+    options = {"modalities": ["text", "audio"]}  # not a row of the matrix
+    with pytest.raises(BadRequest, match="modalities is not supported by Gemini"):
         await provider.complete(CompletionRequest("fidelity-unknown", QUESTION, options=options))
+
+
+# Log probabilities (logprobs, top_logprobs).
+
+ONE_TWO: list[Message] = [{"role": "user", "content": "one two"}]
+
+
+def _token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
+def _logprobs(top: int) -> dict[str, Any]:
+    """OpenAI's logprobs object of the mock's "echo: one two" (one token a word, each at
+    -0.25; its k top candidates: the token, then "<token>~1" at -1.25, ...)."""
+    alternatives = {
+        token: [_token(token, -0.25), _token(f"{token}~1", -1.25)][:top]
+        for token in ("echo:", " one", " two")
+    }
+    return {
+        "content": [
+            _token(token, -0.25) | {"top_logprobs": others}
+            for token, others in alternatives.items()
+        ],
+        "refusal": None,
+    }
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize(
+    ("options", "top"),
+    [({"logprobs": True}, 0), ({"logprobs": True, "top_logprobs": 2}, 2)],
+    ids=["logprobs", "top_logprobs"],
+)
+async def test_logprobs_come_back_in_openai_shape(
+    provider: GeminiProvider, options: dict[str, Any], top: int, streamed: bool
+):
+    request = CompletionRequest("fidelity-logprobs", ONE_TWO, options=options)
+    if streamed:
+        *deltas, final = await _stream(provider, request)
+        assert deltas == ["echo:", " one", " two"]  # the text streams as before
+    else:
+        final = await provider.complete(request)
+    assert isinstance(final, Completion)
+    assert final.text == "echo: one two"
+    assert final.logprobs == _logprobs(top)
+
+
+async def test_no_logprobs_unless_asked(provider: GeminiProvider, mock_gemini: MockGemini):
+    result = await provider.complete(CompletionRequest("fidelity-no-logprobs", ONE_TWO))
+    assert result.logprobs is None
+    [call] = mock_gemini.calls_for("fidelity-no-logprobs")
+    assert "responseLogprobs" not in call.body["generationConfig"]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (
+            {"logprobs": True, "top_logprobs": 21},
+            "top_logprobs must be a whole number from 0 to 20",
+        ),
+        (
+            {"logprobs": True, "top_logprobs": -1},
+            "top_logprobs must be a whole number from 0 to 20",
+        ),
+        ({"logprobs": True, "top_logprobs": True}, "top_logprobs must be a whole number"),
+        ({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
+        ({"logprobs": "yes"}, "logprobs must be true or false"),
+    ],
+    ids=["too-many", "negative", "a-bool", "without-logprobs", "not-a-bool"],
+)
+async def test_logprobs_gemini_cannot_take_are_a_bad_request(
+    provider: GeminiProvider, mock_gemini: MockGemini, options: dict[str, Any], says: str
+):
+    before = len(mock_gemini.calls)
+    with pytest.raises(BadRequest, match=says):
+        await provider.complete(
+            CompletionRequest("fidelity-bad-logprobs", ONE_TWO, options=options)
+        )
+    assert len(mock_gemini.calls) == before
+
+
+# n > 1: candidateCount.
+
+
+async def test_n_gives_more_choices(provider: GeminiProvider, mock_gemini: MockGemini):
+    result = await provider.complete(
+        CompletionRequest("fidelity-n-whole", ONE_TWO, options={"n": 2})
+    )
+    assert (result.text, result.finish_reason) == ("echo: one two", "stop")
+    assert result.choices == (Choice("echo: one two #1", "stop"),)
+    assert result.output_tokens == 3 + 4  # usageMetadata's count covers both candidates
+    [call] = mock_gemini.calls_for("fidelity-n-whole")
+    assert call.body["generationConfig"] == {"candidateCount": 2}
+
+
+async def test_n_streamed_routes_each_candidate_to_its_choice(provider: GeminiProvider):
+    request = CompletionRequest("fidelity-n-stream", ONE_TWO, options={"n": 3})
+    *deltas, final = await _stream(provider, request)
+    assert [d for d in deltas if isinstance(d, str)] == ["echo:", " one", " two"]
+    assert [d for d in deltas if isinstance(d, ChoiceText)] == [
+        ChoiceText(1, "echo:"),
+        ChoiceText(2, "echo:"),
+        ChoiceText(1, " one"),
+        ChoiceText(2, " one"),
+        ChoiceText(1, " two"),
+        ChoiceText(2, " two"),
+        ChoiceText(1, " #1"),
+        ChoiceText(2, " #2"),
+    ]
+    assert isinstance(final, Completion)
+    assert (final.text, final.finish_reason) == ("echo: one two", "stop")
+    assert final.choices == (
+        Choice("echo: one two #1", "stop"),
+        Choice("echo: one two #2", "stop"),
+    )
+    assert final == await provider.complete(request)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+async def test_n_with_logprobs_gives_each_choice_its_own(provider: GeminiProvider, streamed: bool):
+    options = {"n": 2, "logprobs": True, "top_logprobs": 1}
+    request = CompletionRequest("fidelity-n-logprobs", ONE_TWO, options=options)
+    final = (await _stream(provider, request))[-1] if streamed else await provider.complete(request)
+    assert isinstance(final, Completion)
+    assert final.logprobs == _logprobs(1)
+    [second] = final.choices
+    extra = _token(" #1", -0.25) | {"top_logprobs": [_token(" #1", -0.25)]}
+    assert second.logprobs == {"content": [*_logprobs(1)["content"], extra], "refusal": None}
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+async def test_n_keeps_tool_call_ids_unique(provider: GeminiProvider, streamed: bool):
+    """The mock gives every candidate's call the id fc_mock_1: the second gets another."""
+    request = CompletionRequest(
+        "tool-call-with-id", QUESTION, options={"tools": [WEATHER_TOOL], "n": 2}
+    )
+    if streamed:
+        *deltas, final = await _stream(provider, request)
+        assert [(d.choice, d.index, d.name) for d in deltas if isinstance(d, ToolCallDelta)] == [
+            (0, 0, "get_weather"),
+            (1, 0, "get_weather"),
+        ]
+    else:
+        final = await provider.complete(request)
+    assert isinstance(final, Completion)
+    [first] = final.tool_calls
+    [second] = final.choices
+    [other] = second.tool_calls
+    assert first["id"] == "fc_mock_1"
+    assert re.fullmatch(r"call_[0-9a-f]{24}", other["id"])
+    assert other["function"] == first["function"]
+    assert (final.finish_reason, second.finish_reason) == ("tool_calls", "tool_calls")
+    if streamed:
+        assert [d.id for d in deltas if isinstance(d, ToolCallDelta)] == [first["id"], other["id"]]
+
+
+@pytest.mark.parametrize("n", [0, -1, "2", 2.5])
+async def test_an_n_gemini_cannot_take_is_a_bad_request(provider: GeminiProvider, n: Any):
+    with pytest.raises(BadRequest, match="n must be a whole number of at least 1"):
+        await provider.complete(CompletionRequest("fidelity-bad-n", ONE_TWO, options={"n": n}))
+
+
+def _reply(*candidates: dict[str, Any]) -> types.GenerateContentResponse:
+    return types.GenerateContentResponse.model_validate({"candidates": list(candidates)})
+
+
+def _candidate(text: str, index: int | None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {
+        "content": {"role": "model", "parts": [{"text": text}]},
+        "finish_reason": "STOP",
+    }
+    return candidate if index is None else candidate | {"index": index}
+
+
+def test_candidates_are_read_in_the_order_of_their_index():
+    """Google may list them in any order, and leaves out the index 0 (a default)."""
+    reply = _reply(_candidate("second", 1), _candidate("third", 2), _candidate("first", None))
+    result = _completion(CompletionRequest("m", ONE_TWO, options={"n": 3}), reply, provider="g")
+    assert [result.text, *(c.text for c in result.choices)] == ["first", "second", "third"]
+
+
+def test_a_missing_candidate_is_a_malformed_answer():
+    reply = _reply(_candidate("first", 0), _candidate("third", 2))
+    with pytest.raises(MalformedResponse, match="answered with candidates 0, 2"):
+        _completion(CompletionRequest("m", ONE_TWO, options={"n": 3}), reply, provider="gemini")
 
 
 # Images: data: URLs.

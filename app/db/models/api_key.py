@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Uuid
+from sqlalchemy import Boolean, ForeignKey, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, UTCDateTime, utcnow
@@ -26,5 +26,8 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Leave out, rather than refuse, what a provider cannot honour (`drop_params`) for this
+    # key's requests; None: as each request says, else the server's DROP_PARAMS.
+    drop_params: Mapped[bool | None] = mapped_column(Boolean)
 
     user: Mapped[User] = relationship(lazy="raise")

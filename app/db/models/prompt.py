@@ -194,5 +194,8 @@ class PromptResponse(Base):
     refusal: Mapped[str | None] = mapped_column(Text)  # the model's refusal message, if any
     # A structured-output prompt's answer, parsed; None for other prompts (or a failed parse).
     output_json: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # With `n` > 1 (/v1/chat/completions): the answers after the first, in order, each
+    # {"text", "finish_reason", "tool_calls", "refusal"}; None for a single answer.
+    choices: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
 
     prompt: Mapped[PromptRequest] = relationship(back_populates="response", lazy="raise")

@@ -1,11 +1,13 @@
-"""Who a request's API key belongs to, with the users of recently verified keys kept in
-memory: the routes' dependency (app/api/auth.py) and the fast paths both ask `Authenticator`."""
+"""Who a request's API key speaks for (a `Caller`: the key's user, and what the key itself asks
+for), with the callers of recently verified keys kept in memory: the routes' dependency
+(app/api/auth.py) and the fast paths both ask `Authenticator`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from app.db.base import utcnow
@@ -15,40 +17,53 @@ from app.services.auth import service
 from app.services.auth.keys import hash_key
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified key: the user it belongs to, and the key's own settings."""
+
+    user: User
+    key_prefix: str
+    # The key's `drop_params`: leave out, rather than refuse, what a provider cannot honour.
+    # None: the request decides, else the server's DROP_PARAMS.
+    drop_params: bool | None = None
+
+
+Lookup = Callable[[], Awaitable[tuple[Caller, datetime | None]]]
+
+
 class KeyCache:
-    """Users of recently verified keys, so that a busy client does not cost a database round
+    """Callers of recently verified keys, so that a busy client does not cost a database round
     trip per request (about a quarter of a /v1 request's CPU, py-spy under `bench/gateways.py`).
 
     Only successful lookups are kept, each for AUTH_CACHE_SECONDS: a new key works at once,
     while revoking a key or disabling a user takes effect within that time in a process that
     had just seen the key (expiry is still checked on every request). 0 turns caching off.
-    The cached `User` is detached and read-only (its id, email and admin flag). Entries are
+    The cached `Caller`'s `User` is detached and read-only (its id, email and admin flag),
+    and a key's settings changed take effect within the same time. Entries are
     keyed by the key's SHA-256, as in the database: no plaintext key is kept."""
 
     MAX_ENTRIES = 10_000
 
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
-        self._entries: dict[str, tuple[float, User, datetime | None]] = {}
-        self._pending: dict[str, asyncio.Future[tuple[User, datetime | None]]] = {}
+        self._entries: dict[str, tuple[float, Caller, datetime | None]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[Caller, datetime | None]]] = {}
 
-    def get(self, plaintext: str) -> User | None:
+    def get(self, plaintext: str) -> Caller | None:
         digest = hash_key(plaintext)
         entry = self._entries.get(digest)
         if entry is None:
             return None
-        cached_at, user, expires_at = entry
+        cached_at, caller, expires_at = entry
         if time.monotonic() - cached_at > self._ttl or (
             expires_at is not None and expires_at <= utcnow()
         ):
             del self._entries[digest]
             return None
-        return user
+        return caller
 
-    async def verify(
-        self, plaintext: str, lookup: Callable[[], Awaitable[tuple[User, datetime | None]]]
-    ) -> User:
-        """The key's user from `lookup`, kept for next time. Requests that arrive with the same
+    async def verify(self, plaintext: str, lookup: Lookup) -> Caller:
+        """The key's caller from `lookup`, kept for next time. Requests that arrive with the same
         key while it is being looked up share that lookup: when an entry expires under load,
         one query refreshes it rather than one per request in flight."""
         digest = hash_key(plaintext)
@@ -56,16 +71,16 @@ class KeyCache:
         if pending is None:
             pending = self._pending[digest] = asyncio.ensure_future(lookup())
             pending.add_done_callback(lambda _: self._pending.pop(digest, None))
-        user, expires_at = await asyncio.shield(pending)
-        self.put(plaintext, user, expires_at)
-        return user
+        caller, expires_at = await asyncio.shield(pending)
+        self.put(plaintext, caller, expires_at)
+        return caller
 
-    def put(self, plaintext: str, user: User, expires_at: datetime | None) -> None:
+    def put(self, plaintext: str, caller: Caller, expires_at: datetime | None) -> None:
         if self._ttl <= 0:
             return
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()  # a burst of distinct keys: start over rather than grow
-        self._entries[hash_key(plaintext)] = (time.monotonic(), user, expires_at)
+        self._entries[hash_key(plaintext)] = (time.monotonic(), caller, expires_at)
 
 
 class Authenticator:
@@ -75,23 +90,24 @@ class Authenticator:
         self.sessions = sessions
         self.cache = KeyCache(cache_seconds)
 
-    def known(self, plaintext: str) -> User | None:
-        """The user of a key this process verified recently, without a database round trip;
-        None otherwise (the key may still be valid: `user` looks it up)."""
+    def known(self, plaintext: str) -> Caller | None:
+        """The caller of a key this process verified recently, without a database round
+        trip; None otherwise (the key may still be valid: `caller` looks it up)."""
         return self.cache.get(plaintext)
 
-    async def user(self, plaintext: str | None) -> User:
-        """The key's owner, or the `Unauthorized` that refuses it. The lookup runs in its own
-        short transaction, so it never holds a lock (SQLite has one writer) while the handler
-        records the prompt."""
+    async def caller(self, plaintext: str | None) -> Caller:
+        """The key's owner and settings, or the `Unauthorized` that refuses it. The lookup
+        runs in its own short transaction, so it never holds a lock (SQLite has one writer)
+        while the handler records the prompt."""
         if plaintext and (cached := self.cache.get(plaintext)) is not None:
             return cached
 
-        async def lookup() -> tuple[User, datetime | None]:
+        async def lookup() -> tuple[Caller, datetime | None]:
             async with self.sessions.begin() as session:
-                return await service.authenticate(session, plaintext=plaintext)
+                user, key = await service.authenticate(session, plaintext=plaintext)
+            return Caller(user, key.prefix, key.drop_params), key.expires_at
 
         if not plaintext:
-            user, _ = await lookup()  # raises: no key
-            return user
+            caller, _ = await lookup()  # raises: no key
+            return caller
         return await self.cache.verify(plaintext, lookup)

@@ -57,6 +57,7 @@ async def create_api_key(
     user: User,
     name: str = "default",
     expires_at: datetime | None = None,
+    drop_params: bool | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its plaintext, which is never stored or shown again."""
     new = generate_key()
@@ -66,27 +67,43 @@ async def create_api_key(
         prefix=new.prefix,
         key_hash=new.key_hash,
         expires_at=expires_at,
+        drop_params=drop_params,
     )
     session.add(key)
     await session.flush()
     return key, new.plaintext
 
 
-async def revoke_api_key(session: AsyncSession, *, prefix: str) -> ApiKey:
+async def _key(session: AsyncSession, prefix: str) -> ApiKey:
     key = await session.scalar(select(ApiKey).where(ApiKey.prefix == prefix.strip()))
     if key is None:
         raise NotFound(f"No API key with prefix {prefix.strip()}.", code="unknown_api_key")
+    return key
+
+
+async def set_key_drop_params(
+    session: AsyncSession, *, prefix: str, drop_params: bool | None
+) -> ApiKey:
+    """Whether the key's requests leave out, rather than refuse, what a provider cannot
+    honour; None: as the request says, else the server's DROP_PARAMS. Takes effect within
+    AUTH_CACHE_SECONDS in a process that had just seen the key."""
+    key = await _key(session, prefix)
+    key.drop_params = drop_params
+    await session.flush()
+    return key
+
+
+async def revoke_api_key(session: AsyncSession, *, prefix: str) -> ApiKey:
+    key = await _key(session, prefix)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await session.flush()
     return key
 
 
-async def authenticate(
-    session: AsyncSession, *, plaintext: str | None
-) -> tuple[User, datetime | None]:
-    """The user a bearer key belongs to and the key's expiry, or a 401 that says what is wrong
-    with the key."""
+async def authenticate(session: AsyncSession, *, plaintext: str | None) -> tuple[User, ApiKey]:
+    """The user a bearer key belongs to and the key, or a 401 that says what is wrong with
+    the key."""
     if not plaintext:
         raise Unauthorized(
             "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
@@ -112,4 +129,4 @@ async def authenticate(
         raise Unauthorized("This user is disabled.", code="user_disabled")
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-    return user, key.expires_at
+    return user, key

@@ -102,7 +102,13 @@ class ChatCompletionCreate(Tolerant):
     )
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    n: StrictInt | None = Field(None, description="Only 1 is supported.")
+    n: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=128,
+        description="How many answers to give (choices 0 .. n-1); the usage counts them all. "
+        "Providers that answer once per request refuse n > 1.",
+    )
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None

@@ -26,9 +26,10 @@ from app.engine.inline import InlineRunner
 from app.engine.recorder import Recorder
 from app.kit.errors import AppError, Conflict, NotFound
 from app.providers.base import (
+    Choice,
     Completion,
+    Delta,
     ProviderError,
-    ToolCallDelta,
     message_text,
 )
 from app.providers.catalogue import ModelEntry
@@ -69,14 +70,14 @@ class PromptCancelled(AppError):
 @dataclass(slots=True)
 class ChatRun:
     """A chat completion under way in this process: what it answers with comes off `events`
-    in order, text deltas (`str`) and tool-call pieces (`ToolCallDelta`), then its
-    `Outcome`."""
+    in order, text deltas (`str`) and tool-call pieces (`ToolCallDelta`), with `n` > 1 the
+    other answers' text (`ChoiceText`) too, then its `Outcome`."""
 
     prompt: NewPrompt | PromptRequest  # (a replay's is read back)
     stream: bool
     include_usage: bool
     task: asyncio.Task[Outcome] | None = None
-    events: asyncio.Queue[str | ToolCallDelta | None] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[Delta | None] = field(default_factory=asyncio.Queue)
     replayed: bool = False  # an Idempotency-Key replay: the answer an earlier request got
 
     @property
@@ -98,7 +99,7 @@ class ChatRun:
     def created(self) -> int:
         return int(self.prompt.created_at.timestamp())
 
-    async def next_event(self) -> str | ToolCallDelta | Outcome:
+    async def next_event(self) -> Delta | Outcome:
         """The next text delta or tool-call piece, or the outcome once the execution ended
         (its failure is raised as `UpstreamFailed`)."""
         item = await self.events.get()
@@ -148,7 +149,12 @@ class ChatService:
         self.replay_wait_seconds = replay_wait_seconds
 
     async def start(
-        self, user_id: uuid.UUID, data: ChatCompletionCreate, *, idempotency_key: str | None = None
+        self,
+        user_id: uuid.UUID,
+        data: ChatCompletionCreate,
+        *,
+        idempotency_key: str | None = None,
+        drop_params: bool | None = None,
     ) -> ChatRun:
         """Check the chat (the intake raises whatever is wrong with it before anything is
         written), record it as a prompt already claimed by this process (with its
@@ -156,12 +162,14 @@ class ChatService:
 
         With an `idempotency_key`, a retry of the same body gets the first call's answer
         (`replayed`; waited for, up to `replay_wait_seconds`, if it is still running), and
-        no second prompt or provider call."""
+        no second prompt or provider call. `drop_params` is the API key's (`Caller`): a
+        request's own `drop_params` wins over it."""
+        ask = ask_for(user_id, data, drop_params=drop_params)
         if idempotency_key is None:
-            return await self._start(user_id, data, None)
+            return await self._start(ask, data, None)
 
         async def start(record: IdempotencyRecord | None) -> ChatRun | Replay:
-            return await self._start(user_id, data, record)
+            return await self._start(ask, data, record)
 
         async def replay(_: AsyncSession, prompt_id: uuid.UUID) -> Replay:
             return Replay(prompt_id)
@@ -188,9 +196,9 @@ class ChatService:
         return first
 
     async def _start(
-        self, user_id: uuid.UUID, data: ChatCompletionCreate, idempotency: IdempotencyRecord | None
+        self, ask: Ask, data: ChatCompletionCreate, idempotency: IdempotencyRecord | None
     ) -> ChatRun:
-        prompt = await self.intake.admit(ask_for(user_id, data))
+        prompt = await self.intake.admit(ask)
         claim = await self.recorder.create_claimed(
             prompt, lease_seconds=self.runner.lease_seconds, idempotency=idempotency
         )
@@ -201,7 +209,7 @@ class ChatService:
             include_usage=bool(options and options.include_usage),
         )
 
-        async def on_delta(piece: str | ToolCallDelta) -> None:
+        async def on_delta(piece: Delta) -> None:
             run.events.put_nowait(piece)
 
         run.task = self.runner.run(claim, on_delta=on_delta if run.stream else None)
@@ -279,6 +287,15 @@ async def _recorded_outcome(detail: PromptDetail) -> Outcome:
         tool_calls=tuple(answer.tool_calls or ()),  # type: ignore[arg-type]
         refusal=answer.refusal,
         reasoning_tokens=answer.reasoning_tokens or 0,
+        choices=tuple(
+            Choice(
+                text=choice.text,
+                finish_reason=choice.finish_reason,
+                tool_calls=tuple(choice.tool_calls or ()),  # type: ignore[arg-type]
+                refusal=choice.refusal,
+            )
+            for choice in answer.choices or ()
+        ),
     )
     return Outcome(completion, None, first_token_ms=answer.first_token_ms)
 
@@ -290,13 +307,16 @@ def _subclasses(cls: type[ProviderError]) -> list[type[ProviderError]]:
 _ERRORS_BY_CODE = {cls.code: cls for cls in reversed(_subclasses(ProviderError))}
 
 
-def ask_for(user_id: uuid.UUID, data: ChatCompletionCreate) -> Ask:
+def ask_for(
+    user_id: uuid.UUID, data: ChatCompletionCreate, *, drop_params: bool | None = None
+) -> Ask:
     """What a chat request asks for, for the intake, after refusing what cannot be honoured
     by any provider: its prompt type is `chat` unless it names another, and a defined type's
     template wraps its last user message. The conversation and the options are put in the
     gateway's own (OpenAI) shape, checked (tool schemas, tool turns, images); whether the
-    chosen provider can honour them is the intake's question."""
-    refuseunsupported(data)
+    chosen provider can honour them is the intake's question. `drop_params` is the key's,
+    for a request that does not say."""
+    refuse_unsupported(data)
     messages = conversation(data.messages)
     last = last_user(messages)
     options = chat_options(data)
@@ -313,7 +333,7 @@ def ask_for(user_id: uuid.UUID, data: ChatCompletionCreate) -> Ask:
         last=last,
         passthrough=_passthrough(data),
         options=options,
-        drop_params=bool(data.drop_params),
+        drop_params=data.drop_params if data.drop_params is not None else drop_params,
         queued=False,
     )
 
@@ -329,11 +349,9 @@ def _passthrough(data: ChatCompletionCreate) -> dict[str, Any]:
     return passthrough
 
 
-def refuseunsupported(data: ChatCompletionCreate) -> None:
+def refuse_unsupported(data: ChatCompletionCreate) -> None:
     """Refuse, by name, the OpenAI features that would change the answer and that no provider
     here carries; tolerate the rest (see schemas)."""
-    if data.n not in (None, 1):
-        unsupported("n", f"n={data.n}: only one choice per request (n=1) is supported.")
     extra = data.model_extra or {}
     for name, (harmless, feature) in UNSUPPORTED_FIELDS.items():
         value = extra.get(name)
@@ -345,7 +363,7 @@ def refuseunsupported(data: ChatCompletionCreate) -> None:
 _OPTION_FIELDS = (
     "tools", "functions", "tool_choice", "function_call", "parallel_tool_calls",
     "response_format", "stop", "top_p", "seed", "frequency_penalty", "presence_penalty",
-    "logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "user",
+    "logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "user", "n",
 )  # fmt: skip
 
 
@@ -391,6 +409,8 @@ def chat_options(data: ChatCompletionCreate) -> dict[str, Any]:
         options["logit_bias"] = data.logit_bias
     if data.user:
         options["user"] = data.user
+    if data.n is not None and data.n > 1:
+        options["n"] = data.n
     return options
 
 
@@ -400,25 +420,31 @@ def completion_json(run: ChatRun, outcome: Outcome) -> bytes:
     nested usage details most)."""
     completion = outcome.completion
     assert completion is not None
-    choice: dict[str, Any] = {
-        "index": 0,
-        "message": response_message(run, completion),
-        "finish_reason": finish_reason(run, completion),
-        "logprobs": completion.logprobs if isinstance(completion.logprobs, dict) else None,
-    }
+    choices = [_choice_json(run, 0, completion)]
+    if completion.choices:
+        choices += [_choice_json(run, i, c) for i, c in enumerate(completion.choices, 1)]
     return to_json(
         {
             "id": run.completion_id,
             "object": "chat.completion",
             "created": run.created,
             "model": run.prompt.model,
-            "choices": [choice],
+            "choices": choices,
             "usage": usage(completion),
         }
     )
 
 
-def response_message(run: ChatRun, completion: Completion) -> dict[str, Any]:
+def _choice_json(run: ChatRun, index: int, answer: Completion | Choice) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": response_message(run, answer),
+        "finish_reason": finish_reason(run, answer),
+        "logprobs": answer.logprobs if isinstance(answer.logprobs, dict) else None,
+    }
+
+
+def response_message(run: ChatRun, completion: Completion | Choice) -> dict[str, Any]:
     """The assistant's message (schemas.ResponseMessage): its text (None when it only called
     tools or refused), its tool calls (as a legacy `function_call` for a request that used
     `functions`) and its refusal."""
@@ -439,7 +465,7 @@ def response_message(run: ChatRun, completion: Completion) -> dict[str, Any]:
     return message
 
 
-def finish_reason(run: ChatRun, completion: Completion) -> str:
+def finish_reason(run: ChatRun, completion: Completion | Choice) -> str:
     """Our adapters already speak OpenAI's vocabulary; anything else reads as `stop`. An
     answer with tool calls ends `tool_calls` (`function_call` for the legacy `functions`)."""
     if completion.tool_calls:

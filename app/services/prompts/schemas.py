@@ -187,6 +187,15 @@ class PromptOut(BaseModel):
     metadata: dict[str, str] = Field(validation_alias="meta")
 
 
+class ChoiceOut(BaseModel):
+    """One more answer of a request with `n` > 1."""
+
+    text: str
+    finish_reason: str | None
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None = None
+
+
 class ResponseOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -210,6 +219,12 @@ class ResponseOut(BaseModel):
         "`function.name`, `function.arguments`); null when it made none.",
     )
     refusal: str | None = Field(None, description="The model's refusal message, if any.")
+    choices: list[ChoiceOut] | None = Field(
+        None,
+        description="With `n` > 1 (/v1/chat/completions): the answers after the first (which "
+        "is `response_text`, `tool_calls`, `refusal` and `finish_reason`), in order; null "
+        "for a single answer. The token counts and cost cover them all.",
+    )
     output_json: Any = Field(
         None,
         description="A structured-output prompt's answer (`response_format`), parsed; null "

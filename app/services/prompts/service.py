@@ -47,7 +47,7 @@ class Submission:
 SUBMIT_ENDPOINT = "POST /ai/prompts/"
 
 
-def ask_for(user_id: uuid.UUID, data: PromptCreate) -> Ask:
+def ask_for(user_id: uuid.UUID, data: PromptCreate, *, drop_params: bool | None = None) -> Ask:
     """What a `POST /ai/prompts/` body asks for, for the intake: its text, or a conversation
     (checked as /v1/chat/completions checks one), with its tools and response format."""
     ask = Ask(
@@ -62,6 +62,7 @@ def ask_for(user_id: uuid.UUID, data: PromptCreate) -> Ask:
         timeout_seconds=data.timeout_seconds,
         fallbacks=data.fallbacks,
         metadata=data.metadata,
+        drop_params=drop_params,
     )
     if data.messages is not None:
         messages = conversation(data.messages)
@@ -98,17 +99,23 @@ class PromptService:
         self.keys = keys
 
     async def submit(
-        self, user_id: uuid.UUID, data: PromptCreate, *, idempotency_key: str | None = None
+        self,
+        user_id: uuid.UUID,
+        data: PromptCreate,
+        *,
+        idempotency_key: str | None = None,
+        drop_params: bool | None = None,
     ) -> Submission:
         """Store the prompt as `pending`, commit, then dispatch it (never before the commit).
 
         Everything wrong with the request is raised by the intake (app/services/intake.py)
         before anything is written. With an `idempotency_key`, the user's same key with the
         same body replays the prompt it first created, as it stands now: nothing is stored
-        or dispatched again (see app/engine/idempotency.py)."""
+        or dispatched again (see app/engine/idempotency.py). `drop_params` is the API key's
+        (`Caller`): leave out, rather than refuse, what the provider cannot honour."""
 
         async def create(idempotency: IdempotencyRecord | None) -> NewPrompt | PromptRequest:
-            prompt = await self.intake.admit(ask_for(user_id, data))
+            prompt = await self.intake.admit(ask_for(user_id, data, drop_params=drop_params))
             await self.recorder.create_prompt(prompt, idempotency=idempotency)
             return prompt
 
