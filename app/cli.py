@@ -19,11 +19,14 @@ from pydantic import ValidationError
 
 from app.db.base import utcnow
 from app.db.database import SessionFactory, create_engine, create_session_factory
+from app.db.models import TeamRole
 from app.kit.errors import AppError
 from app.kit.sealing import SealingKeyError, SecretBox, UnreadableSecret, generate_key
 from app.kit.settings import Settings
 from app.providers.catalogue import CatalogueError, load_catalogue
-from app.services.auth import service
+from app.providers.registry import ModelResolver, build_providers
+from app.services import audit
+from app.services.auth import admin, service
 from app.services.webhooks.service import reseal_secrets
 
 _DROP_PARAMS = {"on": True, "off": False, "default": None}
@@ -58,6 +61,29 @@ def _parser() -> argparse.ArgumentParser:
         "else DROP_PARAMS, says",
     )
 
+    create_key.add_argument("--description", help="what the key is for")
+    create_key.add_argument(
+        "--team", help="scope the key to this team (by name): its prompts are billed to it"
+    )
+    create_key.add_argument(
+        "--models", help="comma-separated: the only models the key may use (default: any)"
+    )
+
+    create_team = commands.add_parser("create-team", help="create a team")
+    create_team.add_argument("name")
+    create_team.add_argument("--description")
+
+    set_member = commands.add_parser(
+        "set-member", help="add a user to a team, or change their role in it"
+    )
+    set_member.add_argument("team", help="the team's name")
+    set_member.add_argument("email")
+    set_member.add_argument("--role", choices=[r.value for r in TeamRole], required=True)
+
+    remove_member = commands.add_parser("remove-member", help="take a user out of a team")
+    remove_member.add_argument("team", help="the team's name")
+    remove_member.add_argument("email")
+
     set_key = commands.add_parser("set-key", help="change an API key's settings")
     set_key.add_argument("prefix", help="the first 11 characters of the key (pm_…)")
     set_key.add_argument(
@@ -88,51 +114,106 @@ async def _with_session(
         await engine.dispose()
 
 
+async def _with_resolver(
+    settings: Settings,
+    work: Callable[[SessionFactory, ModelResolver, argparse.Namespace], Awaitable[None]],
+    sessions: SessionFactory,
+    args: argparse.Namespace,
+) -> None:
+    """`work` with the models as this server resolves them (a key's allowed models are
+    checked against them), its provider clients closed after."""
+    catalogue = load_catalogue(settings.model_catalogue_path)
+    providers = build_providers(settings, catalogue)
+    try:
+        await work(sessions, ModelResolver(providers, catalogue), args)
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
+
+
 async def _create_user(sessions: SessionFactory, args: argparse.Namespace) -> None:
     async with sessions.begin() as session:
-        user = await service.create_user(
-            session, email=args.email, name=args.name, is_admin=args.admin
+        user = await admin.create_user(
+            session, audit.CLI, email=args.email, name=args.name, is_admin=args.admin
         )
         key, plaintext = await service.create_api_key(session, user=user)
+        audit.record(session, audit.CLI, "key.create", "key", key.id, after=audit.key_snapshot(key))
     role = "admin" if user.is_admin else "user"
     print(f"Created {role} {user.email} (id {user.id}) with API key {key.prefix}…")
     print("The key is shown only now; keep it somewhere safe:")
     print(plaintext)
 
 
-async def _create_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
+async def _create_key(
+    sessions: SessionFactory, resolver: ModelResolver, args: argparse.Namespace
+) -> None:
     expires_at = None
     if args.expires_in_days is not None:
         if args.expires_in_days <= 0:
             raise AppError("--expires-in-days must be positive", code="invalid_input")
         expires_at = utcnow() + timedelta(days=args.expires_in_days)
+    models = [m for m in args.models.split(",") if m.strip()] if args.models else None
     async with sessions.begin() as session:
         user = await service.get_user_by_email(session, email=args.email)
-        key, plaintext = await service.create_api_key(
+        team = await admin.team_by_name(session, args.team) if args.team else None
+        key, plaintext = await admin.create_key(
             session,
-            user=user,
+            audit.CLI,
+            user_id=user.id,
             name=args.name,
+            description=args.description,
+            team_id=team.id if team else None,
+            allowed_models=models,
             expires_at=expires_at,
             drop_params=_DROP_PARAMS[args.drop_params],
+            resolver=resolver,
         )
     until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
     dropping = f", drop_params {args.drop_params}" if args.drop_params != "default" else ""
-    print(f"Created API key {key.prefix}… for {user.email}{until}{dropping}.")
+    scoped = f", team {team.name}" if team else ""
+    limited = f", models {', '.join(key.allowed_models)}" if key.allowed_models else ""
+    print(f"Created API key {key.prefix}… for {user.email}{until}{dropping}{scoped}{limited}.")
     print("The key is shown only now; keep it somewhere safe:")
     print(plaintext)
 
 
+async def _create_team(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    async with sessions.begin() as session:
+        team = await admin.create_team(
+            session, audit.CLI, name=args.name, description=args.description
+        )
+    print(f"Created team {team.name} (id {team.id}).")
+
+
+async def _set_member(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    async with sessions.begin() as session:
+        team = await admin.team_by_name(session, args.team)
+        user = await service.get_user_by_email(session, email=args.email)
+        await admin.set_member(
+            session, audit.CLI, team_id=team.id, user_id=user.id, role=TeamRole(args.role)
+        )
+    print(f"{user.email} is now {args.role} of team {team.name}.")
+
+
+async def _remove_member(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    async with sessions.begin() as session:
+        team = await admin.team_by_name(session, args.team)
+        user = await service.get_user_by_email(session, email=args.email)
+        await admin.remove_member(session, audit.CLI, team_id=team.id, user_id=user.id)
+    print(f"{user.email} is no longer a member of team {team.name}.")
+
+
 async def _set_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
     async with sessions.begin() as session:
-        key = await service.set_key_drop_params(
-            session, prefix=args.prefix, drop_params=_DROP_PARAMS[args.drop_params]
+        key = await admin.set_key_drop_params(
+            session, audit.CLI, prefix=args.prefix, drop_params=_DROP_PARAMS[args.drop_params]
         )
     print(f"API key {key.prefix}…: drop_params {args.drop_params}.")
 
 
 async def _revoke_key(sessions: SessionFactory, args: argparse.Namespace) -> None:
     async with sessions.begin() as session:
-        key = await service.revoke_api_key(session, prefix=args.prefix)
+        key = await admin.revoke_key(session, audit.CLI, prefix=args.prefix)
     print(f"Revoked API key {key.prefix}….")
 
 
@@ -183,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     commands: dict[str, Callable[[SessionFactory, argparse.Namespace], Awaitable[None]]] = {
         "create-user": _create_user,
-        "create-key": _create_key,
+        "create-key": partial(_with_resolver, settings, _create_key),
+        "create-team": _create_team,
+        "set-member": _set_member,
+        "remove-member": _remove_member,
         "set-key": _set_key,
         "revoke-key": _revoke_key,
     }

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
+from app.api.admin import router as admin_router
 from app.api.chat import router as openai_router
 from app.api.chat import unknown_url
 from app.api.docs import install_docs
@@ -135,6 +136,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             },
             {"name": "webhooks", "description": "Signed POSTs to your URLs when prompts finish."},
             {
+                "name": "admin",
+                "description": "Users, teams and their roles, API keys scoped to a team and to "
+                "models (admins only).",
+            },
+            {
                 "name": "openai-compatible",
                 "description": "OpenAI's chat completions, embeddings and model list, for the "
                 "official SDKs unchanged (`base_url=<this server>/v1`, `api_key=<your API key>`).",
@@ -152,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.include_router(prompts_router)
     app.include_router(prompt_types_router)
+    app.include_router(admin_router)
     app.include_router(models_router)
     app.include_router(health_router)
     app.include_router(webhooks_router)

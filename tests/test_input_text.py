@@ -235,6 +235,15 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "description": "d",
     },
     ("PATCH", "/webhooks/{webhook_id}"): {"url": "https://example.com/other", "description": "d"},
+    ("POST", "/ai/admin/users"): {"email": "fuzz@example.com", "name": "n"},
+    ("POST", "/ai/admin/teams"): {"name": "fuzz", "description": "d"},
+    ("PUT", "/ai/admin/teams/{team_id}/members/{user_id}"): {"role": "member"},
+    ("POST", "/ai/admin/keys"): {
+        "user_id": "00000000-0000-4000-8000-000000000000",  # (none: a 404)
+        "name": "n",
+        "description": "d",
+        "allowed_models": ["gpt-4o-mini"],
+    },
 }
 _FUZZ: dict[int, tuple[dict[str, str], str]] = {}  # per app: its admin and a webhook's id
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
@@ -346,6 +355,8 @@ async def test_arbitrary_text_in_any_string_of_any_operation_is_never_a_5xx(
 
     params = {"prompt_id": str(uuid.uuid4()), "name": "t-fuzz", "webhook_id": webhook_id}
     params |= {"delivery_id": str(uuid.uuid4()), "model_id": "gpt-4o-mini"}
+    params |= {"team_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
+    params |= {"key_id": str(uuid.uuid4())}
     body = BODIES.get((method, path))
     query: dict[str, str] = {}
     headers = dict(admin)

@@ -31,6 +31,9 @@ TABLES = {
     "webhook_deliveries",
     "webhook_attempts",
     "prompt_types",
+    "teams",
+    "team_members",
+    "audit_log",
 }
 
 

@@ -12,7 +12,9 @@ from starlette.requests import HTTPConnection
 from app.api.bearer import authorization_values, bearer_key
 from app.api.deps import ServicesDep
 from app.db.models import User
+from app.kit.errors import Forbidden
 from app.services.auth.authenticator import Caller
+from app.services.auth.scope import PromptScope
 
 
 class _Bearer(HTTPBearer):
@@ -50,3 +52,25 @@ async def current_user(caller: CurrentCaller) -> User:
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def current_scope(caller: CurrentCaller) -> PromptScope:
+    """The prompts the key's user may see and cancel (app/services/auth/scope.py)."""
+    return PromptScope.of(caller)
+
+
+CurrentScope = Annotated[PromptScope, Depends(current_scope)]
+
+
+class AdminRequired(Forbidden):
+    code = "admin_required"
+
+
+async def admin_user(user: CurrentUser) -> User:
+    """The current user, if an admin: the permission check lives here, not in handlers."""
+    if not user.is_admin:
+        raise AdminRequired("Only an admin can do this.")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]

@@ -94,9 +94,7 @@ async def create_chat_completion(
     provider call; streamed, each replayed answer's text comes as one chunk.
     """
 
-    run = await services.chat.start(
-        caller.user.id, data, idempotency_key=idempotency_key, drop_params=caller.drop_params
-    )
+    run = await services.chat.start(caller, data, idempotency_key=idempotency_key)
     response = ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
     if run.replayed:
         response.headers_out["Idempotent-Replayed"] = "true"

@@ -5,6 +5,7 @@ fifth of a /v1 request's CPU (py-spy under `bench/gateways.py`; docs/architectur
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -35,9 +36,18 @@ async def prompt_filters(
         datetime | None, Query(description="ISO 8601; without an offset, UTC.")
     ] = None,
     created_before: Annotated[datetime | None, Query(description="ISO 8601; exclusive.")] = None,
+    user_id: Annotated[
+        uuid.UUID | None, Query(description="Only this user's prompts (of those you can see).")
+    ] = None,
+    team_id: Annotated[
+        uuid.UUID | None,
+        Query(description="Only the prompts made with keys of this team (of those you can see)."),
+    ] = None,
 ) -> PromptFilters:
     return PromptFilters(
         status=status,
+        user_id=user_id,
+        team_id=team_id,
         model=model,
         prompt_type=prompt_type,
         created_after=_utc(created_after),

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
-from app.api.auth import CurrentUser
+from app.api.auth import CurrentCaller
 from app.api.chat_responses import PROMPT_ID_HEADER
 from app.api.deps import ServicesDep
 from app.api.openai_errors import OpenAIRoute, app_error_response, handle
@@ -53,7 +53,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 )
 async def create_embeddings(
-    data: EmbeddingCreate, user: CurrentUser, services: ServicesDep
+    data: EmbeddingCreate, caller: CurrentCaller, services: ServicesDep
 ) -> Response:
     """OpenAI's embeddings on the catalogue's embedding models (capability `embeddings`:
     `text-embedding-3-small`, `gemini-embedding-001`, `local-embedding`, …), whatever their
@@ -66,7 +66,7 @@ async def create_embeddings(
     in `GET /ai/prompts/`. The vectors themselves are not stored. A client that disconnects
     cancels the call (the prompt ends `cancelled`).
     """
-    return EmbeddingsResponse(await services.embeddings.start(user.id, data))
+    return EmbeddingsResponse(await services.embeddings.start(caller, data))
 
 
 class EmbeddingsResponse(Response):

@@ -77,7 +77,7 @@ async def _chat(services: Services, caller: Caller, body: bytes) -> Response | N
     answers it without an Idempotency-Key."""
     try:
         data = ChatCompletionCreate.model_validate_json(body)
-        run = await services.chat.start(caller.user.id, data, drop_params=caller.drop_params)
+        run = await services.chat.start(caller, data)
     except (pydantic.ValidationError, AppError):
         return None
     return ChatStreamResponse(run) if run.stream else ChatCompletionResponse(run)
@@ -88,9 +88,7 @@ async def _submit(services: Services, caller: Caller, body: bytes) -> Response |
     an Idempotency-Key or a `Prefer`."""
     try:
         data = PromptCreate.model_validate_json(body)
-        submission = await services.prompts.submit(
-            caller.user.id, data, drop_params=caller.drop_params
-        )
+        submission = await services.prompts.submit(caller, data)
     except (pydantic.ValidationError, AppError):
         return None
     prompt = submission.prompt

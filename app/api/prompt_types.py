@@ -4,34 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Path, Response
 
-from app.api.auth import CurrentUser
+from app.api.auth import AdminUser, CurrentUser
 from app.api.deps import ServicesDep, Session
 from app.api.problems import problem_responses
-from app.db.models import User
-from app.kit.errors import AppError
 from app.kit.text import TYPE_NAME_PATTERN
+from app.services.audit import Actor
 from app.services.prompt_types import service
 from app.services.prompt_types.schemas import PromptTypeDefinition, PromptTypeList, PromptTypeOut
 
 router = APIRouter(prefix="/ai/prompt-types", tags=["prompt-types"])
 
 
-class AdminRequired(AppError):
-    status_code = 403
-    code = "admin_required"
-    title = "Forbidden"
-
-
-async def admin_user(user: CurrentUser) -> User:
-    """The current user, if an admin: the permission check lives here, not in handlers."""
-    if not user.is_admin:
-        raise AdminRequired("Only an admin can change prompt types.")
-    return user
-
-
-AdminUser = Annotated[User, Depends(admin_user)]
 TypeNamePath = Annotated[
     str,
     Path(
@@ -132,7 +117,7 @@ async def put_prompt_type(
         name=name,
         definition=definition,
         router=services.models,
-        user_id=admin.id,
+        actor=Actor(admin),
         on_commit=services.prompt_types.invalidate,
     )
     if defined.created:
@@ -153,6 +138,6 @@ async def retire_prompt_type(
     refused (422 `prompt_type_retired`) until a PUT defines it again; its history stays
     readable at `/versions`."""
     row = await service.retire_prompt_type(
-        session, name=name, user_id=admin.id, on_commit=services.prompt_types.invalidate
+        session, name=name, actor=Actor(admin), on_commit=services.prompt_types.invalidate
     )
     return PromptTypeOut.from_row(row, show_creator=True)

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.auth import CurrentCaller, CurrentUser
+from app.api.auth import CurrentCaller, CurrentScope, CurrentUser
 from app.api.deps import Filters, IdempotencyKeyHeader, ServicesDep, Session
 from app.api.problems import problem_responses
 from app.db.models import PromptStatus
+from app.services.auth.scope import PromptScope
 from app.services.prompts import live, service
 from app.services.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
@@ -103,9 +104,7 @@ async def create_prompt(
     still running. Either way the header `Preference-Applied: wait=N` says it was honoured.
     """
     user = caller.user
-    submission = await services.prompts.submit(
-        user.id, data, idempotency_key=idempotency_key, drop_params=caller.drop_params
-    )
+    submission = await services.prompts.submit(caller, data, idempotency_key=idempotency_key)
     prompt = submission.prompt
     response.headers["Location"] = location(prompt.id)
     if submission.replayed:
@@ -116,7 +115,11 @@ async def create_prompt(
         try:
             response.headers["Preference-Applied"] = f"wait={wait:g}"
             detail = await live.wait_for_final(
-                services.bus, services.sessions, user_id=user.id, prompt_id=prompt.id, seconds=wait
+                services.bus,
+                services.sessions,
+                scope=PromptScope.own(user.id),
+                prompt_id=prompt.id,
+                seconds=wait,
             )
         finally:
             streams.give_back(user.id)
@@ -129,21 +132,23 @@ async def create_prompt(
 
 @router.get(
     "/",
-    summary="List your prompts",
+    summary="List the prompts you can see",
     responses=problem_responses(401, 422, 503),
 )
 async def list_prompts(
     session: Session,
-    user: CurrentUser,
+    scope: CurrentScope,
     filters: Filters,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
     ] = None,
 ) -> PromptPage:
-    """Your prompts only, newest first, one page at a time."""
+    """The prompts you can see, newest first, one page at a time: your own; those of the
+    teams you own or view (`team_id` narrows the list to one team's); every prompt for an
+    admin (`user_id` narrows it to one user's)."""
     return await service.list_prompts(
-        session, user_id=user.id, filters=filters, limit=limit, cursor=cursor
+        session, scope=scope, filters=filters, limit=limit, cursor=cursor
     )
 
 
@@ -152,10 +157,12 @@ async def list_prompts(
     summary="Read a prompt and its outcome",
     responses=problem_responses(401, 404, 422, 503),
 )
-async def get_prompt(session: Session, user: CurrentUser, prompt_id: uuid.UUID) -> PromptDetail:
+async def get_prompt(session: Session, scope: CurrentScope, prompt_id: uuid.UUID) -> PromptDetail:
     """The prompt with its response (text, duration, tokens, cost) once `completed`, or its
-    error (a stable `code` and a message) once `failed`, and every provider call made."""
-    return await service.get_prompt(session, user_id=user.id, prompt_id=prompt_id)
+    error (a stable `code` and a message) once `failed`, and every provider call made.
+    Yours, your teams' (as their owner or viewer), or any for an admin: another team's
+    prompt is a 404, as a missing one is."""
+    return await service.get_prompt(session, scope=scope, prompt_id=prompt_id)
 
 
 @router.post(
@@ -169,12 +176,11 @@ async def get_prompt(session: Session, user: CurrentUser, prompt_id: uuid.UUID) 
             "description": "Cancellation requested: the prompt is `running` on another "
             "process, which stops it within about a second. Poll `GET /ai/prompts/{id}`.",
         },
-        **problem_responses(401, 404, 409, 422, 503),
+        **problem_responses(401, 403, 404, 409, 422, 503),
     },
 )
 async def cancel_prompt(
-    session: Session,
-    user: CurrentUser,
+    scope: CurrentScope,
     prompt_id: uuid.UUID,
     response: Response,
     services: ServicesDep,
@@ -187,9 +193,10 @@ async def cancel_prompt(
     runs on another process, within about a second (**202**, `cancel_requested_at` set).
     A prompt that finishes before its runner can stop it keeps its outcome.
     A prompt that is already `completed`, `failed` or `cancelled` is a **409**
-    `already_finished`.
+    `already_finished`. Its maker, its team's owner or an admin may cancel it; a team's
+    viewer gets a **403** `role_forbidden`.
     """
-    detail = await services.prompts.cancel(session, user_id=user.id, prompt_id=prompt_id)
+    detail = await services.prompts.cancel(scope=scope, prompt_id=prompt_id)
     if detail.status == PromptStatus.RUNNING:
         response.status_code = 202
     return detail
@@ -221,6 +228,7 @@ async def cancel_prompt(
 )
 async def prompt_events(
     user: CurrentUser,
+    scope: CurrentScope,
     prompt_id: uuid.UUID,
     services: ServicesDep,
 ) -> StreamingResponse:
@@ -235,11 +243,11 @@ async def prompt_events(
     once per API process; past that, **429** `too_many_streams`.
     """
     bus, sessions, streams = services.bus, services.sessions, services.streams
-    await live.read(sessions, user.id, prompt_id)  # a missing prompt is a 404, not a stream
+    await live.read(sessions, scope, prompt_id)  # a missing prompt is a 404, not a stream
     if not streams.take(user.id):
         raise streams.refuse()
     return HeldStream(
-        live.event_stream(bus, sessions, user_id=user.id, prompt_id=prompt_id),
+        live.event_stream(bus, sessions, scope=scope, prompt_id=prompt_id),
         release=lambda: streams.give_back(user.id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -64,7 +64,7 @@ async def create_webhook(
     operator allowed it (OUTBOUND_ALLOWLIST). A host name that resolves to such an address is
     refused at each delivery instead (`blocked: …` in the delivery log).
     """
-    return await service.create_endpoint(session, box, policy, user_id=user.id, data=data)
+    return await service.create_endpoint(session, box, policy, user=user, data=data)
 
 
 @router.get("", summary="List your webhook endpoints", responses=problem_responses(401, 503))
@@ -100,7 +100,7 @@ async def update_webhook(
     disabled are not announced when it is enabled again. A new URL is checked as on
     registration (422 `invalid_webhook_url`)."""
     return await service.update_endpoint(
-        session, policy, user_id=user.id, endpoint_id=webhook_id, data=data
+        session, policy, user=user, endpoint_id=webhook_id, data=data
     )
 
 
@@ -113,7 +113,7 @@ async def update_webhook(
 )
 async def delete_webhook(session: Session, user: CurrentUser, webhook_id: uuid.UUID) -> Response:
     """Delete the endpoint and its delivery log; nothing more is sent to it."""
-    await service.delete_endpoint(session, user_id=user.id, endpoint_id=webhook_id)
+    await service.delete_endpoint(session, user=user, endpoint_id=webhook_id)
     return Response(status_code=204)
 
 
@@ -128,7 +128,7 @@ async def rotate_webhook_secret(
 ) -> WebhookCreated:
     """Generate a new secret. Every POST from now on is signed with it (a retry of an older
     delivery too); the old one stops working at once."""
-    return await service.rotate_secret(session, box, user_id=user.id, endpoint_id=webhook_id)
+    return await service.rotate_secret(session, box, user=user, endpoint_id=webhook_id)
 
 
 @router.get(

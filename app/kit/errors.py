@@ -46,6 +46,15 @@ class Unauthorized(AppError):
         super().__init__(detail, code=code, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(AppError):
+    """The caller is known, and may not do this (a role that only reads, a key not allowed a
+    model, an admin's operation)."""
+
+    status_code = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
 class InvalidInput(AppError):
     status_code = 422
     code = "invalid_input"

@@ -95,7 +95,11 @@ def build_services(
         idempotency=idempotency,
         intake=intake,
         prompts=PromptService(
-            intake=intake, recorder=runtime.recorder, dispatcher=dispatcher, keys=idempotency
+            intake=intake,
+            recorder=runtime.recorder,
+            dispatcher=dispatcher,
+            keys=idempotency,
+            sessions=sessions,
         ),
         chat=ChatService(
             intake=intake,

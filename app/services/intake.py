@@ -34,7 +34,7 @@ from app.engine.embedding_prompts import (
     embedding_parameters,
     stored_text,
 )
-from app.kit.errors import InvalidInput
+from app.kit.errors import Forbidden, InvalidInput
 from app.providers import fidelity, forced_tool
 from app.providers.base import Embedder, Message, message_text
 from app.providers.catalogue import embedding_model, structured_output_by_tool
@@ -78,6 +78,11 @@ class Ask:
     # Whether the prompt waits in the queue (counted against MAX_PENDING_PER_USER); a chat
     # is run at once by the process that received it.
     queued: bool = True
+    # The key it is made with (recorded), the team that key is scoped to (recorded: the
+    # prompt is billed to and shown in it), and the models the key may use (None: any).
+    api_key_id: uuid.UUID | None = None
+    team_id: uuid.UUID | None = None
+    allowed_models: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -91,6 +96,9 @@ class EmbeddingAsk:
     encoding_format: str = "float"  # how the client wants them: `float` or `base64`
     dimensions: int | None = None
     user: str | None = None  # the client's end-user id (OpenAI's `user`)
+    api_key_id: uuid.UUID | None = None  # as for `Ask`
+    team_id: uuid.UUID | None = None
+    allowed_models: frozenset[str] | None = None
 
 
 class Intake:
@@ -147,7 +155,12 @@ class Intake:
                 code="model_required",
             )
         route = models.resolve(applied.model)
+        permitted(route, ask.allowed_models)
         fallbacks = models.fallbacks(route, applied.fallbacks)
+        if ask.allowed_models is not None:
+            fallbacks = _permitted_fallbacks(
+                fallbacks, ask.allowed_models, explicit=applied.fallbacks is not None
+            )
         for candidate in (route, *fallbacks):
             if embedding_model(candidate.entry):
                 self._refuse_embedding_model(candidate, fallback=candidate is not route)
@@ -193,6 +206,8 @@ class Intake:
         prompt = NewPrompt(
             id=uuid.uuid4(),
             user_id=ask.user_id,
+            api_key_id=ask.api_key_id,
+            team_id=ask.team_id,
             model=applied.model,
             prompt_type=ask.prompt_type,
             prompt_type_version=applied.version,
@@ -221,6 +236,7 @@ class Intake:
                 extra={"limit": limit, "parameter": "input"},
             )
         route = self.models.resolve(ask.model)
+        permitted(route, ask.allowed_models)
         provider = self.models.providers[route.provider]
         if not isinstance(provider, Embedder):
             self._refuse_for_embeddings(
@@ -242,6 +258,8 @@ class Intake:
         return NewPrompt(
             id=uuid.uuid4(),
             user_id=ask.user_id,
+            api_key_id=ask.api_key_id,
+            team_id=ask.team_id,
             model=ask.model,
             prompt_type=EMBEDDING_PROMPT_TYPE,
             prompt_type_version=None,
@@ -413,3 +431,36 @@ def check_parameters(
             code="unsupported_parameter",
             extra={"parameter": "max_tokens", "model": route.model},
         )
+
+
+def names_of(route: Route) -> set[str]:
+    """The names a model goes by: as asked, and the catalogue entry's name and aliases."""
+    names = {route.model}
+    if route.entry is not None:
+        names.add(route.entry.name)
+        names.update(route.entry.aliases)
+    return names
+
+
+def permitted(route: Route, allowed: frozenset[str] | None) -> None:
+    """Refuse a model the key may not use (403 `model_not_allowed`), by any of its names."""
+    if allowed is None or not allowed.isdisjoint(names_of(route)):
+        return
+    raise Forbidden(
+        f"This API key may not use model '{route.model}': it is limited to "
+        f"{', '.join(sorted(allowed)) or 'no model'}.",
+        code="model_not_allowed",
+        extra={"parameter": "model", "model": route.model},
+    )
+
+
+def _permitted_fallbacks(
+    fallbacks: list[Route], allowed: frozenset[str], *, explicit: bool
+) -> list[Route]:
+    """The fallbacks a limited key may use: one the request named is refused like its model;
+    one from the catalogue is left out."""
+    if explicit:
+        for fallback in fallbacks:
+            permitted(fallback, allowed)
+        return fallbacks
+    return [f for f in fallbacks if not allowed.isdisjoint(names_of(f))]

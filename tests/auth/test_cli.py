@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -114,6 +115,59 @@ async def test_a_keys_drop_params_is_set_at_creation_and_changed(cli_db: str):
     assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
     missing = await run_cli(cli_db, "set-key", "pm_nothere", "--drop-params", "on")
     assert missing.returncode == 1 and "No API key with prefix pm_nothere" in missing.stderr
+
+
+async def test_teams_members_and_scoped_keys_from_the_command_line(cli_db: str):
+    await run_cli(cli_db, "create-user", "erin@example.com")
+    created = await run_cli(cli_db, "create-team", "research", "--description", "R&D")
+    assert created.returncode == 0 and "Created team research" in created.stdout, created.stderr
+    again = await run_cli(cli_db, "create-team", "research")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    # Not a member yet: no key for the team.
+    refused = await run_cli(cli_db, "create-key", "erin@example.com", "--team", "research")
+    assert refused.returncode == 1 and "not a member" in refused.stderr
+    member = await run_cli(cli_db, "set-member", "research", "erin@example.com", "--role", "member")
+    assert member.returncode == 0 and "member of team research" in member.stdout, member.stderr
+    key = await run_cli(
+        cli_db,
+        "create-key",
+        "erin@example.com",
+        "--team",
+        "research",
+        "--models",
+        "local",
+        "--description",
+        "nightly eval",
+    )
+    assert key.returncode == 0, key.stderr
+    assert "team research" in key.stdout and "models local" in key.stdout
+    prefix = key.stdout.strip().splitlines()[-1][:11]
+    with sqlite3.connect(cli_db.removeprefix("sqlite+aiosqlite:///")) as db:
+        description, models = db.execute(
+            "SELECT description, allowed_models FROM api_keys WHERE prefix = ?", (prefix,)
+        ).fetchone()
+    assert description == "nightly eval" and json.loads(models) == ["local"]
+
+    unknown = await run_cli(cli_db, "create-key", "erin@example.com", "--models", "nope")
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+    removed = await run_cli(cli_db, "remove-member", "research", "erin@example.com")
+    assert removed.returncode == 0, removed.stderr
+    gone = await run_cli(cli_db, "remove-member", "research", "erin@example.com")
+    assert gone.returncode == 1 and "not a member" in gone.stderr
+    wrong_role = await run_cli(cli_db, "set-member", "research", "erin@example.com", "--role", "x")
+    assert wrong_role.returncode == 2 and "invalid choice" in wrong_role.stderr
+    no_team = await run_cli(cli_db, "set-member", "nowhere", "erin@example.com", "--role", "owner")
+    assert no_team.returncode == 1 and "No team named 'nowhere'" in no_team.stderr
+
+    # The command line's changes are in the audit log too, by "command line".
+    with sqlite3.connect(cli_db.removeprefix("sqlite+aiosqlite:///")) as db:
+        logged = db.execute("SELECT actor, action FROM audit_log ORDER BY at").fetchall()
+    actions = [action for _, action in logged]
+    assert {actor for actor, _ in logged} == {"command line"}
+    for action in ("user.create", "team.create", "team.member.set", "key.create"):
+        assert action in actions, actions
+    assert actions[-1] == "team.member.remove"
 
 
 def test_bad_configuration_is_reported_plainly():

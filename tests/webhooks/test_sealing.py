@@ -115,7 +115,7 @@ async def test_reseal_secrets_moves_every_secret_to_the_first_key(tmp_path: Path
                     session,
                     SecretBox([old]),
                     OutboundPolicy(),
-                    user_id=user.id,
+                    user=user,
                     data=WebhookCreate(url=f"https://example.com/{n}", events=["prompt.completed"]),
                 )
                 for n in range(2)

@@ -2,6 +2,7 @@
 Importing this package registers them all."""
 
 from app.db.models.api_key import ApiKey
+from app.db.models.audit import AuditEntry
 from app.db.models.idempotency_key import IdempotencyKey
 from app.db.models.prompt import (
     IS_PENDING,
@@ -12,6 +13,7 @@ from app.db.models.prompt import (
     PromptStatus,
 )
 from app.db.models.prompt_type import PromptType
+from app.db.models.team import Team, TeamMember, TeamRole
 from app.db.models.user import User
 from app.db.models.webhook import (
     DeliveryStatus,
@@ -24,6 +26,7 @@ from app.db.models.webhook import (
 __all__ = [
     "IS_PENDING",
     "ApiKey",
+    "AuditEntry",
     "DeliveryStatus",
     "IdempotencyKey",
     "NewPrompt",
@@ -32,6 +35,9 @@ __all__ = [
     "PromptResponse",
     "PromptStatus",
     "PromptType",
+    "Team",
+    "TeamMember",
+    "TeamRole",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, String, Uuid
+from sqlalchemy import Boolean, ForeignKey, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db.base import Base, UTCDateTime, utcnow
+from app.db.base import Base, JSONType, UTCDateTime, utcnow
 from app.db.models.user import User
 
 
@@ -29,5 +30,12 @@ class ApiKey(Base):
     # Leave out, rather than refuse, what a provider cannot honour (`drop_params`) for this
     # key's requests; None: as each request says, else the server's DROP_PARAMS.
     drop_params: Mapped[bool | None] = mapped_column(Boolean)
+    description: Mapped[str | None] = mapped_column(Text)
+    # The team the key's prompts are billed to and shown in; None: the user's own.
+    team_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("teams.id", ondelete="RESTRICT"), index=True
+    )
+    # The models (catalogue names, aliases or provider/model) the key may use; None: any.
+    allowed_models: Mapped[list[Any] | None] = mapped_column(JSONType)
 
     user: Mapped[User] = relationship(lazy="raise")

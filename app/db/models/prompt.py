@@ -46,8 +46,16 @@ class PromptRequest(Base):
             "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
             name="status",
         ),
-        # A user's prompts, newest first (the list endpoint and its cursor).
+        # A user's prompts, newest first (the list endpoint and its cursor); a team's too.
         Index("ix_prompt_requests_user_created", "user_id", "created_at", "id"),
+        Index(
+            "ix_prompt_requests_team_created",
+            "team_id",
+            "created_at",
+            "id",
+            postgresql_where=text("team_id IS NOT NULL"),
+            sqlite_where=text("team_id IS NOT NULL"),
+        ),
         # The sweeper (pending and expired running rows) and status filters.
         Index("ix_prompt_requests_status_created", "status", "created_at"),
         Index("ix_prompt_requests_created_at", "created_at"),
@@ -64,6 +72,10 @@ class PromptRequest(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The key it was made with, and the team that key is scoped to (None: the user's own).
+    # No foreign keys: a prompt outlives its key's row, and every insert would pay a lookup.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    team_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     model: Mapped[str] = mapped_column(String(200))
     prompt_type: Mapped[str] = mapped_column(String(64))
     # The version of the type's policy it ran under (app/services/prompt_types); None for a
@@ -122,6 +134,8 @@ class NewPrompt:
     provider: str
     upstream_model: str
     created_at: datetime
+    api_key_id: uuid.UUID | None = None
+    team_id: uuid.UUID | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
     prompt_type_version: int | None = None

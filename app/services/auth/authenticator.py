@@ -6,26 +6,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.db.models import User
+from app.kit.errors import Unauthorized
 from app.services.auth import service
 from app.services.auth.keys import hash_key
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """A verified key: the user it belongs to, and the key's own settings."""
+    """A verified key: the user it belongs to, the key's own settings, and the user's roles in
+    teams (what they may see: app/services/auth/scope.py)."""
 
     user: User
     key_prefix: str
     # The key's `drop_params`: leave out, rather than refuse, what a provider cannot honour.
     # None: the request decides, else the server's DROP_PARAMS.
     drop_params: bool | None = None
+    key_id: uuid.UUID | None = None
+    # The team the key's prompts are billed to and shown in; None: the user's own.
+    team_id: uuid.UUID | None = None
+    # The models the key may use (as requests name them); None: any.
+    allowed_models: frozenset[str] | None = None
+    # The user's teams, and their role in each (owner, member, viewer).
+    roles: Mapping[uuid.UUID, str] = field(default_factory=dict)
 
 
 Lookup = Callable[[], Awaitable[tuple[Caller, datetime | None]]]
@@ -75,6 +85,10 @@ class KeyCache:
         self.put(plaintext, caller, expires_at)
         return caller
 
+    def forget(self, digest: str) -> None:
+        """Drop the entry of the key whose SHA-256 is `digest` (revoked here: at once)."""
+        self._entries.pop(digest, None)
+
     def put(self, plaintext: str, caller: Caller, expires_at: datetime | None) -> None:
         if self._ttl <= 0:
             return
@@ -105,7 +119,25 @@ class Authenticator:
         async def lookup() -> tuple[Caller, datetime | None]:
             async with self.sessions.begin() as session:
                 user, key = await service.authenticate(session, plaintext=plaintext)
-            return Caller(user, key.prefix, key.drop_params), key.expires_at
+                roles = await service.roles_of(session, user_id=user.id)
+            if key.team_id is not None and roles.get(key.team_id) not in service.MAKERS:
+                raise Unauthorized(
+                    f"API key {key.prefix}… is scoped to a team its user no longer makes "
+                    "prompts in (removed, or now only a viewer).",
+                    code="key_team_left",
+                )
+            caller = Caller(
+                user,
+                key.prefix,
+                key.drop_params,
+                key_id=key.id,
+                team_id=key.team_id,
+                allowed_models=(
+                    frozenset(key.allowed_models) if key.allowed_models is not None else None
+                ),
+                roles=roles,
+            )
+            return caller, key.expires_at
 
         if not plaintext:
             caller, _ = await lookup()  # raises: no key

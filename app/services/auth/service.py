@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -9,9 +10,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
-from app.db.models import ApiKey, User
+from app.db.models import ApiKey, TeamMember, TeamRole, User
 from app.kit.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from app.services.auth.keys import KEY_MARKER, generate_key, hash_key
+
+# Roles whose holders make prompts in a team (a viewer only reads).
+MAKERS = frozenset({TeamRole.OWNER, TeamRole.MEMBER})
 
 # `last_used_at` is refreshed at most this often, so authentication is not a write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -47,6 +51,10 @@ async def get_user_by_email(session: AsyncSession, *, email: str) -> User:
     return user
 
 
+async def list_users(session: AsyncSession) -> list[User]:
+    return list(await session.scalars(select(User).order_by(User.created_at, User.email)))
+
+
 async def count_users(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
@@ -74,7 +82,15 @@ async def create_api_key(
     return key, new.plaintext
 
 
-async def _key(session: AsyncSession, prefix: str) -> ApiKey:
+async def roles_of(session: AsyncSession, *, user_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    """The user's teams, and their role in each."""
+    rows = await session.execute(
+        select(TeamMember.team_id, TeamMember.role).where(TeamMember.user_id == user_id)
+    )
+    return {team_id: role for team_id, role in rows}
+
+
+async def key_by_prefix(session: AsyncSession, prefix: str) -> ApiKey:
     key = await session.scalar(select(ApiKey).where(ApiKey.prefix == prefix.strip()))
     if key is None:
         raise NotFound(f"No API key with prefix {prefix.strip()}.", code="unknown_api_key")
@@ -87,14 +103,14 @@ async def set_key_drop_params(
     """Whether the key's requests leave out, rather than refuse, what a provider cannot
     honour; None: as the request says, else the server's DROP_PARAMS. Takes effect within
     AUTH_CACHE_SECONDS in a process that had just seen the key."""
-    key = await _key(session, prefix)
+    key = await key_by_prefix(session, prefix)
     key.drop_params = drop_params
     await session.flush()
     return key
 
 
 async def revoke_api_key(session: AsyncSession, *, prefix: str) -> ApiKey:
-    key = await _key(session, prefix)
+    key = await key_by_prefix(session, prefix)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await session.flush()

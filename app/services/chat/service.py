@@ -34,6 +34,8 @@ from app.providers.base import (
 )
 from app.providers.catalogue import ModelEntry
 from app.providers.registry import ModelResolver
+from app.services.auth.authenticator import Caller
+from app.services.auth.scope import PromptScope
 from app.services.chat.errors import UpstreamFailed
 from app.services.chat.schemas import (
     UNSUPPORTED_FIELDS,
@@ -149,12 +151,7 @@ class ChatService:
         self.replay_wait_seconds = replay_wait_seconds
 
     async def start(
-        self,
-        user_id: uuid.UUID,
-        data: ChatCompletionCreate,
-        *,
-        idempotency_key: str | None = None,
-        drop_params: bool | None = None,
+        self, caller: Caller, data: ChatCompletionCreate, *, idempotency_key: str | None = None
     ) -> ChatRun:
         """Check the chat (the intake raises whatever is wrong with it before anything is
         written), record it as a prompt already claimed by this process (with its
@@ -162,9 +159,9 @@ class ChatService:
 
         With an `idempotency_key`, a retry of the same body gets the first call's answer
         (`replayed`; waited for, up to `replay_wait_seconds`, if it is still running), and
-        no second prompt or provider call. `drop_params` is the API key's (`Caller`): a
-        request's own `drop_params` wins over it."""
-        ask = ask_for(user_id, data, drop_params=drop_params)
+        no second prompt or provider call."""
+        user_id = caller.user.id
+        ask = ask_for(caller, data)
         if idempotency_key is None:
             return await self._start(ask, data, None)
 
@@ -237,7 +234,11 @@ async def replay_chat(
     chunk of text when streamed). A chat still running is waited for, up to `wait_seconds`;
     then it is a 409 `idempotency_key_in_flight`. Nothing is called or recorded again."""
     detail = await live.wait_for_final(
-        bus, sessions, user_id=user_id, prompt_id=replay.prompt_id, seconds=wait_seconds
+        bus,
+        sessions,
+        scope=PromptScope.own(user_id),
+        prompt_id=replay.prompt_id,
+        seconds=wait_seconds,
     )
     if detail is None:
         raise Conflict(
@@ -307,21 +308,22 @@ def _subclasses(cls: type[ProviderError]) -> list[type[ProviderError]]:
 _ERRORS_BY_CODE = {cls.code: cls for cls in reversed(_subclasses(ProviderError))}
 
 
-def ask_for(
-    user_id: uuid.UUID, data: ChatCompletionCreate, *, drop_params: bool | None = None
-) -> Ask:
+def ask_for(caller: Caller, data: ChatCompletionCreate) -> Ask:
     """What a chat request asks for, for the intake, after refusing what cannot be honoured
     by any provider: its prompt type is `chat` unless it names another, and a defined type's
     template wraps its last user message. The conversation and the options are put in the
     gateway's own (OpenAI) shape, checked (tool schemas, tool turns, images); whether the
-    chosen provider can honour them is the intake's question. `drop_params` is the key's,
-    for a request that does not say."""
+    chosen provider can honour them is the intake's question. The key's `drop_params` applies
+    to a request that does not say."""
     refuse_unsupported(data)
     messages = conversation(data.messages)
     last = last_user(messages)
     options = chat_options(data)
     return Ask(
-        user_id=user_id,
+        user_id=caller.user.id,
+        api_key_id=caller.key_id,
+        team_id=caller.team_id,
+        allowed_models=caller.allowed_models,
         model=data.model,
         prompt_type=data.prompt_type or CHAT_PROMPT_TYPE,
         text=message_text(messages[last]),
@@ -333,7 +335,7 @@ def ask_for(
         last=last,
         passthrough=_passthrough(data),
         options=options,
-        drop_params=data.drop_params if data.drop_params is not None else drop_params,
+        drop_params=data.drop_params if data.drop_params is not None else caller.drop_params,
         queued=False,
     )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,6 +23,7 @@ from app.engine.inline import InlineRunner
 from app.engine.recorder import Recorder
 from app.kit.errors import AppError, InvalidInput
 from app.providers.base import Embeddings, unpack_floats
+from app.services.auth.authenticator import Caller
 from app.services.chat.errors import UpstreamFailed
 from app.services.embeddings.schemas import EmbeddingCreate, token_ids
 from app.services.intake import EmbeddingAsk, Intake
@@ -110,16 +110,16 @@ class EmbeddingService:
         self.recorder = recorder
         self.runner = runner
 
-    async def start(self, user_id: uuid.UUID, data: EmbeddingCreate) -> EmbeddingRun:
+    async def start(self, caller: Caller, data: EmbeddingCreate) -> EmbeddingRun:
         """Check the request (the intake raises whatever is wrong with it before anything is
         written), record it as a prompt this process has claimed, and start executing it."""
-        prompt = await self.intake.admit_embedding(ask_for(user_id, data))
+        prompt = await self.intake.admit_embedding(ask_for(caller, data))
         claim = await self.recorder.create_claimed(prompt, lease_seconds=self.runner.lease_seconds)
         return EmbeddingRun(prompt, data.encoding_format or "float", self.runner.run(claim))
 
-    async def create(self, user_id: uuid.UUID, data: EmbeddingCreate) -> EmbeddingResult:
+    async def create(self, caller: Caller, data: EmbeddingCreate) -> EmbeddingResult:
         """`start`, then wait for the result. If this is cancelled, so is the execution."""
-        run = await self.start(user_id, data)
+        run = await self.start(caller, data)
         try:
             await asyncio.wait([run.task])
         except asyncio.CancelledError:
@@ -128,7 +128,7 @@ class EmbeddingService:
         return run.result()
 
 
-def ask_for(user_id: uuid.UUID, data: EmbeddingCreate) -> EmbeddingAsk:
+def ask_for(caller: Caller, data: EmbeddingCreate) -> EmbeddingAsk:
     """What the request asks for, for the intake; token ids are refused by name."""
     if token_ids(data.input):
         raise InvalidInput(
@@ -140,7 +140,10 @@ def ask_for(user_id: uuid.UUID, data: EmbeddingCreate) -> EmbeddingAsk:
     # (strings only, now that token ids are refused)
     inputs = [data.input] if isinstance(data.input, str) else cast("list[str]", data.input)
     return EmbeddingAsk(
-        user_id=user_id,
+        user_id=caller.user.id,
+        api_key_id=caller.key_id,
+        team_id=caller.team_id,
+        allowed_models=caller.allowed_models,
         model=data.model,
         inputs=inputs,
         encoding_format=data.encoding_format or "float",

@@ -7,7 +7,6 @@ deleted, so the history prompts point to stays as it was.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import PromptType
 from app.kit.errors import Conflict, InvalidInput, NotFound
 from app.providers.registry import ModelResolver
+from app.services import audit
+from app.services.audit import Actor
 from app.services.prompt_types.schemas import PromptTypeDefinition
 from app.services.prompt_types.template import TemplateError, parse_template
 
@@ -105,7 +106,7 @@ async def define_prompt_type(
     name: str,
     definition: PromptTypeDefinition,
     router: ModelResolver,
-    user_id: uuid.UUID,
+    actor: Actor,
     on_commit: Callable[[], None],
 ) -> Defined:
     """Make `definition` the type's current policy as a new version, unless it already is
@@ -120,19 +121,26 @@ async def define_prompt_type(
         return Defined(current, created=False)
     version = 1 if current is None else current.version + 1
     return Defined(
-        await _add_version(session, name, version, policy, user_id, on_commit),
+        await _add_version(session, name, version, policy, actor, on_commit, before=current),
         created=version == 1,
     )
 
 
 async def retire_prompt_type(
-    session: AsyncSession, *, name: str, user_id: uuid.UUID, on_commit: Callable[[], None]
+    session: AsyncSession, *, name: str, actor: Actor, on_commit: Callable[[], None]
 ) -> PromptType:
     """Add a `retired` version (a copy of the current policy); the history is kept and a
     later PUT defines the type again as the next version."""
     current = await get_prompt_type(session, name=name)
     return await _add_version(
-        session, name, current.version + 1, current.policy(), user_id, on_commit, retired=True
+        session,
+        name,
+        current.version + 1,
+        current.policy(),
+        actor,
+        on_commit,
+        before=current,
+        retired=True,
     )
 
 
@@ -141,12 +149,13 @@ async def _add_version(
     name: str,
     version: int,
     policy: dict[str, Any],
-    user_id: uuid.UUID,
+    actor: Actor,
     on_commit: Callable[[], None],
     *,
+    before: PromptType | None,
     retired: bool = False,
 ) -> PromptType:
-    row = PromptType(name=name, version=version, retired=retired, created_by=user_id, **policy)
+    row = PromptType(name=name, version=version, retired=retired, created_by=actor.id, **policy)
     session.add(row)
     try:
         async with session.begin_nested():
@@ -159,4 +168,17 @@ async def _add_version(
             code="concurrent_change",
         ) from None
     event.listen(session.sync_session, "after_commit", lambda _: on_commit(), once=True)
+    audit.record(
+        session,
+        actor,
+        "prompt_type.retire" if retired else "prompt_type.define",
+        "prompt_type",
+        name,
+        before=_audited(before) if before is not None else None,
+        after=_audited(row),
+    )
     return row
+
+
+def _audited(row: PromptType) -> dict[str, Any]:
+    return {"version": row.version, "retired": row.retired, **row.policy()}

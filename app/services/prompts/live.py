@@ -19,6 +19,7 @@ from app.db.database import SessionFactory
 from app.engine.events import EventBus
 from app.engine.recorder import FINAL_STATUSES
 from app.kit.errors import AppError
+from app.services.auth.scope import PromptScope
 from app.services.prompts import service
 from app.services.prompts.schemas import PromptDetail
 
@@ -83,23 +84,23 @@ def prefer_wait(header: str | None, *, cap: float) -> float | None:
     return None
 
 
-async def read(sessions: SessionFactory, user_id: uuid.UUID, prompt_id: uuid.UUID) -> PromptDetail:
+async def read(sessions: SessionFactory, scope: PromptScope, prompt_id: uuid.UUID) -> PromptDetail:
     async with sessions() as session:
-        return await service.get_prompt(session, user_id=user_id, prompt_id=prompt_id)
+        return await service.get_prompt(session, scope=scope, prompt_id=prompt_id)
 
 
 async def wait_for_final(
     bus: EventBus,
     sessions: SessionFactory,
     *,
-    user_id: uuid.UUID,
+    scope: PromptScope,
     prompt_id: uuid.UUID,
     seconds: float,
 ) -> PromptDetail | None:
     """The prompt's detail once it is final, or None if it is not within `seconds`."""
     deadline = time.monotonic() + seconds
     async with bus.subscribe(prompt_id) as subscription:
-        detail = await read(sessions, user_id, prompt_id)
+        detail = await read(sessions, scope, prompt_id)
         if detail.status in FINAL_STATUSES:
             return detail
         while (remaining := deadline - time.monotonic()) > 0:
@@ -109,7 +110,7 @@ async def wait_for_final(
             except TimeoutError:
                 break
             if event.kind == "status" and event.status in FINAL_STATUSES:
-                return await read(sessions, user_id, prompt_id)
+                return await read(sessions, scope, prompt_id)
     return None
 
 
@@ -121,7 +122,7 @@ async def event_stream(
     bus: EventBus,
     sessions: SessionFactory,
     *,
-    user_id: uuid.UUID,
+    scope: PromptScope,
     prompt_id: uuid.UUID,
 ) -> AsyncIterator[bytes]:
     """Server-sent events: `status` at once and at every change, `delta` with the text as it is
@@ -129,7 +130,7 @@ async def event_stream(
     with the whole PromptDetail, after which the stream ends. (The route reads the prompt
     once before, so that a missing one is a 404 rather than an empty stream.)"""
     async with bus.subscribe(prompt_id, follow_text=True) as subscription:
-        detail = await read(sessions, user_id, prompt_id)
+        detail = await read(sessions, scope, prompt_id)
         yield _sse("status", {"id": str(prompt_id), "status": detail.status})
         while detail.status not in FINAL_STATUSES:
             try:
@@ -137,7 +138,7 @@ async def event_stream(
                     event = await subscription.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"
-                latest = await read(sessions, user_id, prompt_id)
+                latest = await read(sessions, scope, prompt_id)
                 if latest.status != detail.status:
                     yield _sse("status", {"id": str(prompt_id), "status": latest.status})
                 detail = latest
@@ -147,7 +148,7 @@ async def event_stream(
             elif event.kind == "status" and event.status != detail.status:
                 yield _sse("status", {"id": str(prompt_id), "status": event.status})
                 detail = (
-                    await read(sessions, user_id, prompt_id)
+                    await read(sessions, scope, prompt_id)
                     if event.status in FINAL_STATUSES
                     else detail.model_copy(update={"status": event.status})
                 )

@@ -140,6 +140,9 @@ class PromptCreate(BaseModel):
 
 _PROMPT_EXAMPLE: dict[str, Any] = {
     "id": "2c292282-6542-4384-9450-18a794829bad",
+    "user_id": "0b5c6a0e-3d7e-4d4f-9a43-5f1c1b6f2b11",
+    "api_key_id": "9a1f3c2e-7b44-4c1d-8e2f-6d0a5b3c4e21",
+    "team_id": None,
     "model": "gpt-4o-mini",
     "provider": "openai",
     "prompt_type": "text",
@@ -164,6 +167,17 @@ class PromptOut(BaseModel):
     )
 
     id: uuid.UUID
+    user_id: uuid.UUID = Field(description="Who made it.")
+    api_key_id: uuid.UUID | None = Field(
+        None,
+        description="The API key it was made with (null for prompts made before keys "
+        "were recorded).",
+    )
+    team_id: uuid.UUID | None = Field(
+        None,
+        description="The team it is billed to and shown in (its key's team); null: its "
+        "maker's own.",
+    )
     model: str = Field(description="The model as requested.")
     provider: str = Field(description="The provider it was routed to.")
     prompt_type: str

@@ -13,12 +13,15 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
+from app.db.database import SessionFactory
 from app.db.models import NewPrompt, PromptRequest, PromptStatus
 from app.engine.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
 from app.engine.recorder import Recorder
 from app.engine.runners import Dispatcher
-from app.kit.errors import Conflict, InvalidInput, NotFound
+from app.kit.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.providers.base import message_text
+from app.services.auth.authenticator import Caller
+from app.services.auth.scope import PromptScope
 from app.services.conversation import (
     conversation,
     last_user,
@@ -32,6 +35,8 @@ from app.services.prompts.schemas import PromptCreate, PromptDetail, PromptOut, 
 @dataclass(frozen=True, slots=True)
 class PromptFilters:
     status: PromptStatus | None = None
+    user_id: uuid.UUID | None = None
+    team_id: uuid.UUID | None = None
     model: str | None = None
     prompt_type: str | None = None
     created_after: datetime | None = None
@@ -47,11 +52,14 @@ class Submission:
 SUBMIT_ENDPOINT = "POST /ai/prompts/"
 
 
-def ask_for(user_id: uuid.UUID, data: PromptCreate, *, drop_params: bool | None = None) -> Ask:
+def ask_for(caller: Caller, data: PromptCreate) -> Ask:
     """What a `POST /ai/prompts/` body asks for, for the intake: its text, or a conversation
     (checked as /v1/chat/completions checks one), with its tools and response format."""
     ask = Ask(
-        user_id=user_id,
+        user_id=caller.user.id,
+        api_key_id=caller.key_id,
+        team_id=caller.team_id,
+        allowed_models=caller.allowed_models,
         model=data.model,
         prompt_type=data.prompt_type,
         text=data.prompt_text or "",
@@ -62,7 +70,7 @@ def ask_for(user_id: uuid.UUID, data: PromptCreate, *, drop_params: bool | None 
         timeout_seconds=data.timeout_seconds,
         fallbacks=data.fallbacks,
         metadata=data.metadata,
-        drop_params=drop_params,
+        drop_params=caller.drop_params,  # (the key's: /ai/prompts has no field of its own)
     )
     if data.messages is not None:
         messages = conversation(data.messages)
@@ -92,30 +100,27 @@ class PromptService:
         recorder: Recorder,
         dispatcher: Dispatcher,
         keys: IdempotencyKeys,
+        sessions: SessionFactory,
     ) -> None:
         self.intake = intake
         self.recorder = recorder
         self.dispatcher = dispatcher
         self.keys = keys
+        self.sessions = sessions
 
     async def submit(
-        self,
-        user_id: uuid.UUID,
-        data: PromptCreate,
-        *,
-        idempotency_key: str | None = None,
-        drop_params: bool | None = None,
+        self, caller: Caller, data: PromptCreate, *, idempotency_key: str | None = None
     ) -> Submission:
         """Store the prompt as `pending`, commit, then dispatch it (never before the commit).
 
         Everything wrong with the request is raised by the intake (app/services/intake.py)
         before anything is written. With an `idempotency_key`, the user's same key with the
         same body replays the prompt it first created, as it stands now: nothing is stored
-        or dispatched again (see app/engine/idempotency.py). `drop_params` is the API key's
-        (`Caller`): leave out, rather than refuse, what the provider cannot honour."""
+        or dispatched again (see app/engine/idempotency.py)."""
+        user_id = caller.user.id
 
         async def create(idempotency: IdempotencyRecord | None) -> NewPrompt | PromptRequest:
-            prompt = await self.intake.admit(ask_for(user_id, data, drop_params=drop_params))
+            prompt = await self.intake.admit(ask_for(caller, data))
             await self.recorder.create_prompt(prompt, idempotency=idempotency)
             return prompt
 
@@ -143,13 +148,29 @@ class PromptService:
         await self.dispatcher.dispatch(prompt.id, user_id)  # (never raises: see Dispatcher)
         return Submission(prompt)
 
-    async def cancel(
-        self, session: AsyncSession, *, user_id: uuid.UUID, prompt_id: uuid.UUID
-    ) -> PromptDetail:
-        """Cancel one of the user's prompts. A pending one is cancelled at once and never
-        runs; a running one is stopped by its runner (at once when it runs in this process,
-        within about a second elsewhere). Returns the prompt as it stands after that."""
-        status = await self.recorder.cancel(prompt_id, user_id=user_id)
+    async def cancel(self, *, scope: PromptScope, prompt_id: uuid.UUID) -> PromptDetail:
+        """Cancel a prompt the scope sees and may cancel (its maker's, its team owner's, an
+        admin's; a viewer only reads). A pending one is cancelled at once and never runs; a
+        running one is stopped by its runner (at once when it runs in this process, within
+        about a second elsewhere). Returns the prompt as it stands after that."""
+        p = PromptRequest
+        # Each read in a short session of its own: the one after the cancel sees it (a
+        # SQLite transaction would keep reading the snapshot of its first statement).
+        async with self.sessions() as session:
+            seen = (
+                await session.execute(
+                    select(p.user_id, p.team_id).where(p.id == prompt_id, scope.visible())
+                )
+            ).first()
+        if seen is None:
+            raise NotFound("No prompt with this id.")
+        if not scope.may_cancel(seen.user_id, seen.team_id):
+            raise Forbidden(
+                "Only the prompt's maker, its team's owner or an admin can cancel it: a "
+                "team's viewer only reads.",
+                code="role_forbidden",
+            )
+        status = await self.recorder.cancel(prompt_id, user_id=seen.user_id)
         if status is None:
             raise NotFound("No prompt with this id.")
         if status not in (PromptStatus.PENDING, PromptStatus.RUNNING):
@@ -161,7 +182,8 @@ class PromptService:
             )
         if status == PromptStatus.RUNNING:
             await self.dispatcher.cancel(prompt_id)
-        return await get_prompt(session, user_id=user_id, prompt_id=prompt_id)
+        async with self.sessions() as session:
+            return await get_prompt(session, scope=scope, prompt_id=prompt_id)
 
 
 def encode_cursor(prompt: PromptRequest) -> str:
@@ -187,14 +209,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 async def list_prompts(
     session: AsyncSession,
     *,
-    user_id: uuid.UUID,
+    scope: PromptScope,
     filters: PromptFilters,
     limit: int,
     cursor: str | None,
 ) -> PromptPage:
-    """The user's prompts, newest first, keyset-paginated on (created_at, id)."""
+    """The prompts the scope sees (its own; its teams' as their owner or viewer; all for an
+    admin), newest first, keyset-paginated on (created_at, id)."""
     p = PromptRequest
-    query = select(p).where(p.user_id == user_id)
+    query = select(p).where(scope.visible())
+    if filters.user_id is not None:
+        query = query.where(p.user_id == filters.user_id)
+    if filters.team_id is not None:
+        query = query.where(p.team_id == filters.team_id)
     if filters.status is not None:
         query = query.where(p.status == filters.status)
     if filters.model is not None:
@@ -222,16 +249,17 @@ async def list_prompts(
 
 
 async def get_prompt(
-    session: AsyncSession, *, user_id: uuid.UUID, prompt_id: uuid.UUID
+    session: AsyncSession, *, scope: PromptScope, prompt_id: uuid.UUID
 ) -> PromptDetail:
-    """One of the user's prompts. Someone else's is exactly as missing as a missing one.
+    """A prompt the scope sees. One it does not (another user's, another team's) is exactly as
+    missing as a missing one.
 
     The prompt, its response and its attempts come from one statement (joined), so they agree
     even while the outcome is being committed: separate statements read separate snapshots
     on PostgreSQL, and a poll could see `running` with the response already there."""
     result = await session.execute(
         select(PromptRequest)
-        .where(PromptRequest.id == prompt_id, PromptRequest.user_id == user_id)
+        .where(PromptRequest.id == prompt_id, scope.visible())
         .options(joinedload(PromptRequest.response), joinedload(PromptRequest.attempt_log))
     )
     prompt = result.unique().scalar_one_or_none()

@@ -60,6 +60,7 @@ from app.db.models import (
 from app.db.models.webhook import EVENT_OF_STATUS
 from app.kit.errors import NotFound
 from app.kit.sealing import SecretBox
+from app.services.auth.scope import PromptScope
 from app.services.prompts.service import get_prompt
 from app.services.webhooks.schemas import WebhookMessage
 
@@ -329,7 +330,9 @@ async def load_message(
         if endpoint is None:
             return None
         try:
-            detail = await get_prompt(session, user_id=endpoint.user_id, prompt_id=claim.prompt_id)
+            detail = await get_prompt(
+                session, scope=PromptScope.own(endpoint.user_id), prompt_id=claim.prompt_id
+            )
         except NotFound:
             return None
         message = WebhookMessage.model_validate(

@@ -15,10 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.database import read_one_snapshot
-from app.db.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.db.models import DeliveryStatus, User, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.kit.errors import Conflict, InvalidInput, NotFound
 from app.kit.outbound import OutboundPolicy, OutboundRefused
 from app.kit.sealing import SecretBox
+from app.services import audit
+from app.services.audit import Actor
 from app.services.webhooks.schemas import (
     MAX_URL_CHARS,
     DeliveryOut,
@@ -71,11 +73,12 @@ async def create_endpoint(
     box: SecretBox,
     policy: OutboundPolicy,
     *,
-    user_id: uuid.UUID,
+    user: User,
     data: WebhookCreate,
 ) -> WebhookCreated:
     """Register an endpoint; its secret is in this answer only. Prompts that finish from now
     on are announced to it (none from before)."""
+    user_id = user.id
     count = await session.scalar(
         select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.user_id == user_id)
     )
@@ -100,7 +103,14 @@ async def create_endpoint(
     endpoint.subscribe(data.events)
     session.add(endpoint)
     await session.flush()
-    return WebhookCreated(**WebhookOut.model_validate(endpoint).model_dump(), secret=secret)
+    out = WebhookOut.model_validate(endpoint)
+    audit.record(session, Actor(user), "webhook.create", "webhook", endpoint.id, after=_seen(out))
+    return WebhookCreated(**out.model_dump(), secret=secret)
+
+
+def _seen(webhook: WebhookOut) -> dict[str, Any]:
+    """A webhook as the audit log keeps it (it has no secret)."""
+    return webhook.model_dump(mode="json", exclude={"id", "created_at", "updated_at"})
 
 
 async def list_endpoints(session: AsyncSession, *, user_id: uuid.UUID) -> list[WebhookOut]:
@@ -123,11 +133,12 @@ async def update_endpoint(
     session: AsyncSession,
     policy: OutboundPolicy,
     *,
-    user_id: uuid.UUID,
+    user: User,
     endpoint_id: uuid.UUID,
     data: WebhookUpdate,
 ) -> WebhookOut:
-    endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    endpoint = await _endpoint(session, user_id=user.id, endpoint_id=endpoint_id)
+    before = _seen(WebhookOut.model_validate(endpoint))
     now = utcnow()
     if data.url is not None:
         endpoint.url = check_url(data.url, policy)
@@ -142,27 +153,39 @@ async def update_endpoint(
         endpoint.enabled = data.enabled
     endpoint.updated_at = now
     await session.flush()
-    return WebhookOut.model_validate(endpoint)
+    out = WebhookOut.model_validate(endpoint)
+    audit.record(
+        session,
+        Actor(user),
+        "webhook.update",
+        "webhook",
+        endpoint.id,
+        before=before,
+        after=_seen(out),
+    )
+    return out
 
 
-async def delete_endpoint(
-    session: AsyncSession, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
-) -> None:
+async def delete_endpoint(session: AsyncSession, *, user: User, endpoint_id: uuid.UUID) -> None:
     """The endpoint, its deliveries and their attempts (the foreign keys cascade)."""
-    endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    endpoint = await _endpoint(session, user_id=user.id, endpoint_id=endpoint_id)
+    before = _seen(WebhookOut.model_validate(endpoint))
     await session.delete(endpoint)
     await session.flush()
+    audit.record(session, Actor(user), "webhook.delete", "webhook", endpoint_id, before=before)
 
 
 async def rotate_secret(
-    session: AsyncSession, box: SecretBox, *, user_id: uuid.UUID, endpoint_id: uuid.UUID
+    session: AsyncSession, box: SecretBox, *, user: User, endpoint_id: uuid.UUID
 ) -> WebhookCreated:
     """A new secret, in this answer only; every POST from now on is signed with it."""
-    endpoint = await _endpoint(session, user_id=user_id, endpoint_id=endpoint_id)
+    endpoint = await _endpoint(session, user_id=user.id, endpoint_id=endpoint_id)
     secret = new_secret()
     endpoint.sealed_secret = box.seal(secret)
     endpoint.updated_at = utcnow()
     await session.flush()
+    # (the secrets themselves are never logged: only that it changed)
+    audit.record(session, Actor(user), "webhook.rotate_secret", "webhook", endpoint_id)
     return WebhookCreated(**WebhookOut.model_validate(endpoint).model_dump(), secret=secret)
 
 
