@@ -583,19 +583,15 @@ async def _finish_success(
     version = price.version if price else None
     await recorder.finish(
         claim,
-        attempt=AttemptRecord(
-            provider=route.provider,
-            model=route.upstream_model,
-            started_at=started_at,
-            ended_at=utcnow(),
-            outcome="success",
+        attempt=_success_attempt(
+            route,
+            started_at,
+            cost,
+            estimated,
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
             cached_input_tokens=completion.cached_input_tokens,
             reasoning_tokens=completion.reasoning_tokens,
-            usage_estimated=estimated,
-            cost_usd=cost,
-            catalogue_version=version,
         ),
         response=ResponseRecord(
             response_text=completion.text,
@@ -620,6 +616,34 @@ async def _finish_success(
         ),
         error_code="invalid_structured_output" if problem else None,
         error_message=problem,
+    )
+
+
+def _success_attempt(
+    route: Route,
+    started_at: datetime,
+    cost: Decimal,
+    estimated: bool,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+) -> AttemptRecord:
+    """The attempt that answered (a chat's or an embedding's), as billed."""
+    return AttemptRecord(
+        provider=route.provider,
+        model=route.upstream_model,
+        started_at=started_at,
+        ended_at=utcnow(),
+        outcome="success",
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=cached_input_tokens,
+        reasoning_tokens=reasoning_tokens,
+        usage_estimated=estimated,
+        cost_usd=cost,
+        catalogue_version=route.price.version if route.price else None,
     )
 
 
@@ -667,17 +691,13 @@ async def _finish_embedding(
     version = price.version if price else None
     await recorder.finish(
         claim,
-        attempt=AttemptRecord(
-            provider=route.provider,
-            model=route.upstream_model,
-            started_at=started_at,
-            ended_at=utcnow(),
-            outcome="success",
+        attempt=_success_attempt(
+            route,
+            started_at,
+            cost,
+            estimated,
             input_tokens=embeddings.input_tokens,
             output_tokens=0,
-            usage_estimated=estimated,
-            cost_usd=cost,
-            catalogue_version=version,
         ),
         response=ResponseRecord(
             response_text=summary(len(embeddings.vectors), embeddings.dimensions),

@@ -5,8 +5,6 @@ secret: a key's hash, a webhook's secret and a key itself are never in them."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +15,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ApiKey, AuditEntry, Team, TeamMember, User
-from app.kit.errors import InvalidInput
+from app.kit.cursors import decode_cursor, encode_cursor
 
 COMMAND_LINE = "command line"
 
@@ -148,32 +146,12 @@ async def list_entries(
     if filters.until is not None:
         query = query.where(a.at < filters.until)
     if cursor is not None:
-        at, last = _decode(cursor)
+        at, last = decode_cursor(cursor)
         query = query.where(or_(a.at < at, and_(a.at == at, a.id < last)))
     rows = list(await session.scalars(query.order_by(a.at.desc(), a.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return AuditPage(
         items=[AuditOut.model_validate(row) for row in rows],
-        next_cursor=_encode(rows[-1]) if more else None,
+        next_cursor=encode_cursor(rows[-1].at, rows[-1].id) if more else None,
     )
-
-
-def _encode(entry: AuditEntry) -> str:
-    raw = f"{entry.at.isoformat()}|{entry.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, entry_id = raw.partition("|")
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None:
-            raise ValueError("naive")
-        return when, uuid.UUID(entry_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput(
-            "cursor is not one this API returned; pass next_cursor unchanged.",
-            code="invalid_cursor",
-        ) from None

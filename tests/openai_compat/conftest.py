@@ -14,6 +14,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 import pytest
@@ -37,6 +38,13 @@ class V1:
         """A new user's API key, and the headers for /ai with it."""
         headers = await self.api.new_user()
         return headers["Authorization"].removeprefix("Bearer "), headers
+
+    async def prompt(self, headers: dict[str, str], prompt_id: str) -> dict[str, Any]:
+        """The prompt as `GET /ai/prompts/{id}` shows it to the user of `headers`."""
+        response = await self.api.client.get(f"/ai/prompts/{prompt_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
 
     def client(self, key: str) -> openai.AsyncOpenAI:
         # The SDK's own retries off: each test counts the calls it makes.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 import openai
 import pytest
@@ -19,13 +18,6 @@ from tests.mocks.openai_server import MockOpenAI
 from tests.openai_compat.conftest import V1
 
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
-
-
-async def _prompt(v1: V1, headers: dict[str, str], prompt_id: str) -> dict[str, Any]:
-    response = await v1.api.client.get(f"/ai/prompts/{prompt_id}", headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 @pytest.mark.parametrize("provider", ["openai", "gemini"])
@@ -52,7 +44,7 @@ async def test_reasoning_and_cached_tokens_are_reported_and_recorded(v1: V1, pro
     assert last is not None and last.completion_tokens_details is not None
     assert last.completion_tokens_details.reasoning_tokens == 3
     assert last.completion_tokens > 0  # a streamed call's tokens are counted too
-    prompt = await _prompt(v1, headers, raw.headers["X-Prompt-Id"])
+    prompt = await v1.prompt(headers, raw.headers["X-Prompt-Id"])
     assert prompt["response"]["reasoning_tokens"] == 3
     assert prompt["attempts"][-1]["reasoning_tokens"] == 3
 
@@ -74,7 +66,7 @@ async def test_a_refusal_is_answered_as_openai_does(v1: V1):
     assert message.refusal == "I can't help with that."
     refusal = "".join(c.choices[0].delta.refusal or "" for c in chunks if c.choices)
     assert refusal == "I can't help with that."
-    prompt = await _prompt(v1, headers, raw.headers["X-Prompt-Id"])
+    prompt = await v1.prompt(headers, raw.headers["X-Prompt-Id"])
     assert prompt["response"]["refusal"] == "I can't help with that."
 
 
@@ -230,7 +222,7 @@ async def test_drop_params_leaves_out_what_the_provider_cannot_honour(
     [call] = mock_anthropic.calls_for(upstream)
     assert "seed" not in call.body and "top_p" not in call.body
     assert call.body["stop_sequences"] == ["END"]  # what it can honour is still sent
-    prompt = await _prompt(v1, headers, raw.headers["X-Prompt-Id"])
+    prompt = await v1.prompt(headers, raw.headers["X-Prompt-Id"])
     assert prompt["parameters"]["dropped_params"] == {f"anthropic/{upstream}": ["top_p", "seed"]}
     assert prompt["parameters"]["seed"] == 7  # the request is kept whole
 

@@ -25,13 +25,6 @@ def _mock(request: pytest.FixtureRequest, provider: str) -> Any:
     return request.getfixturevalue(f"mock_{provider}")
 
 
-async def _prompt(v1: V1, headers: dict[str, str], prompt_id: str) -> dict[str, Any]:
-    response = await v1.api.client.get(f"/ai/prompts/{prompt_id}", headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def _assert_recorded(v1: V1, prompt: dict[str, Any], model: str, provider: str) -> None:
     """A completed chat prompt, priced like any other."""
     assert prompt["status"] == "completed", prompt["error"]
@@ -80,7 +73,7 @@ async def test_a_completion_on_each_provider(
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
-    prompt = await _prompt(v1, headers, prompt_id)
+    prompt = await v1.prompt(headers, prompt_id)
     _assert_recorded(v1, prompt, model, provider)
     assert prompt["prompt_text"] == text  # the last user message, so that lists read well
     assert prompt["metadata"] == {"team": "docs"}
@@ -120,7 +113,7 @@ async def test_the_prompt_is_listed_like_any_other(v1: V1):
     [item] = page["items"]
     assert item["status"] == "completed" and item["prompt_type"] == "support"
     assert item["prompt_text"] == "hi"
-    prompt = await _prompt(v1, headers, item["id"])
+    prompt = await v1.prompt(headers, item["id"])
     # `developer` is OpenAI's newer name for the system turn.
     assert prompt["parameters"]["messages"][0] == {"role": "system", "content": "Terse."}
     assert prompt["parameters"]["user"] == "end-user-7"
@@ -170,7 +163,7 @@ async def test_a_client_that_gives_up_cancels_the_call(v1: V1, mock_openai: Any)
     page = (await v1.api.client.get("/ai/prompts/", headers=headers)).json()
     [item] = page["items"]
     for _ in range(250):
-        prompt = await _prompt(v1, headers, item["id"])
+        prompt = await v1.prompt(headers, item["id"])
         if prompt["status"] != "running":
             break
         await asyncio.sleep(0.02)

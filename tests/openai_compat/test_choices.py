@@ -20,13 +20,6 @@ from tests.openai_compat.conftest import V1
 SAY = [{"role": "user", "content": "Say hi"}]
 
 
-async def _prompt(v1: V1, headers: dict[str, str], prompt_id: str) -> dict[str, Any]:
-    response = await v1.api.client.get(f"/ai/prompts/{prompt_id}", headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def _by_choice(chunks: list[Any]) -> tuple[dict[int, str], dict[int, str | None]]:
     """Each answer's streamed text, and its finish reason, by choice index."""
     texts: dict[int, str] = defaultdict(str)
@@ -59,7 +52,7 @@ async def test_n_answers_come_back_whole_counted_and_kept(v1: V1, mock_openai: M
     assert {c.finish_reason for c in completion.choices} == {"stop"}
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 3 + 2 * 4  # every answer's words
-    prompt = await _prompt(v1, headers, raw.headers["X-Prompt-Id"])
+    prompt = await v1.prompt(headers, raw.headers["X-Prompt-Id"])
     response = prompt["response"]
     assert response["response_text"] == "echo: Say hi"
     assert response["output_tokens"] == 11

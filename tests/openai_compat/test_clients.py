@@ -28,7 +28,7 @@ from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, SecretStr
 
 from tests.openai_compat.conftest import V1
-from tests.openai_compat.test_chat import _mock, _prompt
+from tests.openai_compat.test_chat import _mock
 
 PROVIDERS = ["openai", "gemini", "anthropic"]
 
@@ -179,7 +179,7 @@ async def test_parse_on_a_model_without_native_structured_output(
     assert "output_config" not in call.body
     # The prompt records the answer as text, not as a tool call.
     [item] = (await v1.api.client.get("/ai/prompts/", headers=headers)).json()["items"]
-    answer = (await _prompt(v1, headers, item["id"]))["response"]
+    answer = (await v1.prompt(headers, item["id"]))["response"]
     assert json.loads(answer["response_text"]) == {"city": "Paris", "population": 2100000}
     assert not answer["tool_calls"] and answer["finish_reason"] == "stop"
 
@@ -216,7 +216,7 @@ async def test_tools_and_structured_output_without_native_support_are_refused(
 async def _assert_tool_call_recorded(
     v1: V1, headers: dict[str, str], prompt_id: str, model: str, call: dict[str, Any]
 ) -> None:
-    prompt = await _prompt(v1, headers, prompt_id)
+    prompt = await v1.prompt(headers, prompt_id)
     assert prompt["status"] == "completed", prompt["error"]
     assert prompt["model"] == model
     assert prompt["parameters"]["tools"] == [WEATHER]

@@ -26,13 +26,6 @@ from tests.records import openai_prompt, seed
 LOCAL_DIMENSIONS = 576  # SmolLM2-135M's hidden size
 
 
-async def _prompt(v1: V1, headers: dict[str, str], prompt_id: str) -> dict[str, Any]:
-    response = await v1.api.client.get(f"/ai/prompts/{prompt_id}", headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 async def _prompts(v1: V1, headers: dict[str, str]) -> list[dict[str, Any]]:
     page = (await v1.api.client.get("/ai/prompts/", headers=headers)).json()
     items: list[dict[str, Any]] = page["items"]
@@ -88,7 +81,7 @@ async def test_a_string_with_the_sdks_defaults_on_each_provider(
     assert answer.usage.prompt_tokens > 0
     assert answer.usage.total_tokens == answer.usage.prompt_tokens
 
-    prompt = await _prompt(v1, headers, prompt_id)
+    prompt = await v1.prompt(headers, prompt_id)
     assert prompt["status"] == "completed", prompt["error"]
     assert prompt["prompt_type"] == "embedding"
     assert prompt["model"] == model and prompt["provider"] == provider
@@ -152,12 +145,12 @@ async def test_a_list_with_dimensions_as_floats_and_as_base64(
 
     [second, first] = await _prompts(v1, headers)
     assert first["prompt_text"] == "\n".join(texts)
-    detail = await _prompt(v1, headers, first["id"])
+    detail = await v1.prompt(headers, first["id"])
     parameters = detail["parameters"]
     assert parameters["input_count"] == 3 and parameters["dimensions"] == 256
     assert parameters["encoding_format"] == "float" and parameters["user"] == "end-user-9"
     assert detail["response"]["response_text"] == "3 embeddings of 256 dimensions"
-    assert (await _prompt(v1, headers, second["id"]))["parameters"]["encoding_format"] == "base64"
+    assert (await v1.prompt(headers, second["id"]))["parameters"]["encoding_format"] == "base64"
 
 
 async def test_the_local_model_embeds_offline(v1: V1):
@@ -178,7 +171,7 @@ async def test_the_local_model_embeds_offline(v1: V1):
     assert _cosine(vectors[0], vectors[1]) < 0.95
     [_, prompt] = await _prompts(v1, headers)
     assert prompt["status"] == "completed" and prompt["provider"] == "local"
-    detail = await _prompt(v1, headers, prompt["id"])
+    detail = await v1.prompt(headers, prompt["id"])
     assert detail["response"]["usage_estimated"] is False
     assert detail["response"]["input_tokens"] == answer.usage.prompt_tokens > 3
     assert Decimal(detail["response"]["cost_usd"]) == 0
@@ -192,7 +185,7 @@ async def test_an_input_too_long_for_the_local_model_is_refused_by_it(v1: V1):
     assert raised.value.code == "context_length_exceeded"
     [prompt] = await _prompts(v1, headers)
     assert prompt["status"] == "failed"
-    detail = await _prompt(v1, headers, prompt["id"])
+    detail = await v1.prompt(headers, prompt["id"])
     assert [a["error_code"] for a in detail["attempts"]] == ["context_length_exceeded"]
 
 
@@ -291,7 +284,7 @@ async def test_an_upstream_rate_limit_is_answered_as_for_a_chat(v1: V1, mock_ope
     assert "after 3 provider calls" in raised.value.message
     assert len(mock_openai.calls_for(model)) == 3  # the first call and RETRY_MAX_RETRIES more
     prompt_id = raised.value.response.headers["x-prompt-id"]
-    prompt = await _prompt(v1, headers, prompt_id)
+    prompt = await v1.prompt(headers, prompt_id)
     assert prompt["status"] == "failed" and prompt["error"]["code"] == "rate_limited"
     assert prompt["prompt_type"] == "embedding"
     assert [a["http_status"] for a in prompt["attempts"]] == [429, 429, 429]
@@ -305,7 +298,7 @@ async def test_a_flaky_upstream_is_retried(v1: V1, mock_openai: MockOpenAI):
         answer = await client.embeddings.create(model=f"openai/{model}", input="hello")
     assert answer.data[0].embedding == mock_vector("hello", 1536)
     [prompt] = await _prompts(v1, headers)
-    detail = await _prompt(v1, headers, prompt["id"])
+    detail = await v1.prompt(headers, prompt["id"])
     assert [a["outcome"] for a in detail["attempts"]] == ["error", "success"]
     # Outside the catalogue: no price, so a cost of 0.
     assert Decimal(detail["response"]["cost_usd"]) == 0
@@ -343,7 +336,7 @@ async def test_compatible_servers_variations_are_read(v1: V1, model: str):
         )
     assert [item.embedding for item in answer.data] == [mock_vector(t, 32) for t in texts]
     [prompt] = await _prompts(v1, headers)
-    detail = await _prompt(v1, headers, prompt["id"])
+    detail = await v1.prompt(headers, prompt["id"])
     assert detail["response"]["usage_estimated"] is (model == "no-usage")
 
 
@@ -358,7 +351,7 @@ async def test_models_lists_the_embedding_models(v1: V1):
 
 async def _final(v1: V1, headers: dict[str, str], prompt_id: str) -> dict[str, Any]:
     for _ in range(500):
-        prompt = await _prompt(v1, headers, prompt_id)
+        prompt = await v1.prompt(headers, prompt_id)
         if prompt["status"] not in ("pending", "running"):
             return prompt
         await asyncio.sleep(0.02)

@@ -13,14 +13,14 @@ import pytest
 
 from tests.mocks.openai_server import MockOpenAI
 from tests.openai_compat.conftest import V1
-from tests.openai_compat.test_chat import PROVIDERS, _assert_recorded, _mock, _prompt
+from tests.openai_compat.test_chat import PROVIDERS, _assert_recorded, _mock
 
 HELLO: list[Any] = [{"role": "user", "content": "hello"}]
 
 
 async def _wait_final(v1: V1, headers: dict[str, str], prompt_id: str) -> dict[str, Any]:
     for _ in range(500):
-        prompt = await _prompt(v1, headers, prompt_id)
+        prompt = await v1.prompt(headers, prompt_id)
         if prompt["status"] in ("completed", "failed", "cancelled"):
             return prompt
         await asyncio.sleep(0.02)
@@ -61,7 +61,7 @@ async def test_a_stream_on_each_provider(
     assert last.usage.prompt_tokens > 0 and last.usage.completion_tokens > 0
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
 
-    prompt = await _prompt(v1, headers, prompt_id)
+    prompt = await v1.prompt(headers, prompt_id)
     _assert_recorded(v1, prompt, model, provider)
     answer = prompt["response"]
     assert answer["response_text"] == f"echo: {text}"
@@ -121,7 +121,7 @@ async def test_a_failure_after_the_first_text_ends_the_stream_with_an_error(
     assert raised.value.code == "connection_error"
     # No retry once text reached the client: it would repeat or contradict it.
     assert len(mock_openai.calls_for(model)) == 1
-    prompt = await _prompt(v1, headers, raw.headers["x-prompt-id"])
+    prompt = await v1.prompt(headers, raw.headers["x-prompt-id"])
     assert prompt["status"] == "failed" and prompt["error"]["code"] == "connection_error"
     [attempt] = prompt["attempts"]
     assert attempt["outcome"] == "error" and attempt["usage_estimated"] is True
@@ -145,7 +145,7 @@ async def test_a_client_that_hangs_up_cancels_the_call(v1: V1, mock_openai: Mock
             received += chunk.choices[0].delta.content or ""
             if received == "echo: one":
                 break
-        assert (await _prompt(v1, headers, prompt_id))["status"] == "running"
+        assert (await v1.prompt(headers, prompt_id))["status"] == "running"
         await stream.close()  # hang up mid-stream
 
     prompt = await _wait_final(v1, headers, prompt_id)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +16,8 @@ from app.db.models import NewPrompt, PromptRequest, PromptStatus
 from app.engine.idempotency import IdempotencyKeys, IdempotencyRecord, request_fingerprint
 from app.engine.recorder import Recorder
 from app.engine.runners import Dispatcher
-from app.kit.errors import Conflict, Forbidden, InvalidInput, NotFound
+from app.kit.cursors import decode_cursor, encode_cursor
+from app.kit.errors import Conflict, Forbidden, NotFound
 from app.providers.base import message_text
 from app.services.auth.authenticator import Caller
 from app.services.auth.scope import PromptScope
@@ -186,26 +185,6 @@ class PromptService:
             return await get_prompt(session, scope=scope, prompt_id=prompt_id)
 
 
-def encode_cursor(prompt: PromptRequest) -> str:
-    raw = f"{prompt.created_at.isoformat()}|{prompt.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, prompt_id = raw.partition("|")
-        created_at = datetime.fromisoformat(created)
-        if created_at.tzinfo is None:
-            raise ValueError("naive")
-        return created_at, uuid.UUID(prompt_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput(
-            "cursor is not one this API returned; pass next_cursor unchanged.",
-            code="invalid_cursor",
-        ) from None
-
-
 async def list_prompts(
     session: AsyncSession,
     *,
@@ -244,7 +223,7 @@ async def list_prompts(
     rows = rows[:limit]
     return PromptPage(
         items=[PromptOut.model_validate(row) for row in rows],
-        next_cursor=encode_cursor(rows[-1]) if more else None,
+        next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
     )
 
 
