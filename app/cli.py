@@ -1,5 +1,5 @@
-"""`python -m app …`: serve the API, administer users and keys, and the keys that seal
-stored webhook secrets (`app/kit/sealing.py`).
+"""`python -m app …`: serve the API, administer users, teams, keys, rate limits and budgets,
+and the keys that seal stored webhook secrets (`app/kit/sealing.py`).
 
 The commands that create keys print the new key as the last line of their output, alone, so
 scripts can take it with `tail -n 1`.
@@ -11,11 +11,13 @@ import argparse
 import asyncio
 import copy
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.database import SessionFactory, create_engine, create_session_factory
@@ -27,6 +29,8 @@ from app.providers.catalogue import CatalogueError, load_catalogue
 from app.providers.registry import ModelResolver, build_providers
 from app.services import audit
 from app.services.auth import admin, service
+from app.services.limits import service as limits
+from app.services.limits.schemas import LimitSet
 from app.services.webhooks.service import reseal_secrets
 
 _DROP_PARAMS = {"on": True, "off": False, "default": None}
@@ -93,6 +97,26 @@ def _parser() -> argparse.ArgumentParser:
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its prefix")
     revoke.add_argument("prefix", help="the first 11 characters of the key (pm_…)")
 
+    set_limits = commands.add_parser(
+        "set-limits",
+        help="set (replace) the rate limits and budget of a key, a user, a team or the "
+        "server's default (each limit left out: none)",
+    )
+    _limit_target(set_limits)
+    set_limits.add_argument("--rpm", type=int, help="requests per minute")
+    set_limits.add_argument("--tpm", type=int, help="tokens per minute")
+    set_limits.add_argument("--in-flight", type=int, help="prompts in flight at once")
+    set_limits.add_argument("--budget", help="US dollars per budget period, e.g. 25.00")
+    set_limits.add_argument("--period", choices=["day", "week", "month"], default="month")
+    set_limits.add_argument(
+        "--warn-at", type=float, default=0.8, help="the share of the budget that warns"
+    )
+    clear_limits = commands.add_parser(
+        "clear-limits", help="remove the limits of a key, a user, a team or the default"
+    )
+    _limit_target(clear_limits)
+    commands.add_parser("list-limits", help="print every limits row")
+
     commands.add_parser(
         "generate-key", help="print a new key for ENCRYPTION_KEYS (it seals webhook secrets)"
     )
@@ -102,6 +126,65 @@ def _parser() -> argparse.ArgumentParser:
         "putting a new key first; the old one can then be dropped)",
     )
     return parser
+
+
+def _limit_target(command: argparse.ArgumentParser) -> None:
+    target = command.add_mutually_exclusive_group(required=True)
+    target.add_argument("--default", action="store_true", help="the server-wide default")
+    target.add_argument("--user", metavar="EMAIL")
+    target.add_argument("--team", metavar="NAME")
+    target.add_argument("--key", metavar="PREFIX", help="the first 11 characters (pm_…)")
+
+
+async def _target(
+    session: AsyncSession, args: argparse.Namespace
+) -> tuple[str, uuid.UUID | None, str]:
+    """(scope, subject id, a name for it) of the --default/--user/--team/--key given."""
+    if args.user:
+        user = await service.get_user_by_email(session, email=args.user)
+        return "user", user.id, f"user {user.email}"
+    if args.team:
+        team = await admin.team_by_name(session, args.team)
+        return "team", team.id, f"team {team.name}"
+    if args.key:
+        key = await service.key_by_prefix(session, args.key)
+        return "key", key.id, f"API key {key.prefix}…"
+    return "default", None, "the server's default"
+
+
+async def _set_limits(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    try:
+        data = LimitSet(
+            rpm=args.rpm,
+            tpm=args.tpm,
+            max_in_flight=args.in_flight,
+            budget_usd=args.budget,
+            budget_period=args.period,
+            warn_at=args.warn_at,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        raise AppError(f"invalid limits: {problems}") from None
+    async with sessions.begin() as session:
+        scope, subject, name = await _target(session, args)
+        limit = await limits.set_limits(
+            session, audit.CLI, scope=scope, subject_id=subject, data=data
+        )
+        shown = limits.limit_out(limit).model_dump(mode="json", exclude={"updated_at"})
+    print(f"Limits of {name}: {shown}")
+
+
+async def _clear_limits(sessions: SessionFactory, args: argparse.Namespace) -> None:
+    async with sessions.begin() as session:
+        scope, subject, name = await _target(session, args)
+        await limits.clear_limits(session, audit.CLI, scope=scope, subject_id=subject)
+    print(f"Limits of {name} removed.")
+
+
+async def _list_limits(sessions: SessionFactory, _: argparse.Namespace) -> None:
+    async with sessions() as session:
+        for limit in await limits.list_limits(session):
+            print(limits.limit_out(limit).model_dump_json(exclude={"updated_at"}))
 
 
 async def _with_session(
@@ -270,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         "remove-member": _remove_member,
         "set-key": _set_key,
         "revoke-key": _revoke_key,
+        "set-limits": _set_limits,
+        "clear-limits": _clear_limits,
+        "list-limits": _list_limits,
     }
     if args.command in ("serve", "worker", "reseal-secrets"):
         try:

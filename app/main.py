@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.api.admin import router as admin_router
+from app.api.budgets import router as budgets_router
 from app.api.chat import router as openai_router
 from app.api.chat import unknown_url
 from app.api.docs import install_docs
@@ -24,6 +25,7 @@ from app.api.paths import serve_both_forms
 from app.api.problems import document_body_errors, install_error_handlers
 from app.api.prompt_types import router as prompt_types_router
 from app.api.prompts import router as prompts_router
+from app.api.usage import router as usage_router
 from app.api.webhooks import events as webhook_events
 from app.api.webhooks import router as webhooks_router
 from app.engine.celery_app import CeleryDispatcher, create_celery
@@ -93,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             runtime, dispatcher=dispatcher, inline=inline, readiness=readiness
         )
         stack.push_async_callback(services.pending.aclose)
+        if services.intake.governor is not None:
+            stack.push_async_callback(services.intake.governor.aclose)
         app.state.services = services
         yield
 
@@ -158,7 +162,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.include_router(prompts_router)
     app.include_router(prompt_types_router)
+    app.include_router(usage_router)
     app.include_router(admin_router)
+    app.include_router(budgets_router)
     app.include_router(models_router)
     app.include_router(health_router)
     app.include_router(webhooks_router)

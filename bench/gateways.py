@@ -905,6 +905,13 @@ async def pm_phase(ctx: Ctx, db: str, *, workers: int | None = None) -> None:
     out = run_cmd(env, str(BIN / "python"), "-m", "app", "create-user",
                   f"bench{workers or ''}@example.com", "--admin")  # fmt: skip
     key = out.split()[-1]
+    if ctx.cfg.limits:  # limits that never refuse: every request pays for every check
+        limits = os.environ.get(
+            "PM_BENCH_LIMITS",
+            "--rpm 10000000 --tpm 10000000000 --in-flight 1000000 --budget 1000000 --period month",
+        )
+        run_cmd(env, str(BIN / "python"), "-m", "app", "set-limits", "--user",
+                f"bench{workers or ''}@example.com", *limits.split())  # fmt: skip
     pg = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{db}")
     others = await pg.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
@@ -1420,6 +1427,12 @@ def main() -> None:
         "--tools",
         action="store_true",
         help="every chat declares a function tool (tool_choice auto)",
+    )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="Prompt Manager's bench user gets rate limits, an in-flight limit and a budget, "
+        "all too high to refuse anything: what the checks cost",
     )
     cfg = parser.parse_args()
     if cfg.tools:

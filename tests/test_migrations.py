@@ -34,6 +34,10 @@ TABLES = {
     "teams",
     "team_members",
     "audit_log",
+    "usage_daily",
+    "limits",
+    "limit_usage",
+    "reservations",
 }
 
 

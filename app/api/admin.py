@@ -1,12 +1,12 @@
-"""/ai/admin: users, teams, their members and roles, and API keys (admins only; the same
-operations as `python -m app`)."""
+"""/ai/admin: users, teams, their members and roles, API keys, and rate limits and budgets
+(admins only; the same operations as `python -m app`)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import AwareDatetime
 
 from app.api.auth import AdminUser
@@ -31,6 +31,8 @@ from app.services.auth.schemas import (
     UserList,
     UserOut,
 )
+from app.services.limits import service as limits
+from app.services.limits.schemas import LimitList, LimitOut, LimitSet
 
 router = APIRouter(prefix="/ai/admin", tags=["admin"])
 
@@ -161,7 +163,8 @@ async def list_audit(
         Text | None,
         Query(
             max_length=32,
-            description="`user`, `key`, `team`, `prompt_type` or `webhook`.",
+            description="`user`, `key`, `team`, `prompt_type`, `webhook`, or the limits of "
+            "one: `user_limits`, `key_limits`, `team_limits`, `default_limits`.",
         ),
     ] = None,
     target_id: Annotated[Text | None, Query(max_length=200)] = None,
@@ -177,8 +180,8 @@ async def list_audit(
 ) -> AuditPage:
     """Every administrative change, newest first: who (`actor`: an email, or `command line`),
     when, what (`action` on `target_type` / `target_id`), and the target `before` and `after`
-    (null when created or deleted). Users, keys, teams and roles, prompt types and webhooks;
-    never a secret. Append-only: nothing here can change or delete an entry."""
+    (null when created or deleted). Users, keys, teams and roles, limits and budgets, prompt
+    types and webhooks; never a secret. Append-only: nothing here can change or delete an entry."""
     filters = AuditFilters(
         action=action,
         target_type=target_type,
@@ -210,3 +213,89 @@ async def revoke_key(
     key = await admin.revoke_key(session, Actor(actor), prefix=key.prefix)
     services.auth.cache.forget(key.key_hash)
     return KeyOut.of(key)
+
+
+_LIMIT_SCOPE = Annotated[
+    Literal["user", "team", "key"], Path(description="What the limits are on.")
+]
+
+
+@router.get("/limits", summary="List the limits", responses=_problems())
+async def list_limits(session: Session, _: AdminUser) -> LimitList:
+    """Every limits row: the server's default (`scope` default, no `subject_id`) and those on
+    keys, users and teams."""
+    return LimitList(items=[limits.limit_out(x) for x in await limits.list_limits(session)])
+
+
+@router.put("/limits/default", summary="Set the server's default limits", responses=_problems(422))
+async def set_default_limits(
+    session: Session, actor: AdminUser, data: LimitSet, services: ServicesDep
+) -> LimitOut:
+    """The limits of every user who has none of their own (each user gets their own room under
+    them: the default is not one pool). A user's own limits row replaces the default whole;
+    one with nothing set exempts the user."""
+    limit = await limits.set_limits(
+        session, Actor(actor), scope="default", subject_id=None, data=data
+    )
+    services.auth.cache.clear()
+    return limits.limit_out(limit)
+
+
+@router.delete(
+    "/limits/default",
+    status_code=204,
+    summary="Remove the server's default limits",
+    responses=_problems(404),
+)
+async def clear_default_limits(
+    session: Session, actor: AdminUser, services: ServicesDep
+) -> Response:
+    await limits.clear_limits(session, Actor(actor), scope="default", subject_id=None)
+    services.auth.cache.clear()
+    return Response(status_code=204)
+
+
+@router.put(
+    "/limits/{scope}/{subject_id}",
+    summary="Set the limits of a key, a user or a team",
+    responses=_problems(404, 422),
+)
+async def set_limits(
+    session: Session,
+    actor: AdminUser,
+    scope: _LIMIT_SCOPE,
+    subject_id: uuid.UUID,
+    data: LimitSet,
+    services: ServicesDep,
+) -> LimitOut:
+    """Replaces its limits (a field left out is no such limit): requests and tokens per
+    minute, prompts in flight, and a budget per day, week or calendar month (UTC). A request
+    is charged to every account it falls under (its key's, its user's or else the default,
+    its team's) and refused with a **429** if any has no room. Applies at once on this
+    process and within AUTH_CACHE_SECONDS on the others. An unknown key, user or team is a
+    **404** (`unknown_key`, `unknown_user`, `unknown_team`)."""
+    limit = await limits.set_limits(
+        session, Actor(actor), scope=scope, subject_id=subject_id, data=data
+    )
+    services.auth.cache.clear()
+    return limits.limit_out(limit)
+
+
+@router.delete(
+    "/limits/{scope}/{subject_id}",
+    status_code=204,
+    summary="Remove the limits of a key, a user or a team",
+    responses=_problems(404, 422),
+)
+async def clear_limits(
+    session: Session,
+    actor: AdminUser,
+    scope: _LIMIT_SCOPE,
+    subject_id: uuid.UUID,
+    services: ServicesDep,
+) -> Response:
+    """A user without limits of their own falls under the server's default again. What is in
+    use (reservations of prompts running now) is still settled as they end."""
+    await limits.clear_limits(session, Actor(actor), scope=scope, subject_id=subject_id)
+    services.auth.cache.clear()
+    return Response(status_code=204)

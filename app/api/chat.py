@@ -43,7 +43,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing, unknown, expired or revoked API key.",
         404: "Unknown model (`model_not_found`), or unknown path.",
         409: "The prompt was cancelled before it answered (`prompt_cancelled`).",
-        429: "The provider kept rate-limiting after the retries and fallbacks (`rate_limited`).",
+        429: "A limit of your key, user or team has no room: `rate_limit_exceeded` (requests "
+        "or tokens per minute, prompts in flight), `insufficient_quota` (its budget), with "
+        "`Retry-After` and `RateLimit-Policy` / `RateLimit`; or the provider kept "
+        "rate-limiting after the retries and fallbacks (`rate_limited`).",
         502: "The provider failed (`connection_error`, `malformed_response`, …).",
         503: "The provider is unavailable (`provider_unavailable`, `circuit_open`).",
         504: "The provider did not answer in time (`timeout`).",

@@ -49,6 +49,8 @@ class _WatchedResponse(Response):
         super().__init__()  # the attributes a Response has; what it sends is `respond`'s
         self.run = run
         self.headers_out = {PROMPT_ID_HEADER: str(run.prompt.id)}
+        if run.headers:
+            self.headers_out.update(run.headers)
         if dropped := run.dropped_params:
             self.headers_out[DROPPED_HEADER] = ", ".join(dropped)
 

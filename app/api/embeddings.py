@@ -28,7 +28,9 @@ _ERRORS = {
     401: "Missing, unknown, expired or revoked API key.",
     404: "Unknown model (`model_not_found`).",
     409: "The prompt was cancelled before it answered (`prompt_cancelled`).",
-    429: "The provider kept rate-limiting after the retries (`rate_limited`).",
+    429: "A limit of your key, user or team has no room (`rate_limit_exceeded`, "
+    "`insufficient_quota`; `Retry-After`, `RateLimit-Policy` / `RateLimit`), or the provider "
+    "kept rate-limiting after the retries (`rate_limited`).",
     500: "The provider's adapter failed (`internal_error`).",
     502: "The provider failed (`connection_error`, `malformed_response`, …).",
     503: "The provider is unavailable (`provider_unavailable`, `circuit_open`).",
@@ -90,7 +92,7 @@ class EmbeddingsResponse(Response):
                 await asyncio.wait([task])
         if not watcher.cancelled() and watcher.done():
             return  # nobody to answer
-        headers = {PROMPT_ID_HEADER: str(self.run.prompt.id)}
+        headers = {PROMPT_ID_HEADER: str(self.run.prompt.id), **(self.run.headers or {})}
         response: Response
         try:
             result = self.run.result()

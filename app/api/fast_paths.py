@@ -96,7 +96,7 @@ async def _submit(services: Services, caller: Caller, body: bytes) -> Response |
         PromptOut.model_validate(prompt).model_dump_json(),
         status_code=202,
         media_type="application/json",
-        headers={"Location": location(prompt.id)},
+        headers={"Location": location(prompt.id), **submission.headers},
     )
 
 

@@ -38,6 +38,15 @@ _TYPES = {
     429: "rate_limit_error",
 }
 _NOT_FOUND_CODES = frozenset({"unknown_model", "provider_not_configured"})
+# Our limits' refusals (app/services/limits/governor.py, problems with a `limit_name`) as
+# OpenAI words them: a rate limit is `rate_limit_exceeded` (of type `requests` or `tokens`), a
+# spent budget `insufficient_quota`. (A provider's own 429 keeps `rate_limited`.)
+_LIMIT_CODES = {
+    "rate_limited": "rate_limit_exceeded",
+    "too_many_in_flight": "rate_limit_exceeded",
+    "budget_exceeded": "insufficient_quota",
+}
+_PASSED_HEADERS = ("retry-after", "www-authenticate", "allow", "ratelimit", "ratelimit-policy")
 
 
 def error_response(
@@ -47,8 +56,10 @@ def error_response(
     code: str | None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    kind: str | None = None,
 ) -> JSONResponse:
-    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if kind is None:
+        kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -72,20 +83,27 @@ def from_problem(problem: Response) -> JSONResponse:
     status = int(data.get("status", problem.status_code))
     code = str(data.get("code")) if data.get("code") else None
     param = data.get("parameter")
+    kind: str | None = None
     if status == 422 and code in _NOT_FOUND_CODES:
         status, code, param = 404, "model_not_found", "model"
+    elif status == 429 and code in _LIMIT_CODES and "limit_name" in data:
+        kind = "tokens" if data.get("limit_name") == "tpm" else "requests"
+        if code == "budget_exceeded":
+            kind = "insufficient_quota"
+        code = _LIMIT_CODES[code]
     elif status == 422:
         status = 400
         errors = data.get("errors")
         if errors and isinstance(errors, list):
             param = ".".join(str(p) for p in errors[0].get("loc", ()) if p != "body") or None
-    headers = {
-        k: v
-        for k, v in problem.headers.items()
-        if k.lower() in ("retry-after", "www-authenticate", "allow")
-    }
+    headers = {k: v for k, v in problem.headers.items() if k.lower() in _PASSED_HEADERS}
     return error_response(
-        status, str(data.get("detail", "")), code=code, param=param, headers=headers or None
+        status,
+        str(data.get("detail", "")),
+        code=code,
+        param=param,
+        headers=headers or None,
+        kind=kind,
     )
 
 

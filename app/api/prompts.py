@@ -44,7 +44,10 @@ def location(prompt_id: uuid.UUID) -> str:
 _SUBMIT_PROBLEMS = problem_responses(401, 409, 413, 422, 429, 503)
 _SUBMIT_PROBLEMS[429]["description"] = (
     "`too_many_pending_prompts`: you have MAX_PENDING_PER_USER prompts waiting to run already; "
-    "retry after `Retry-After` seconds, once some have started."
+    "retry after `Retry-After` seconds, once some have started. Or a limit of your key, user "
+    "or team has no room (README, *Rate limits and budgets*): `rate_limited` (requests or "
+    "tokens per minute), `too_many_in_flight`, `budget_exceeded`; with `Retry-After` and the "
+    "`RateLimit-Policy` / `RateLimit` headers, and the limit in `limit_name`, `scope`, `limit`."
 )
 _SUBMIT_PROBLEMS[409]["description"] = (
     "`idempotency_key_in_flight`: a concurrent request with this `Idempotency-Key` is still "
@@ -107,6 +110,7 @@ async def create_prompt(
     submission = await services.prompts.submit(caller, data, idempotency_key=idempotency_key)
     prompt = submission.prompt
     response.headers["Location"] = location(prompt.id)
+    response.headers.update(submission.headers)
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     wait = live.prefer_wait(prefer, cap=services.settings.prefer_wait_max_seconds)

@@ -28,6 +28,7 @@ from app.db.dedicated import DedicatedConnection
 from app.db.models import NewPrompt, PromptAttempt, PromptRequest, PromptResponse, PromptStatus
 from app.engine.pg_batches import PromptBatches
 from app.engine.records import AttemptRecord, Claim, ResponseRecord
+from app.engine.usage_rollups import roll_up
 
 _REQUESTS: Table = PromptRequest.__table__  # type: ignore[assignment]
 _ATTEMPTS: Table = PromptAttempt.__table__  # type: ignore[assignment]
@@ -94,6 +95,7 @@ _CLAIM_MANY = (
         _REQUESTS.c.upstream_model,
         _REQUESTS.c.prompt_text,
         _REQUESTS.c.parameters,
+        _REQUESTS.c.limited,
     )
 )
 _FINISH_HELD = (
@@ -183,7 +185,8 @@ class BatchWrites:
 
     async def outcomes(self, outcomes: Sequence[OutcomeWrite]) -> list[bool]:
         """Every attempt row, then each status change fenced on its claim, then the responses
-        of the prompts whose claim held; for each outcome, whether its status change held."""
+        of the prompts whose claim held, and all of it in the daily usage rollups
+        (usage_rollups.py); for each outcome, whether its status change held."""
         now = utcnow()
         attempts = [attempt_row(o.claim, o.attempt) for o in outcomes if o.attempt is not None]
         if self._outcome_writer is not None:
@@ -204,7 +207,14 @@ async def _outcomes_pg(
         now=now,
         attempts=attempts,
         finishing=[
-            (o.claim.prompt_id, o.claim.fence, str(o.status), o.error_code, o.error_message)
+            (
+                o.claim.prompt_id,
+                o.claim.fence,
+                str(o.status),
+                o.error_code,
+                o.error_message,
+                o.response.duration_ms if o.response is not None else None,
+            )
             for o in finishing
         ],
         responses=[response_row(o, now) for o in finishing if o.response is not None],
@@ -249,4 +259,11 @@ async def _outcomes_core(
     ]
     if responses:
         await connection.execute(_INSERT_RESPONSES, responses)
+    # The daily usage rollups, read back from the rows just written (PostgreSQL folds them
+    # into its one statement instead: pg_batches.py).
+    await roll_up(
+        connection,
+        attempt_ids=[row["id"] for row in attempts],
+        prompt_ids=[o.claim.prompt_id for o, held in zip(outcomes, won, strict=True) if held],
+    )
     return won

@@ -7,7 +7,10 @@ CPU at 16 clients (py-spy under `bench/gateways.py`): per-row parameter processi
 round trip per statement. Here each batch is a single statement over arrays (`unnest`), one
 parameter per column whatever the batch size, and the outcome's three tables are written by
 one statement with data-modifying CTEs, which PostgreSQL runs on one snapshot: the responses
-go in only for the prompts whose status change matched its claim, as before.
+go in only for the prompts whose status change matched its claim, as before. The same
+statement adds the batch to the daily usage rollups (`usage_rollups.py`), from its own
+inputs and from what its status change returns: the CTEs share a snapshot, so none of them
+can read back the rows another one writes.
 
 The statements go straight to asyncpg, on a connection of the writer's own
 (`db/dedicated.py`), since SQLAlchemy's execution around each cost more than the statement.
@@ -28,6 +31,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
 from app.db.dedicated import DedicatedConnection
+from app.engine.usage_rollups import upsert_sql, utc_day
 
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
@@ -95,6 +99,7 @@ def _shaped(arrays: list[list[Any]], *, one: bool) -> list[Any]:
 
 _CHANGE_COLUMNS = [
     ("id", "uuid"), ("fence", "integer"), ("status", "text"), ("code", "text"), ("message", "text"),
+    ("duration_ms", "integer"),  # the response's: its usage rollup row is its duration bucket
 ]  # fmt: skip
 
 
@@ -133,6 +138,17 @@ class PromptBatches:
         response_names = ", ".join(c for c, _ in self._response_columns)
         response_rows = _rows(self._response_columns, numbers, one=one)
         changes = _rows(_CHANGE_COLUMNS, numbers, one=one)
+        # The rollups: the attempts from the statement's own input (joined to their prompt,
+        # whose key columns never change), the final statuses from what `finished` returns.
+        usage = upsert_sql(
+            "postgresql",
+            attempts=f"{attempt_rows} AS a({attempt_names}) "
+            f"JOIN {requests.name} AS p ON p.id = a.prompt_id WHERE a.id IS NOT NULL",
+            prompts="finished AS p",
+            finished_day=utc_day("postgresql", "$1::timestamptz"),
+            status="p.status",
+            duration="p.duration_ms",
+        )
         return f"""
             WITH attempt_rows AS (
                 INSERT INTO {attempts.name} ({attempt_names})
@@ -143,16 +159,18 @@ class PromptBatches:
                 UPDATE {requests.name} AS p
                 SET status = v.status, finished_at = $1, lease_expires_at = NULL,
                     error_code = v.code, error_message = v.message
-                FROM {changes} AS v(id, fence, status, code, message)
+                FROM {changes} AS v(id, fence, status, code, message, duration_ms)
                 WHERE p.id = v.id AND p.status = 'running' AND p.executions = v.fence
-                RETURNING p.id
+                RETURNING p.id, p.model, p.provider, p.user_id, p.team_id, p.api_key_id,
+                    v.status, v.duration_ms
             ),
             response_rows AS (
                 INSERT INTO {responses.name} ({response_names})
                 SELECT {_select(self._response_columns, self._response_jsonb, "r")}
                 FROM {response_rows} AS r({response_names})
                 WHERE r.prompt_id IN (SELECT id FROM finished)
-            )
+            ),
+            usage AS ({usage})
             SELECT id FROM finished
             """  # noqa: S608
 
@@ -172,12 +190,13 @@ class PromptBatches:
         *,
         now: datetime,
         attempts: Sequence[dict[str, Any]],
-        finishing: Sequence[tuple[uuid.UUID, int, str, str | None, str | None]],
+        finishing: Sequence[tuple[uuid.UUID, int, str, str | None, str | None, int | None]],
         responses: Sequence[dict[str, Any]],
     ) -> set[uuid.UUID]:
-        """Attempt rows; `finishing` = (prompt id, fence, status, error code, error message)
-        status changes, each fenced on its claim; then the `responses` of the prompts whose
-        change matched. Returns those prompts' ids."""
+        """Attempt rows; `finishing` = (prompt id, fence, status, error code, error message,
+        the response's duration_ms) status changes, each fenced on its claim; then the
+        `responses` of the prompts whose change matched; and all of it in the usage rollups.
+        Returns those prompts' ids."""
         one = max(len(attempts), len(finishing), len(responses)) == 1
         changes = [[change[i] for change in finishing] for i in range(len(_CHANGE_COLUMNS))]
         rows = await connection.fetch(

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -41,7 +42,9 @@ from app.engine.batch_writes import (
 )
 from app.engine.events import EventBus, LocalBus, PromptEvent
 from app.engine.idempotency import IdempotencyRecord, insert_key, purge_expired_keys
+from app.engine.ledger import Ledger
 from app.engine.records import AttemptRecord, Claim, ResponseRecord
+from app.engine.usage_rollups import roll_up
 from app.kit.group_commit import GroupCommit
 
 _P = PromptRequest
@@ -81,6 +84,8 @@ class Recorder:
         self._claims = GroupCommit(self._claim_many, orphaned=self._release_orphan)
         self._outcomes = GroupCommit(self._write_outcomes)
         self._inserts = GroupCommit(self._writes.insert_prompts)
+        # Rate limits and budgets: whatever ends a prompt that holds reservations settles it.
+        self.ledger = Ledger(engine)
 
     async def aclose(self) -> None:
         """Wait for the writes already queued, then close the writers' own connections
@@ -88,6 +93,7 @@ class Recorder:
         await self._inserts.aclose()
         await self._claims.aclose()
         await self._outcomes.aclose()
+        await self.ledger.aclose()
         await self._writes.aclose()
 
     async def create_prompt(
@@ -132,6 +138,7 @@ class Recorder:
             prompt.upstream_model,
             prompt.prompt_text,
             prompt.parameters,
+            prompt.limited,
         )
 
     async def purge_idempotency_keys(self) -> int:
@@ -159,6 +166,13 @@ class Recorder:
 
     async def _write_outcomes(self, outcomes: Sequence[OutcomeWrite]) -> list[bool]:
         won = await self._writes.outcomes(outcomes)
+        limited = [
+            o.claim.prompt_id
+            for o, held in zip(outcomes, won, strict=True)
+            if held and o.claim.limited and o.status is not None
+        ]
+        if limited:
+            await self.ledger.settle(limited)
         await self._bus.publish(
             [
                 PromptEvent(o.claim.prompt_id, "status", status=o.status)
@@ -227,8 +241,12 @@ class Recorder:
                     cancel_requested_at=func.coalesce(_P.cancel_requested_at, now),
                 )
             )
-        won = bool(result.rowcount)  # type: ignore[attr-defined]
+            won = bool(result.rowcount)  # type: ignore[attr-defined]
+            if won:
+                await roll_up(session, prompt_ids=[claim.prompt_id])
         if won:
+            if claim.limited:
+                await self.ledger.settle([claim.prompt_id])
             await self._published([claim.prompt_id], PromptStatus.CANCELLED)
         return won
 
@@ -259,6 +277,9 @@ class Recorder:
                     .returning(_P.id)
                 )
                 cancelled.extend(ended.scalars())
+            await roll_up(session, prompt_ids=cancelled)
+        if cancelled:
+            await self.ledger.settle(cancelled)
         await self._published(cancelled, PromptStatus.CANCELLED)
 
     async def recover_expired(self, *, max_attempts: int) -> Recovered:
@@ -301,7 +322,7 @@ class Recorder:
                 .returning(*lost)
             )
             requeued_rows = requeued.all()
-            attempts = [
+            attempts: list[dict[str, Any]] = [
                 {
                     "id": uuid.uuid4(),
                     "prompt_id": prompt_id,
@@ -321,6 +342,14 @@ class Recorder:
             ]
             if attempts:
                 await session.execute(INSERT_ATTEMPTS, attempts)
+            await roll_up(
+                session,
+                attempt_ids=[attempt["id"] for attempt in attempts],
+                prompt_ids=[row[0] for row in (*cancelled_rows, *failed_rows)],
+            )
+        ended = [row[0] for row in (*cancelled_rows, *failed_rows)]
+        if ended:  # (those that held nothing settle nothing: one indexed look)
+            await self.ledger.settle(ended)
         await self._published([row[0] for row in cancelled_rows], PromptStatus.CANCELLED)
         await self._published([row[0] for row in failed_rows], PromptStatus.FAILED)
         return Recovered(
@@ -395,6 +424,7 @@ class Recorder:
                     _P.upstream_model,
                     _P.prompt_text,
                     _P.parameters,
+                    _P.limited,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -420,6 +450,7 @@ class Recorder:
                     .returning(_P.id)
                 )
                 if cancelled.first() is not None:
+                    await roll_up(session, prompt_ids=[prompt_id])
                     status: str | None = PromptStatus.PENDING
                     break
                 requested = await session.execute(
@@ -433,6 +464,7 @@ class Recorder:
                 status = await session.scalar(select(_P.status).where(*owned))
                 if status is None or status in FINAL_STATUSES:
                     return status
+        await self.ledger.settle([prompt_id])
         await self._published([prompt_id], PromptStatus.CANCELLED)
         return status
 

@@ -23,6 +23,7 @@ class Claim:
     upstream_model: str
     prompt_text: str
     parameters: dict[str, Any]
+    limited: bool = False  # it holds reservations in the limits ledger: settle it when it ends
 
 
 @dataclass(frozen=True, slots=True)

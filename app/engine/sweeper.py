@@ -8,7 +8,8 @@ Each pass (at start-up, then every SWEEP_INTERVAL_SECONDS) it
    start-up: a pending row left by a previous process has nobody running it), taken in turns
    across their owners, so one user's backlog does not hold up another user's prompt here
    either.
-3. deletes a batch of expired idempotency keys.
+3. settles the limits ledger's leftover reservations (app/engine/ledger.py, `sweep`);
+4. deletes a batch of expired idempotency keys.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class Sweeper:
             dispatched += await self._dispatcher.dispatch(prompt_id, owners[prompt_id])
         # Expired idempotency keys: one bounded DELETE per pass (an expired key is already
         # ignored by lookups; this only keeps the table small).
+        # Reservations in the limits ledger left by a settle step that was lost (a process
+        # stopped between a prompt's end and its settling), or by a prompt never recorded.
+        settled = await self._recorder.ledger.sweep()
+        if settled:
+            logger.info("sweep: %d prompts' reservations settled or released", settled)
         purged = await self._recorder.purge_idempotency_keys()
         if purged:
             logger.info("sweep: %d expired idempotency keys deleted", purged)

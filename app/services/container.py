@@ -28,6 +28,7 @@ from app.services.caps import PendingGauge
 from app.services.chat.service import ChatService
 from app.services.embeddings.service import EmbeddingService
 from app.services.intake import Intake
+from app.services.limits.governor import Governor
 from app.services.prompt_types.cache import PromptTypeCache
 from app.services.prompts.live import StreamSlots
 from app.services.prompts.service import PromptService
@@ -75,6 +76,7 @@ def build_services(
         pending=pending,
         max_prompt_chars=settings.max_prompt_chars,
         drop_params=settings.drop_params,
+        governor=Governor(runtime.recorder.ledger),
     )
     idempotency = IdempotencyKeys(
         sessions=sessions, ttl_seconds=settings.idempotency_key_ttl_seconds

@@ -6,9 +6,13 @@ the prompt type's current policy (app/services/prompt_types/policy.py), the size
 routing and fallbacks (the catalogue), the parameter checks every candidate provider must
 honour (temperature and max_tokens; then each field and message feature the request uses,
 against the translation matrix of app/providers/fidelity.py and the model's catalogue
-capabilities), then the per-request policies of the user (today MAX_PENDING_PER_USER). Whatever is
-wrong with a request is raised here as an `AppError`, before anything is written: the fast
-paths rely on that to hand a refused request to its route, which then answers it.
+capabilities), then the per-request policies of the user (MAX_PENDING_PER_USER), and last
+the rate limits and budgets of the caller's key, user and team
+(app/services/limits/governor.py). Whatever is wrong with a request is raised here as an
+`AppError`, before anything is written: the fast paths rely on that to hand a refused request
+to its route, which then answers it. The limits are the one step that writes: it charges the
+request to the limits ledger (a refusal charges nothing), and `undo` gives that back if the
+prompt is not recorded after all.
 
 A policy that every request creating work must pass (rate limits, budgets, ...) belongs in
 `admit`: it is the one call both endpoints, routed or fast-pathed, go through.
@@ -23,9 +27,13 @@ model chats only: `admit` refuses the first, `admit_embedding` the second, each 
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, NoReturn
+
+from pydantic_core import to_json
 
 from app.db.base import utcnow
 from app.db.models import NewPrompt
@@ -34,12 +42,14 @@ from app.engine.embedding_prompts import (
     embedding_parameters,
     stored_text,
 )
+from app.engine.ledger import Account
 from app.kit.errors import Forbidden, InvalidInput
 from app.providers import fidelity, forced_tool
 from app.providers.base import Embedder, Message, message_text
 from app.providers.catalogue import embedding_model, structured_output_by_tool
 from app.providers.registry import ModelResolver, Route
 from app.services.caps import PendingGauge
+from app.services.limits.governor import Governor, Grant, estimate
 from app.services.prompt_types.cache import PromptTypeCache
 from app.services.prompt_types.policy import Applied, apply_policy
 
@@ -83,6 +93,10 @@ class Ask:
     api_key_id: uuid.UUID | None = None
     team_id: uuid.UUID | None = None
     allowed_models: frozenset[str] | None = None
+    # The rate limits and budgets it is charged to (the caller's), and, once admitted, what
+    # its answer carries of them (`Grant.headers`).
+    accounts: tuple[Account, ...] = ()
+    grant: Grant | None = None
 
 
 @dataclass(slots=True)
@@ -99,6 +113,8 @@ class EmbeddingAsk:
     api_key_id: uuid.UUID | None = None  # as for `Ask`
     team_id: uuid.UUID | None = None
     allowed_models: frozenset[str] | None = None
+    accounts: tuple[Account, ...] = ()
+    grant: Grant | None = None
 
 
 class Intake:
@@ -112,16 +128,25 @@ class Intake:
         pending: PendingGauge,
         max_prompt_chars: int,
         drop_params: bool = False,
+        governor: Governor | None = None,
     ) -> None:
         self.models = models
         self.prompt_types = prompt_types
         self.pending = pending
         self.max_prompt_chars = max_prompt_chars
         self.drop_params = drop_params  # the server's default (DROP_PARAMS)
+        self.governor = governor  # rate limits and budgets (None: none are enforced)
+
+    def undo(self, prompt: NewPrompt) -> None:
+        """Give back what an admitted prompt holds of its limits when it is not recorded after
+        all (its insert failed, or its request was cancelled meanwhile)."""
+        if prompt.limited and self.governor is not None:
+            self.governor.abandon(prompt.id)
 
     async def admit(self, ask: Ask) -> NewPrompt:
         """The prompt to record for `ask`, or the `AppError` that refuses it. Nothing is
-        written; last, a queued prompt is counted against its owner's cap."""
+        written; last, a queued prompt is counted against its owner's cap, and a caller with
+        limits is charged to the limits ledger (`undo` gives it back)."""
         models, max_chars = self.models, self.max_prompt_chars
         applied = apply_policy(
             await self.prompt_types.get(ask.prompt_type),
@@ -220,6 +245,23 @@ class Intake:
         )
         if ask.queued:
             await self.pending.admit(ask.user_id)
+        if ask.accounts and self.governor is not None:
+            characters, parts, pictures = _measure(applied.text, messages)
+            # (what else is sent as tokens: the instruction, and tools or a schema)
+            characters += len(applied.system_instruction or "")
+            if ask.options:
+                characters += len(to_json(ask.options))
+            n = ask.options.get("n")
+            tokens, cost = estimate(
+                candidates=(route, *fallbacks),
+                characters=characters,
+                messages=parts,
+                images=pictures,
+                max_tokens=applied.max_tokens,
+                n=n if isinstance(n, int) and n > 1 else 1,
+            )
+            ask.grant = await self.governor.admit(prompt.id, ask.accounts, tokens=tokens, cost=cost)
+            prompt.limited = ask.grant.held
         return prompt
 
     async def admit_embedding(self, ask: EmbeddingAsk) -> NewPrompt:
@@ -255,7 +297,7 @@ class Intake:
                     "provider": route.provider,
                 },
             )
-        return NewPrompt(
+        prompt = NewPrompt(
             id=uuid.uuid4(),
             user_id=ask.user_id,
             api_key_id=ask.api_key_id,
@@ -276,6 +318,12 @@ class Intake:
             ),
             meta={},
         )
+        if ask.accounts and self.governor is not None:
+            tokens = math.ceil(total / 4)
+            cost = route.price.cost(total, 0) if route.price is not None else Decimal(0)
+            ask.grant = await self.governor.admit(prompt.id, ask.accounts, tokens=tokens, cost=cost)
+            prompt.limited = ask.grant.held
+        return prompt
 
     def _embedding_models(self) -> list[str]:
         return [e.name for e in self.models.available() if embedding_model(e)]
@@ -409,6 +457,19 @@ class Intake:
                     "prompt_type_version": version,
                 },
             )
+
+
+def _measure(text: str, messages: list[Message] | None) -> tuple[int, int, int]:
+    """(characters, messages, image parts) of a prompt, for what the limits charge it."""
+    if messages is None:
+        return len(text), 1, 0
+    characters = images = 0
+    for message in messages:
+        content = message["content"]
+        characters += len(message_text(message))
+        if isinstance(content, list):
+            images += sum(1 for part in content if part["type"] != "text")
+    return characters, len(messages), images
 
 
 def check_parameters(

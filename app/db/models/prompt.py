@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    false,
     literal_column,
     text,
 )
@@ -100,6 +101,9 @@ class PromptRequest(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # It holds reservations in the limits ledger (app/engine/ledger.py) until it is settled:
+    # only such a prompt's outcome costs the settling step.
+    limited: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     response: Mapped[PromptResponse | None] = relationship(
         back_populates="prompt", lazy="raise", uselist=False
@@ -147,6 +151,7 @@ class NewPrompt:
     cancel_requested_at: datetime | None = None
     error_code: str | None = None
     error_message: str | None = None
+    limited: bool = False
 
 
 class PromptAttempt(Base):

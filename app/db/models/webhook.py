@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -19,10 +20,11 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db.base import Base, UTCDateTime, utcnow
+from app.db.base import Base, JSONType, UTCDateTime, utcnow
 from app.db.models.prompt import PromptRequest, PromptStatus
 
 
@@ -30,6 +32,8 @@ class WebhookEvent(enum.StrEnum):
     PROMPT_COMPLETED = "prompt.completed"
     PROMPT_FAILED = "prompt.failed"
     PROMPT_CANCELLED = "prompt.cancelled"
+    # A budget's spending crossed its warning share (`warn_at`): once per budget period.
+    BUDGET_THRESHOLD = "budget.threshold"
 
 
 EVENT_OF_STATUS = {
@@ -69,6 +73,9 @@ class WebhookEndpoint(Base):
     on_prompt_completed: Mapped[bool] = mapped_column(Boolean, default=False)
     on_prompt_failed: Mapped[bool] = mapped_column(Boolean, default=False)
     on_prompt_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_budget_threshold: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -81,6 +88,7 @@ class WebhookEndpoint(Base):
             WebhookEvent.PROMPT_COMPLETED: self.on_prompt_completed,
             WebhookEvent.PROMPT_FAILED: self.on_prompt_failed,
             WebhookEvent.PROMPT_CANCELLED: self.on_prompt_cancelled,
+            WebhookEvent.BUDGET_THRESHOLD: self.on_budget_threshold,
         }
         return [event for event, on in flags.items() if on]
 
@@ -88,10 +96,12 @@ class WebhookEndpoint(Base):
         self.on_prompt_completed = WebhookEvent.PROMPT_COMPLETED in events
         self.on_prompt_failed = WebhookEvent.PROMPT_FAILED in events
         self.on_prompt_cancelled = WebhookEvent.PROMPT_CANCELLED in events
+        self.on_budget_threshold = WebhookEvent.BUDGET_THRESHOLD in events
 
 
 class WebhookDelivery(Base):
-    """One prompt outcome to announce to one endpoint: the unit of retry and of the log.
+    """One prompt outcome (or one budget warning) to announce to one endpoint: the unit of
+    retry and of the log.
 
     Unique per (endpoint, prompt, event), so pumps in several processes that find the same
     finished prompt create it once. `attempts` only grows (it fences a claim, as a prompt's
@@ -113,10 +123,13 @@ class WebhookDelivery(Base):
     endpoint_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
     )
-    prompt_id: Mapped[uuid.UUID] = mapped_column(
+    # The prompt it announces; None for an event about something else (`budget.threshold`),
+    # whose message is `payload`.
+    prompt_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("prompt_requests.id", ondelete="CASCADE"), index=True
     )
     event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     attempts_at_requeue: Mapped[int] = mapped_column(Integer, default=0)

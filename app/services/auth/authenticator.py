@@ -14,8 +14,10 @@ from datetime import datetime
 from app.db.base import utcnow
 from app.db.database import SessionFactory
 from app.db.models import User
+from app.engine.ledger import Account
 from app.kit.errors import Unauthorized
 from app.services.auth import service
+from app.services.auth.accounts import accounts_of
 from app.services.auth.keys import hash_key
 
 
@@ -36,6 +38,10 @@ class Caller:
     allowed_models: frozenset[str] | None = None
     # The user's teams, and their role in each (owner, member, viewer).
     roles: Mapping[uuid.UUID, str] = field(default_factory=dict)
+    # The rate limits and budgets its requests are charged to: the key's, the user's (or the
+    # server's default), the team's (app/services/limits). Empty for most callers: nothing
+    # is checked.
+    accounts: tuple[Account, ...] = ()
 
 
 Lookup = Callable[[], Awaitable[tuple[Caller, datetime | None]]]
@@ -89,6 +95,10 @@ class KeyCache:
         """Drop the entry of the key whose SHA-256 is `digest` (revoked here: at once)."""
         self._entries.pop(digest, None)
 
+    def clear(self) -> None:
+        """Drop every entry (limits changed here: they apply at once in this process)."""
+        self._entries.clear()
+
     def put(self, plaintext: str, caller: Caller, expires_at: datetime | None) -> None:
         if self._ttl <= 0:
             return
@@ -120,6 +130,9 @@ class Authenticator:
             async with self.sessions.begin() as session:
                 user, key = await service.authenticate(session, plaintext=plaintext)
                 roles = await service.roles_of(session, user_id=user.id)
+                accounts = await accounts_of(
+                    session, user_id=user.id, key_id=key.id, team_id=key.team_id
+                )
             if key.team_id is not None and roles.get(key.team_id) not in service.MAKERS:
                 raise Unauthorized(
                     f"API key {key.prefix}… is scoped to a team its user no longer makes "
@@ -136,6 +149,7 @@ class Authenticator:
                     frozenset(key.allowed_models) if key.allowed_models is not None else None
                 ),
                 roles=roles,
+                accounts=accounts,
             )
             return caller, key.expires_at
 

@@ -81,6 +81,8 @@ class ChatRun:
     task: asyncio.Task[Outcome] | None = None
     events: asyncio.Queue[Delta | None] = field(default_factory=asyncio.Queue)
     replayed: bool = False  # an Idempotency-Key replay: the answer an earlier request got
+    # RateLimit-Policy / RateLimit, for a caller with limits (app/services/limits/governor.py)
+    headers: dict[str, str] | None = None
 
     @property
     def legacy_functions(self) -> bool:
@@ -196,15 +198,21 @@ class ChatService:
         self, ask: Ask, data: ChatCompletionCreate, idempotency: IdempotencyRecord | None
     ) -> ChatRun:
         prompt = await self.intake.admit(ask)
-        claim = await self.recorder.create_claimed(
-            prompt, lease_seconds=self.runner.lease_seconds, idempotency=idempotency
-        )
+        try:
+            claim = await self.recorder.create_claimed(
+                prompt, lease_seconds=self.runner.lease_seconds, idempotency=idempotency
+            )
+        except BaseException:
+            self.intake.undo(prompt)
+            raise
         options = data.stream_options
         run = ChatRun(
             prompt,
             stream=bool(data.stream),
             include_usage=bool(options and options.include_usage),
         )
+        if ask.grant is not None:
+            run.headers = ask.grant.headers
 
         async def on_delta(piece: Delta) -> None:
             run.events.put_nowait(piece)
@@ -324,6 +332,7 @@ def ask_for(caller: Caller, data: ChatCompletionCreate) -> Ask:
         api_key_id=caller.key_id,
         team_id=caller.team_id,
         allowed_models=caller.allowed_models,
+        accounts=caller.accounts,
         model=data.model,
         prompt_type=data.prompt_type or CHAT_PROMPT_TYPE,
         text=message_text(messages[last]),

@@ -84,6 +84,7 @@ class EmbeddingRun:
     prompt: NewPrompt
     encoding_format: str
     task: asyncio.Task[Outcome]
+    headers: dict[str, str] | None = None  # RateLimit-*, for a caller with limits
 
     def result(self) -> EmbeddingResult:
         """Once the task is done: the vectors, or the error to answer with (`UpstreamFailed`:
@@ -113,9 +114,19 @@ class EmbeddingService:
     async def start(self, caller: Caller, data: EmbeddingCreate) -> EmbeddingRun:
         """Check the request (the intake raises whatever is wrong with it before anything is
         written), record it as a prompt this process has claimed, and start executing it."""
-        prompt = await self.intake.admit_embedding(ask_for(caller, data))
-        claim = await self.recorder.create_claimed(prompt, lease_seconds=self.runner.lease_seconds)
-        return EmbeddingRun(prompt, data.encoding_format or "float", self.runner.run(claim))
+        ask = ask_for(caller, data)
+        prompt = await self.intake.admit_embedding(ask)
+        try:
+            claim = await self.recorder.create_claimed(
+                prompt, lease_seconds=self.runner.lease_seconds
+            )
+        except BaseException:
+            self.intake.undo(prompt)
+            raise
+        headers = ask.grant.headers if ask.grant is not None else None
+        return EmbeddingRun(
+            prompt, data.encoding_format or "float", self.runner.run(claim), headers
+        )
 
     async def create(self, caller: Caller, data: EmbeddingCreate) -> EmbeddingResult:
         """`start`, then wait for the result. If this is cancelled, so is the execution."""
@@ -144,6 +155,7 @@ def ask_for(caller: Caller, data: EmbeddingCreate) -> EmbeddingAsk:
         api_key_id=caller.key_id,
         team_id=caller.team_id,
         allowed_models=caller.allowed_models,
+        accounts=caller.accounts,
         model=data.model,
         inputs=inputs,
         encoding_format=data.encoding_format or "float",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ class PromptFilters:
 class Submission:
     prompt: NewPrompt | PromptRequest
     replayed: bool = False  # an Idempotency-Key replay: the prompt an earlier request created
+    # RateLimit-Policy / RateLimit, for a caller with limits (app/services/limits/governor.py)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 SUBMIT_ENDPOINT = "POST /ai/prompts/"
@@ -59,6 +61,7 @@ def ask_for(caller: Caller, data: PromptCreate) -> Ask:
         api_key_id=caller.key_id,
         team_id=caller.team_id,
         allowed_models=caller.allowed_models,
+        accounts=caller.accounts,
         model=data.model,
         prompt_type=data.prompt_type,
         text=data.prompt_text or "",
@@ -118,9 +121,18 @@ class PromptService:
         or dispatched again (see app/engine/idempotency.py)."""
         user_id = caller.user.id
 
+        headers: dict[str, str] = {}
+
         async def create(idempotency: IdempotencyRecord | None) -> NewPrompt | PromptRequest:
-            prompt = await self.intake.admit(ask_for(caller, data))
-            await self.recorder.create_prompt(prompt, idempotency=idempotency)
+            ask = ask_for(caller, data)
+            prompt = await self.intake.admit(ask)
+            try:
+                await self.recorder.create_prompt(prompt, idempotency=idempotency)
+            except BaseException:
+                self.intake.undo(prompt)
+                raise
+            if ask.grant is not None:
+                headers.update(ask.grant.headers)
             return prompt
 
         async def replay(session: AsyncSession, prompt_id: uuid.UUID) -> PromptRequest | None:
@@ -145,7 +157,7 @@ class PromptService:
             if replayed:
                 return Submission(prompt, replayed=True)
         await self.dispatcher.dispatch(prompt.id, user_id)  # (never raises: see Dispatcher)
-        return Submission(prompt)
+        return Submission(prompt, headers=headers)
 
     async def cancel(self, *, scope: PromptScope, prompt_id: uuid.UUID) -> PromptDetail:
         """Cancel a prompt the scope sees and may cancel (its maker's, its team owner's, an

@@ -91,7 +91,7 @@ class DeliveryClaim:
     fence: int  # the delivery's `attempts` once claimed: this POST's number
     attempts_at_requeue: int
     endpoint_id: uuid.UUID
-    prompt_id: uuid.UUID
+    prompt_id: uuid.UUID | None  # None: not about a prompt (its message is the payload)
     event: str
     created_at: datetime
     last_error: str | None = None  # the previous attempt's, if it failed without an answer
@@ -323,20 +323,27 @@ async def load_message(
     sessions: SessionFactory, box: SecretBox, claim: DeliveryClaim
 ) -> DeliveryMessage | None:
     """Where to send the claimed delivery, the secret to sign it with, and its body: the
-    prompt as its owner reads it. None if the endpoint or the prompt is gone. Raises
+    prompt as its owner reads it (a budget warning: its payload). None if the endpoint or the
+    prompt is gone. Raises
     `UnreadableSecret` if this process's keys cannot open the endpoint's secret."""
     async with sessions() as session:
         endpoint = await session.get(_E, claim.endpoint_id)
         if endpoint is None:
             return None
-        try:
-            detail = await get_prompt(
-                session, scope=PromptScope.own(endpoint.user_id), prompt_id=claim.prompt_id
-            )
-        except NotFound:
-            return None
+        data: Any
+        if claim.prompt_id is None:
+            data = await session.scalar(select(_D.payload).where(_D.id == claim.id))
+            if data is None:
+                return None
+        else:
+            try:
+                data = await get_prompt(
+                    session, scope=PromptScope.own(endpoint.user_id), prompt_id=claim.prompt_id
+                )
+            except NotFound:
+                return None
         message = WebhookMessage.model_validate(
-            {"id": claim.id, "type": claim.event, "created_at": claim.created_at, "data": detail}
+            {"id": claim.id, "type": claim.event, "created_at": claim.created_at, "data": data}
         )
         secret = box.open(endpoint.sealed_secret)
         return DeliveryMessage(endpoint.url, secret, message.model_dump_json().encode())

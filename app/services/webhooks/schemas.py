@@ -24,7 +24,8 @@ Events = Annotated[
         min_length=1,
         max_length=len(WebhookEvent),
         description="What to be told about: `prompt.completed`, `prompt.failed`, "
-        "`prompt.cancelled`.",
+        "`prompt.cancelled` (your prompts), `budget.threshold` (a budget you answer for — "
+        "your own, your keys', your teams' as their owner — passed its warning share).",
         examples=[["prompt.completed", "prompt.failed"]],
     ),
 ]
@@ -103,7 +104,7 @@ class DeliveryAttemptOut(BaseModel):
 class DeliveryOut(BaseModel):
     id: uuid.UUID = Field(description="Also the `Webhook-Id` header and the message's `id`.")
     endpoint_id: uuid.UUID
-    prompt_id: uuid.UUID
+    prompt_id: uuid.UUID | None = Field(description="The prompt announced (null: a budget's).")
     event: WebhookEvent
     status: str = Field(
         description="`pending` (waiting for its next attempt), `sending`, `delivered` (a 2xx "
@@ -144,4 +145,21 @@ class WebhookMessage(BaseModel):
     id: uuid.UUID = Field(description="The delivery's id, the same on every retry.")
     type: WebhookEvent
     created_at: datetime = Field(description="When the delivery was created.")
-    data: PromptDetail = Field(description="The prompt, as `GET /ai/prompts/{id}` returns it.")
+    data: PromptDetail | BudgetThreshold = Field(
+        description="`prompt.*`: the prompt, as `GET /ai/prompts/{id}` returns it; "
+        "`budget.threshold`: the budget and its period's spending."
+    )
+
+
+class BudgetThreshold(BaseModel):
+    """A budget whose spending in its period passed `warn_at` of it (sent once a period)."""
+
+    scope: str = Field(description="`key`, `user` or `team`.", examples=["team"])
+    subject_id: uuid.UUID
+    budget_usd: str = Field(examples=["25"])
+    spent_usd: str = Field(examples=["20.0132"])
+    reserved_usd: str = Field(description="Held by prompts running now.", examples=["0.0431"])
+    warn_at: float = Field(examples=[0.8])
+    period: str = Field(description="`day`, `week` or `month` (UTC).", examples=["month"])
+    period_start: str = Field(examples=["2026-12-01"])
+    period_end: str = Field(description="The next period's first day.", examples=["2027-01-01"])

@@ -1,0 +1,204 @@
+"""Admitting a request against its caller's rate limits and budgets (the intake's last step:
+app/services/intake.py), and what the client is told: a 429 with `Retry-After`, and the
+`RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) on every answer of a limited
+caller.
+
+What a request is charged, before it runs:
+- requests per minute: one;
+- tokens per minute: its prompt's estimated tokens (a quarter of its characters, as
+  tokenizers give for English) plus the most it may produce (its `max_tokens`, else the
+  model's ceiling from the catalogue, else DEFAULT_OUTPUT_TOKENS), times `n`, as OpenAI's own
+  limiter counts a request when it arrives;
+- in flight: one, until it has ended;
+- budget: the most it can cost, reserved until it has ended, then settled to its real cost:
+  its prompt (with its instruction, tools and schema) counted at one token per character (a
+  bound: no tokenizer of these providers makes fewer characters than tokens), IMAGE_TOKENS
+  per image, plus its most output, at the catalogue price of the dearest model it may run on
+  (the model or a fallback). A model without a catalogue price (an OpenAI-compatible
+  server's own) costs nothing, as it is recorded.
+
+A caller without limits (most, and every plain request of the benchmarks) costs nothing
+here: `Caller.accounts` is empty and the ledger is not asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+
+from app.engine.ledger import (
+    Account,
+    Admission,
+    Ledger,
+    Refusal,
+    Standing,
+    period_end,
+    seconds_until,
+)
+from app.kit.errors import AppError
+from app.providers.registry import Route
+
+DEFAULT_OUTPUT_TOKENS = 4096
+IMAGE_TOKENS = 2000
+_WHO = {"key": "API key", "user": "user", "team": "team"}
+_NAMES = {"rpm": "requests per minute", "tpm": "tokens per minute"}
+
+
+class RateLimited(AppError):
+    """429: a limit has no room for the request now; `Retry-After` says when it may."""
+
+    status_code = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An admitted request: the headers its answer carries, and whether it holds
+    reservations (settled when its prompt ends; released if it is never recorded)."""
+
+    headers: dict[str, str]
+    held: bool
+
+
+def estimate(
+    *,
+    candidates: Iterable[Route],
+    characters: int,
+    messages: int,
+    images: int,
+    max_tokens: int | None,
+    n: int = 1,
+) -> tuple[int, Decimal]:
+    """(tokens counted per minute, most possible cost) of a request, as the module says."""
+    tokens = 0
+    cost = Decimal(0)
+    bound = characters + 4 * messages + IMAGE_TOKENS * images
+    for route in candidates:
+        ceiling = route.entry.max_output_tokens if route.entry is not None else None
+        output = (max_tokens or ceiling or DEFAULT_OUTPUT_TOKENS) * n
+        tokens = max(tokens, math.ceil(characters / 4) + IMAGE_TOKENS * images + output)
+        if route.price is not None:
+            cost = max(cost, route.price.cost(bound, output))
+    return tokens, cost
+
+
+class Governor:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    async def admit(
+        self, prompt_id: uuid.UUID, accounts: tuple[Account, ...], *, tokens: int, cost: Decimal
+    ) -> Grant:
+        """Charge the request to its accounts, or raise the 429 that refuses it."""
+        verdict = await self.ledger.admit(Admission(prompt_id, accounts, tokens, cost))
+        headers = rate_headers(verdict.standings)
+        if verdict.refusal is not None:
+            raise refused(verdict.refusal, headers, tokens=tokens, cost=cost)
+        return Grant(headers, verdict.held)
+
+    def abandon(self, prompt_id: uuid.UUID) -> None:
+        """Release, in the background, what an admitted request holds whose prompt was not
+        recorded after all (its insert failed, or its client went away meanwhile)."""
+        task = asyncio.get_running_loop().create_task(self.ledger.release(prompt_id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+
+
+def money(amount: Decimal) -> str:
+    """An amount as plain decimal text, without trailing zeros (`0.0013`, `25`)."""
+    return f"{amount.normalize():f}" if amount else "0"
+
+
+def _cents(amount: Decimal) -> int:
+    return int((amount * 100).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def _who(account: Account) -> str:
+    who = f"{_WHO[account.scope]} {str(account.subject_id)[:8]}…"
+    return f"{who} (the server's default limit)" if account.default else who
+
+
+def refused(refusal: Refusal, headers: dict[str, str], *, tokens: int, cost: Decimal) -> AppError:
+    account, standing = refusal.account, refusal.standing
+    headers = {**headers, "Retry-After": str(refusal.retry_after)}
+    extra: dict[str, object] = {"scope": account.scope, "retry_after": refusal.retry_after}
+    if refusal.kind in ("rpm", "tpm"):
+        limit = account.rpm if refusal.kind == "rpm" else account.tpm
+        used = standing.requests if refusal.kind == "rpm" else standing.tokens
+        asked = "" if refusal.kind == "rpm" else f" (this request counts {tokens:,})"
+        detail = (
+            f"The {_who(account)} allows {limit:,} {_NAMES[refusal.kind]}; {used:,} are used "
+            f"in this minute{asked}. Try again in {refusal.retry_after} s."
+        )
+        extra |= {"limit": limit, "window_seconds": 60, "limit_name": refusal.kind}
+        return RateLimited(detail, code="rate_limited", extra=extra, headers=headers)
+    if refusal.kind == "in_flight":
+        detail = (
+            f"The {_who(account)} allows {account.max_in_flight:,} prompts in flight at once, "
+            "and has that many; send more once some have ended."
+        )
+        extra |= {"limit": account.max_in_flight, "limit_name": "max_in_flight"}
+        return RateLimited(detail, code="too_many_in_flight", extra=extra, headers=headers)
+    assert account.budget_usd is not None
+    budget, spent = money(account.budget_usd), money(standing.spent_usd)
+    reserved = money(standing.reserved_usd)
+    detail = (
+        f"The {_who(account)} has a budget of ${budget} per {account.budget_period} (from "
+        f"{standing.period_start.isoformat()}): ${spent} spent and ${reserved} reserved by "
+        f"prompts running now; this request may cost up to ${money(cost)}. It renews in "
+        f"{refusal.retry_after:,} s."
+    )
+    extra |= {
+        "limit_name": "budget",
+        "budget_usd": budget,
+        "spent_usd": spent,
+        "reserved_usd": reserved,
+        "period": account.budget_period,
+        "period_start": standing.period_start.isoformat(),
+    }
+    return RateLimited(detail, code="budget_exceeded", extra=extra, headers=headers)
+
+
+def rate_headers(standings: Iterable[Standing]) -> dict[str, str]:
+    """`RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers): a policy per
+    limit of each account, named `<scope>-<limit>` (rpm, tpm, in-flight, budget), with its
+    quota (`q`), window (`w`, seconds) and unit (`qu`: requests by default, `tokens`,
+    `concurrent-requests`, `usd-cents` of a budget's period); and each one's remaining room
+    (`r`) and seconds until it resets (`t`)."""
+    policies: list[str] = []
+    states: list[str] = []
+    for standing in standings:
+        account = standing.account
+        reset = max(1, math.ceil(standing.window_reset))
+        if account.rpm is not None:
+            name = f'"{account.scope}-rpm"'
+            policies.append(f"{name};q={account.rpm};w=60")
+            states.append(f"{name};r={max(0, account.rpm - standing.requests)};t={reset}")
+        if account.tpm is not None:
+            name = f'"{account.scope}-tpm"'
+            policies.append(f'{name};q={account.tpm};w=60;qu="tokens"')
+            states.append(f"{name};r={max(0, account.tpm - standing.tokens)};t={reset}")
+        if account.max_in_flight is not None:
+            name = f'"{account.scope}-in-flight"'
+            policies.append(f'{name};q={account.max_in_flight};qu="concurrent-requests"')
+            states.append(f"{name};r={max(0, account.max_in_flight - standing.in_flight)}")
+        if account.budget_usd is not None:
+            name = f'"{account.scope}-budget"'
+            start = standing.period_start
+            end = period_end(start, account.budget_period)
+            window = (end - start).days * 86_400
+            left = account.budget_usd - standing.spent_usd - standing.reserved_usd
+            policies.append(f'{name};q={_cents(account.budget_usd)};w={window};qu="usd-cents"')
+            states.append(f"{name};r={max(0, _cents(left))};t={seconds_until(end)}")
+    if not policies:
+        return {}
+    return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}
