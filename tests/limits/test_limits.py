@@ -56,7 +56,7 @@ async def _until(probe: Any, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _fresh_minute(margin: float = 12.0) -> None:
+async def _fresh_minute(margin: float = 6.0) -> None:
     """Start a per-minute test early enough in a minute that it ends within it."""
     second = time.time() % 60
     if second > 60 - margin:
