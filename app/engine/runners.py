@@ -412,6 +412,7 @@ class EmbeddedRunner:
         when the room is smaller than the number of owners, the next pull starts with those
         this one did not reach."""
         owners = list(self._left)
+        index = -1
         for index, owner in enumerate(owners):
             share = -(-room // (len(owners) - index))  # ceil: what is left, split evenly
             counted = self._left.get(owner, 0)
@@ -434,6 +435,11 @@ class EmbeddedRunner:
                 self._left[owner] = left
             if room <= 0:
                 break
+        if index == len(owners) - 1 and owners[0] in self._left:
+            # Every owner was reached, and each went to the end in turn: the order is as it
+            # was, and the first would get the rounded-up share every time (3 free slots, two
+            # owners: 2 and 1, 2 and 1, ...). Its turn to come last.
+            self._left[owners[0]] = self._left.pop(owners[0])
         if self._left:
             self._room_made.set()  # more to pull once this is under way
 
