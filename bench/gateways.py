@@ -920,11 +920,15 @@ async def pm_phase(ctx: Ctx, db: str, *, workers: int | None = None) -> None:
     )
     pool = int(os.environ.get("DATABASE_POOL_SIZE") or 20)
     api_workers = int(env["WORKERS"])
+    writers = ["new prompts", "outcomes"] + (
+        ["admissions", "settlements"] if ctx.cfg.limits else []
+    )
     ctx.res.notes.append(
         f"PostgreSQL max_connections {await pg.fetchval('SHOW max_connections')}; {others} "
         "client connections to other databases were open when Prompt Manager's phase began; "
-        f"its pools may open up to {2 * pool + 2} per process (DATABASE_POOL_SIZE {pool}, as "
-        "many again in overflow, and the group-commit writers' two) in each of its "
+        f"its pools may open up to {2 * pool + len(writers)} per process (DATABASE_POOL_SIZE "
+        f"{pool}, as many again in overflow, and the writers' own: {', '.join(writers)}) in "
+        "each of its "
         f"{api_workers + 1} processes ({api_workers} API worker(s), the Celery worker)"
     )
     api = worker = None

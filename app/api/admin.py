@@ -8,11 +8,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import AwareDatetime
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import AdminUser
 from app.api.deps import ServicesDep, Session
 from app.api.problems import problem_responses
-from app.db.models import Team, TeamMember
+from app.db.models import Team, TeamMember, User
 from app.kit.text import Text
 from app.services import audit
 from app.services.audit import Actor, AuditFilters, AuditPage
@@ -31,6 +32,7 @@ from app.services.auth.schemas import (
     UserList,
     UserOut,
 )
+from app.services.container import Services
 from app.services.limits import service as limits
 from app.services.limits.schemas import LimitList, LimitOut, LimitSet
 
@@ -234,11 +236,7 @@ async def set_default_limits(
     """The limits of every user who has none of their own (each user gets their own room under
     them: the default is not one pool). A user's own limits row replaces the default whole;
     one with nothing set exempts the user."""
-    limit = await limits.set_limits(
-        session, Actor(actor), scope="default", subject_id=None, data=data
-    )
-    services.auth.cache.clear()
-    return limits.limit_out(limit)
+    return await _set_limits(session, actor, services, scope="default", subject_id=None, data=data)
 
 
 @router.delete(
@@ -250,9 +248,7 @@ async def set_default_limits(
 async def clear_default_limits(
     session: Session, actor: AdminUser, services: ServicesDep
 ) -> Response:
-    await limits.clear_limits(session, Actor(actor), scope="default", subject_id=None)
-    services.auth.cache.clear()
-    return Response(status_code=204)
+    return await _clear_limits(session, actor, services, scope="default", subject_id=None)
 
 
 @router.put(
@@ -274,11 +270,9 @@ async def set_limits(
     its team's) and refused with a **429** if any has no room. Applies at once on this
     process and within AUTH_CACHE_SECONDS on the others. An unknown key, user or team is a
     **404** (`unknown_key`, `unknown_user`, `unknown_team`)."""
-    limit = await limits.set_limits(
-        session, Actor(actor), scope=scope, subject_id=subject_id, data=data
+    return await _set_limits(
+        session, actor, services, scope=scope, subject_id=subject_id, data=data
     )
-    services.auth.cache.clear()
-    return limits.limit_out(limit)
 
 
 @router.delete(
@@ -296,6 +290,36 @@ async def clear_limits(
 ) -> Response:
     """A user without limits of their own falls under the server's default again. What is in
     use (reservations of prompts running now) is still settled as they end."""
+    return await _clear_limits(session, actor, services, scope=scope, subject_id=subject_id)
+
+
+async def _set_limits(
+    session: AsyncSession,
+    actor: User,
+    services: Services,
+    *,
+    scope: str,
+    subject_id: uuid.UUID | None,
+    data: LimitSet,
+) -> LimitOut:
+    """Set the default limits (`subject_id` None) or a key's, user's or team's, and apply them
+    at once in this process (its key cache keeps each key's limits)."""
+    limit = await limits.set_limits(
+        session, Actor(actor), scope=scope, subject_id=subject_id, data=data
+    )
+    services.auth.cache.clear()
+    return limits.limit_out(limit)
+
+
+async def _clear_limits(
+    session: AsyncSession,
+    actor: User,
+    services: Services,
+    *,
+    scope: str,
+    subject_id: uuid.UUID | None,
+) -> Response:
+    """Remove them (as `_set_limits` sets them)."""
     await limits.clear_limits(session, Actor(actor), scope=scope, subject_id=subject_id)
     services.auth.cache.clear()
     return Response(status_code=204)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
+from app.api import ratelimit
 from app.api.bearer import authorization_values, bearer_key
 from app.api.deps import ServicesDep
 from app.db.models import User
@@ -44,6 +45,23 @@ async def current_caller(
 
 
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
+
+
+async def work_caller(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """`current_caller`, for the routes that create work: a caller with limits has the
+    RateLimit headers of its answers kept for the request (app/api/ratelimit.py), so that its
+    errors carry them too (the fast paths do the same)."""
+    caller = await current_caller(services, credentials)
+    if caller.accounts:
+        ratelimit.note(request.scope, caller)
+    return caller
+
+
+WorkCaller = Annotated[Caller, Depends(work_caller)]
 
 
 async def current_user(caller: CurrentCaller) -> User:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from starlette.types import Receive, Scope, Send
 
-from app.api.auth import CurrentCaller, CurrentUser
+from app.api.auth import CurrentUser, WorkCaller
 from app.api.chat_responses import ChatCompletionResponse, ChatStreamResponse
 from app.api.deps import IdempotencyKeyHeader, ServicesDep
 from app.api.openai_errors import OpenAIRoute, error_response
@@ -70,7 +70,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 )
 async def create_chat_completion(
     data: ChatCompletionCreate,
-    caller: CurrentCaller,
+    caller: WorkCaller,
     services: ServicesDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:

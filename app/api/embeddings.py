@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
-from app.api.auth import CurrentCaller
+from app.api.auth import WorkCaller
 from app.api.chat_responses import PROMPT_ID_HEADER
 from app.api.deps import ServicesDep
 from app.api.openai_errors import OpenAIRoute, app_error_response, handle
@@ -55,7 +55,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 )
 async def create_embeddings(
-    data: EmbeddingCreate, caller: CurrentCaller, services: ServicesDep
+    data: EmbeddingCreate, caller: WorkCaller, services: ServicesDep
 ) -> Response:
     """OpenAI's embeddings on the catalogue's embedding models (capability `embeddings`:
     `text-embedding-3-small`, `gemini-embedding-001`, `local-embedding`, …), whatever their

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import openai_errors
+from app.api import openai_errors, ratelimit
 from app.api.bearer import DuplicateAuthorization, bearer_key
 from app.api.chat_responses import ChatCompletionResponse, ChatStreamResponse
 from app.api.middleware import target_bytes
@@ -56,8 +56,9 @@ MIDDLEWARE: dict[str, str] = {
 # Each fast-pathed route's dependencies (by function or header name) and how the fast path
 # meets them; a route dependency it cannot meet must send the request to the route instead.
 _COMMON = {
-    "current_caller": "Services.auth.known: a key this process verified recently (its user "
-    "and its drop_params); any other key (or none) goes to the route",
+    "work_caller": "Services.auth.known: a key this process verified recently (its user "
+    "and its drop_params); any other key (or none) goes to the route; a caller with limits: "
+    "ratelimit.note, and ratelimit.forget when the route takes the request over",
     "_Bearer": "_plain_request: the one Authorization header, read by bearer_key",
     "get_services": "scope['app'].state.services",
     "idempotency_key": "a request with an Idempotency-Key header goes to the route",
@@ -133,11 +134,15 @@ class FastPaths:
             await self.app(scope, receive, send)
             return
         body, complete = await _read_body(receive, self.max_bytes)
+        if caller.accounts:  # (its errors carry its RateLimit headers, as on the route)
+            ratelimit.note(scope, caller)
         try:
             response = await handler(services, caller, body) if complete else None
         except Exception as exc:  # the database is down, say: answered as the route would
             response = await render_error(Request(scope), exc)
         if response is None:
+            if caller.accounts:
+                ratelimit.forget(scope)  # (the route starts over, as if it were the first)
             await self.app(scope, _replaying(body, receive, more=not complete), send)
             return
         started = False

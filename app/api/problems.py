@@ -2,13 +2,15 @@
 
 Services raise `AppError` subclasses (app/kit/errors.py); the handlers installed by
 `install_error_handlers` turn those, validation errors, routing errors and unexpected failures
-into `application/problem+json`. No stack trace and no secret ever reaches a response.
+into `application/problem+json`. No stack trace and no secret ever reaches a response. Each
+answer also carries the request's RateLimit headers, if it has any (app/api/ratelimit.py).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.api import ratelimit
 from app.api.paths import allowed_methods
 from app.kit.dbapi import lost_connection
 from app.kit.errors import PROBLEM_MEDIA_TYPE, AppError
@@ -95,6 +98,19 @@ async def handled(request: Request, exc: Exception) -> Response:
     return response
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def _with_rate_headers(handler: Handler) -> Handler:
+    """The handler, its answer carrying the request's RateLimit headers: those of a request
+    for work by a caller with limits (app/api/ratelimit.py); no other request has any."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        return ratelimit.carry(request.scope, await handler(request, exc))
+
+    return answer
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def app_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AppError)
@@ -151,12 +167,16 @@ def install_error_handlers(app: FastAPI) -> None:
             return await database_unavailable(request, exc)
         return await unexpected(request, exc)
 
-    app.add_exception_handler(AppError, app_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(DBAPIError, database_error)
-    app.add_exception_handler(ConnectionError, database_unavailable)
-    app.add_exception_handler(Exception, unexpected)
+    handlers: dict[type[Exception], Handler] = {
+        AppError: app_error,
+        RequestValidationError: validation_error,
+        StarletteHTTPException: http_error,
+        DBAPIError: database_error,
+        ConnectionError: database_unavailable,
+        Exception: unexpected,
+    }
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, _with_rate_headers(handler))
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

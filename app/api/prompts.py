@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.auth import CurrentCaller, CurrentScope, CurrentUser
+from app.api.auth import CurrentScope, CurrentUser, WorkCaller
 from app.api.deps import Filters, IdempotencyKeyHeader, ServicesDep, Session
 from app.api.problems import problem_responses
 from app.db.models import PromptStatus
@@ -77,7 +77,7 @@ _SUBMIT_PROBLEMS[422]["description"] = (
 )
 async def create_prompt(
     data: PromptCreate,
-    caller: CurrentCaller,
+    caller: WorkCaller,
     response: Response,
     services: ServicesDep,
     prefer: Annotated[

@@ -16,8 +16,9 @@ state …" if used before asyncpg has seen it close), a constraint violation an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -29,6 +30,8 @@ from app.kit.dbapi import lost_connection
 # What SQLAlchemy's asyncpg dialect takes from DATABASE_URL for itself, not for asyncpg.
 _DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
 _CLOSE_SECONDS = 5.0
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+Fetch = Callable[..., Awaitable[list[asyncpg.Record]]]
 
 
 class DedicatedConnection:
@@ -64,6 +67,30 @@ class DedicatedConnection:
                     self._connection = None
                 if isinstance(exc, Exception):
                     raise _translated(exc, sql) from exc
+                raise
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Fetch]:
+        """A transaction for several statements (committed when the block ends, rolled back
+        if it raises): yields the `fetch` to run them with. For a writer that must read, decide
+        and write under the same row locks (the limits ledger's admissions)."""
+        async with self._turn:
+            connection = self._connection
+            try:
+                if connection is None or connection.is_closed():
+                    connection = self._connection = await self._connect()
+                async with connection.transaction():
+                    yield connection.fetch
+            except BaseException as exc:
+                if not isinstance(exc, _DRIVER_ERRORS) and isinstance(exc, Exception):
+                    raise  # the caller's own error: rolled back, the connection is fine
+                if connection is not None and (
+                    lost_connection(exc) or not isinstance(exc, asyncpg.PostgresError)
+                ):
+                    connection.terminate()
+                    self._connection = None
+                if isinstance(exc, Exception):
+                    raise _translated(exc, "(a transaction)") from exc
                 raise
 
     async def aclose(self) -> None:

@@ -42,10 +42,11 @@ import asyncio
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from sqlalchemy import (
     Table,
@@ -63,7 +64,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.base import utcnow
+from app.db.dedicated import DedicatedConnection
 from app.db.models import (
+    DEFAULT_SUBJECT,
     ApiKey,
     DeliveryStatus,
     Limit,
@@ -79,6 +82,8 @@ from app.db.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from app.engine import pg_ledger
+from app.kit import money
 from app.kit.group_commit import GroupCommit
 
 _USAGE: Table = LimitUsage.__table__  # type: ignore[assignment]
@@ -150,6 +155,17 @@ class Verdict:
     standings: tuple[Standing, ...]
     refusal: Refusal | None = None
     held: bool = False  # reservations were written: settle (or release) it
+
+
+_L = TypeVar("_L")
+
+
+def user_limits(rows: Mapping[tuple[str, uuid.UUID], _L], user_id: uuid.UUID) -> _L | None:
+    """The limits row that applies to a user, of `rows` (by scope and subject): their own,
+    even one that limits nothing (it exempts them from the default), else the server's
+    default. (pg_ledger.SETTLE says the same in SQL.)"""
+    own = rows.get((LimitScope.USER, user_id))
+    return own if own is not None else rows.get((LimitScope.DEFAULT, DEFAULT_SUBJECT))
 
 
 def period_start(now: datetime, period: str) -> date:
@@ -239,6 +255,12 @@ class Ledger:
             index_elements=[_USAGE.c.scope, _USAGE.c.subject_id],
             set_={"scope": upsert.excluded.scope},
         ).returning(*_LOCK_COLUMNS)
+        # PostgreSQL: the statements of pg_ledger.py, on connections of the ledger's own.
+        self._admit_writer: DedicatedConnection | None = None
+        self._settle_writer: DedicatedConnection | None = None
+        if dialect == "postgresql":
+            self._admit_writer = DedicatedConnection(engine)
+            self._settle_writer = DedicatedConnection(engine)
         self._admissions: GroupCommit[Admission, Verdict] = GroupCommit(
             self._admit_many, orphaned=self._release_orphan
         )
@@ -247,6 +269,9 @@ class Ledger:
     async def aclose(self) -> None:
         await self._admissions.aclose()
         await self._settlements.aclose()
+        for writer in (self._admit_writer, self._settle_writer):
+            if writer is not None:
+                await writer.aclose()
 
     async def admit(self, admission: Admission) -> Verdict:
         """Admit the prompt against all its accounts, or refuse it (`Verdict.refusal`), in which
@@ -285,39 +310,60 @@ class Ledger:
 
     async def _admit_many(self, batch: Sequence[Admission]) -> list[Verdict]:
         now = utcnow()
-        minute = now.replace(second=0, microsecond=0)
-        window_reset = 60 - (now - minute).total_seconds()
         keys = sorted({a.key for admission in batch for a in admission.accounts})
-        verdicts: list[Verdict] = []
-        held: list[dict[str, object]] = []
+        if self._admit_writer is not None:
+            async with self._admit_writer.transaction() as fetch:
+                rows = {
+                    (scope, subject): _Row(*rest)
+                    for scope, subject, *rest in await pg_ledger.lock(fetch, keys)
+                }
+                verdicts, changed, held = self._decide(batch, rows, now)
+                if changed or held:
+                    await pg_ledger.write(fetch, changed, held)
+            return verdicts
         async with self._engine.begin() as connection:
             rows = await self._lock(connection, keys)
-            for row in rows.values():
-                if row.window_start != minute:
-                    row.window_start, row.window_requests, row.window_tokens = minute, 0, 0
-                    row.changed = True
-            for admission in batch:
-                verdict = self._admit_one(admission, rows, now, window_reset)
-                verdicts.append(verdict)
-                if verdict.held:
-                    held.extend(
-                        {
-                            "prompt_id": admission.prompt_id,
-                            "scope": a.scope,
-                            "subject_id": a.subject_id,
-                            "amount_usd": admission.cost_usd if a.budget_usd is not None else _ZERO,
-                            "period_start": rows[a.key].periods.get(a.budget_period),
-                            "created_at": now,
-                        }
-                        for a in admission.accounts
-                        if a.holds
-                    )
-            changed = [(key, row) for key, row in rows.items() if row.changed]
+            verdicts, changed, held = self._decide(batch, rows, now)
             if changed:
-                await connection.execute(_WRITE_BACK, [_written(k, r) for k, r in changed])
+                await connection.execute(_WRITE_BACK, changed)
             if held:
                 await connection.execute(_INSERT_RESERVATIONS, held)
         return verdicts
+
+    def _decide(
+        self,
+        batch: Sequence[Admission],
+        rows: dict[tuple[str, uuid.UUID], _Row],
+        now: datetime,
+    ) -> tuple[list[Verdict], list[dict[str, object]], list[dict[str, object]]]:
+        """Each admission of the batch, in order, against the locked rows (which it charges):
+        the verdicts, the rows to write back (as `_written`) and the reservations to insert."""
+        minute = now.replace(second=0, microsecond=0)
+        window_reset = 60 - (now - minute).total_seconds()
+        for row in rows.values():
+            if row.window_start != minute:
+                row.window_start, row.window_requests, row.window_tokens = minute, 0, 0
+                row.changed = True
+        verdicts: list[Verdict] = []
+        held: list[dict[str, object]] = []
+        for admission in batch:
+            verdict = self._admit_one(admission, rows, now, window_reset)
+            verdicts.append(verdict)
+            if verdict.held:
+                held.extend(
+                    {
+                        "prompt_id": admission.prompt_id,
+                        "scope": a.scope,
+                        "subject_id": a.subject_id,
+                        "amount_usd": admission.cost_usd if a.budget_usd is not None else _ZERO,
+                        "period_start": rows[a.key].periods.get(a.budget_period),
+                        "created_at": now,
+                    }
+                    for a in admission.accounts
+                    if a.holds
+                )
+        changed = [_written(key, row) for key, row in rows.items() if row.changed]
+        return verdicts, changed, held
 
     def _admit_one(
         self,
@@ -383,6 +429,11 @@ class Ledger:
 
     async def _settle_many(self, prompt_ids: Sequence[uuid.UUID]) -> list[None]:
         ids = list(dict.fromkeys(prompt_ids))
+        if self._settle_writer is not None:
+            crossed = await pg_ledger.settle(self._settle_writer.fetch, ids)
+            if crossed:
+                await self._warn_crossed(crossed)
+            return [None] * len(prompt_ids)
         async with self._engine.begin() as connection:
             # (a write first: on SQLite it takes the write lock before anything is read)
             taken = (
@@ -438,6 +489,23 @@ class Ledger:
                 await connection.execute(_WRITE_BACK, [_written(k, r) for k, r in written])
         return [None] * len(prompt_ids)
 
+    async def _warn_crossed(self, keys: list[tuple[str, uuid.UUID]]) -> None:
+        """Warn the budgets a settlement found past their warning share (PostgreSQL): checked
+        again under their rows' locks, so each is warned once per period."""
+        async with self._engine.begin() as connection:
+            locked = await connection.execute(
+                select(*_LOCK_COLUMNS)
+                .where(tuple_(_USAGE.c.scope, _USAGE.c.subject_id).in_(sorted(keys)))
+                .order_by(_USAGE.c.scope, _USAGE.c.subject_id)
+                .with_for_update()
+            )
+            rows = {(scope, subject): _Row(*rest) for scope, subject, *rest in locked}
+            before = {key: row.warned_period for key, row in rows.items()}
+            await _warn(connection, rows)
+            warned = [(k, r) for k, r in rows.items() if r.warned_period != before[k]]
+            if warned:
+                await connection.execute(_WRITE_BACK, [_written(k, r) for k, r in warned])
+
     # -- sweep ---------------------------------------------------------------------------
 
     async def sweep(self) -> int:
@@ -483,13 +551,13 @@ async def _warn(connection: AsyncConnection, charged: dict[tuple[str, uuid.UUID]
             ).where(or_(*wanted))
         )
     }
-    default = next((row for key, row in found.items() if key[0] == LimitScope.DEFAULT), None)
     now = utcnow()
     events: list[tuple[str, uuid.UUID, dict[str, object]]] = []
     for (scope, subject), row in charged.items():
-        limit = found.get((scope, subject))
-        if limit is None and scope == LimitScope.USER:
-            limit = default
+        if scope == LimitScope.USER:
+            limit = user_limits(found, subject)
+        else:
+            limit = found.get((scope, subject))
         if limit is None or limit.budget_usd is None or row.period_start is None:
             continue
         if row.warned_period == row.period_start:
@@ -500,9 +568,9 @@ async def _warn(connection: AsyncConnection, charged: dict[tuple[str, uuid.UUID]
         payload = {
             "scope": scope,
             "subject_id": str(subject),
-            "budget_usd": _plain(limit.budget_usd),
-            "spent_usd": _plain(row.spent_usd),
-            "reserved_usd": _plain(row.reserved_usd),
+            "budget_usd": money.plain(limit.budget_usd),
+            "spent_usd": money.plain(row.spent_usd),
+            "reserved_usd": money.plain(row.reserved_usd),
             "warn_at": limit.warn_at,
             "period": limit.budget_period,
             "period_start": row.period_start.isoformat(),
@@ -546,10 +614,6 @@ async def _warn(connection: AsyncConnection, charged: dict[tuple[str, uuid.UUID]
         )
     if deliveries:
         await connection.execute(insert(WebhookDelivery), deliveries)
-
-
-def _plain(amount: Decimal) -> str:
-    return f"{amount.normalize():f}" if amount else "0"
 
 
 def _standing(account: Account, row: _Row, start: date, window_reset: float) -> Standing:

@@ -9,7 +9,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import DEFAULT_SUBJECT, Limit, LimitScope
-from app.engine.ledger import Account
+from app.engine.ledger import Account, user_limits
 
 
 def account_of(limit: Limit, *, scope: str, subject_id: uuid.UUID) -> Account | None:
@@ -55,8 +55,7 @@ async def accounts_of(
     found: list[Account | None] = []
     if key_id is not None and (row := rows.get((LimitScope.KEY, key_id))) is not None:
         found.append(account_of(row, scope=LimitScope.KEY, subject_id=key_id))
-    own = rows.get((LimitScope.USER, user_id)) or rows.get((LimitScope.DEFAULT, DEFAULT_SUBJECT))
-    if own is not None:
+    if (own := user_limits(rows, user_id)) is not None:
         found.append(account_of(own, scope=LimitScope.USER, subject_id=user_id))
     if team_id is not None and (row := rows.get((LimitScope.TEAM, team_id))) is not None:
         found.append(account_of(row, scope=LimitScope.TEAM, subject_id=team_id))

@@ -53,6 +53,7 @@ from app.services.conversation import (
     unsupported,
 )
 from app.services.intake import Ask, Intake
+from app.services.limits.governor import policy_headers
 from app.services.prompts import live
 from app.services.prompts.schemas import PromptDetail
 
@@ -184,7 +185,7 @@ class ChatService:
             replay=replay,
         )
         if isinstance(first, Replay):
-            return await replay_chat(
+            run = await replay_chat(
                 self.bus,
                 self.sessions,
                 user_id=user_id,
@@ -192,6 +193,9 @@ class ChatService:
                 data=data,
                 wait_seconds=self.replay_wait_seconds,
             )
+            if caller.accounts:  # (not admitted again: the caller's policies alone)
+                run.headers = policy_headers(caller.accounts)
+            return run
         return first
 
     async def _start(

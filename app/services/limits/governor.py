@@ -1,7 +1,9 @@
 """Admitting a request against its caller's rate limits and budgets (the intake's last step:
 app/services/intake.py), and what the client is told: a 429 with `Retry-After`, and the
-`RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) on every answer of a limited
-caller.
+`RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) on the answers of a limited
+caller's requests for work: what its admission says (`Grant.headers`, the 429's own), or its
+policies alone before it is admitted. `answering` keeps them for the request being served, so
+that the HTTP layer answers its errors with them wherever they are raised (app/api/ratelimit.py).
 
 What a request is charged, before it runs:
 - requests per minute: one;
@@ -26,10 +28,13 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import date
 from decimal import ROUND_FLOOR, Decimal
 
+from app.db.base import utcnow
 from app.engine.ledger import (
     Account,
     Admission,
@@ -37,8 +42,10 @@ from app.engine.ledger import (
     Refusal,
     Standing,
     period_end,
+    period_start,
     seconds_until,
 )
+from app.kit import money
 from app.kit.errors import AppError
 from app.providers.registry import Route
 
@@ -46,6 +53,8 @@ DEFAULT_OUTPUT_TOKENS = 4096
 IMAGE_TOKENS = 2000
 _WHO = {"key": "API key", "user": "user", "team": "team"}
 _NAMES = {"rpm": "requests per minute", "tpm": "tokens per minute"}
+# The RateLimit headers of the answers to the request being served (`answering`).
+_ANSWER: ContextVar[dict[str, str] | None] = ContextVar("rate_limit_answer", default=None)
 
 
 class RateLimited(AppError):
@@ -98,6 +107,8 @@ class Governor:
         """Charge the request to its accounts, or raise the 429 that refuses it."""
         verdict = await self.ledger.admit(Admission(prompt_id, accounts, tokens, cost))
         headers = rate_headers(verdict.standings)
+        if (answer := _ANSWER.get()) is not None:
+            answer.update(headers)  # (for whatever error this request is answered with now)
         if verdict.refusal is not None:
             raise refused(verdict.refusal, headers, tokens=tokens, cost=cost)
         return Grant(headers, verdict.held)
@@ -113,9 +124,16 @@ class Governor:
         await asyncio.gather(*self._releasing, return_exceptions=True)
 
 
-def money(amount: Decimal) -> str:
-    """An amount as plain decimal text, without trailing zeros (`0.0013`, `25`)."""
-    return f"{amount.normalize():f}" if amount else "0"
+def answering(accounts: Iterable[Account]) -> dict[str, str]:
+    """The RateLimit headers of the answers to the request now being served (in this task's
+    context), a request for work by a caller with limits: its policies (`policy_headers`)
+    until it is admitted, then what its admission says, granted or refused (`Governor.admit`
+    updates this dict in place). The HTTP layer calls this as soon as it knows such a caller,
+    and answers each error of the request with these; its successful answer and its 429 carry
+    their own (`Grant.headers`, `RateLimited.headers`)."""
+    headers = policy_headers(accounts)
+    _ANSWER.set(headers)
+    return headers
 
 
 def _cents(amount: Decimal) -> int:
@@ -149,12 +167,12 @@ def refused(refusal: Refusal, headers: dict[str, str], *, tokens: int, cost: Dec
         extra |= {"limit": account.max_in_flight, "limit_name": "max_in_flight"}
         return RateLimited(detail, code="too_many_in_flight", extra=extra, headers=headers)
     assert account.budget_usd is not None
-    budget, spent = money(account.budget_usd), money(standing.spent_usd)
-    reserved = money(standing.reserved_usd)
+    budget, spent = money.plain(account.budget_usd), money.plain(standing.spent_usd)
+    reserved = money.plain(standing.reserved_usd)
     detail = (
         f"The {_who(account)} has a budget of ${budget} per {account.budget_period} (from "
         f"{standing.period_start.isoformat()}): ${spent} spent and ${reserved} reserved by "
-        f"prompts running now; this request may cost up to ${money(cost)}. It renews in "
+        f"prompts running now; this request may cost up to ${money.plain(cost)}. It renews in "
         f"{refusal.retry_after:,} s."
     )
     extra |= {
@@ -169,36 +187,62 @@ def refused(refusal: Refusal, headers: dict[str, str], *, tokens: int, cost: Dec
 
 
 def rate_headers(standings: Iterable[Standing]) -> dict[str, str]:
-    """`RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers): a policy per
-    limit of each account, named `<scope>-<limit>` (rpm, tpm, in-flight, budget), with its
-    quota (`q`), window (`w`, seconds) and unit (`qu`: requests by default, `tokens`,
-    `concurrent-requests`, `usd-cents` of a budget's period); and each one's remaining room
-    (`r`) and seconds until it resets (`t`)."""
+    """`RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) of an
+    admission, granted or refused: each account's policies (`_policies`), and what is left of
+    each (`r`) with the seconds until it resets (`t`)."""
     policies: list[str] = []
     states: list[str] = []
     for standing in standings:
         account = standing.account
-        reset = max(1, math.ceil(standing.window_reset))
-        if account.rpm is not None:
-            name = f'"{account.scope}-rpm"'
-            policies.append(f"{name};q={account.rpm};w=60")
-            states.append(f"{name};r={max(0, account.rpm - standing.requests)};t={reset}")
-        if account.tpm is not None:
-            name = f'"{account.scope}-tpm"'
-            policies.append(f'{name};q={account.tpm};w=60;qu="tokens"')
-            states.append(f"{name};r={max(0, account.tpm - standing.tokens)};t={reset}")
-        if account.max_in_flight is not None:
-            name = f'"{account.scope}-in-flight"'
-            policies.append(f'{name};q={account.max_in_flight};qu="concurrent-requests"')
-            states.append(f"{name};r={max(0, account.max_in_flight - standing.in_flight)}")
-        if account.budget_usd is not None:
-            name = f'"{account.scope}-budget"'
-            start = standing.period_start
-            end = period_end(start, account.budget_period)
-            window = (end - start).days * 86_400
-            left = account.budget_usd - standing.spent_usd - standing.reserved_usd
-            policies.append(f'{name};q={_cents(account.budget_usd)};w={window};qu="usd-cents"')
-            states.append(f"{name};r={max(0, _cents(left))};t={seconds_until(end)}")
+        for limit, quota, policy in _policies(account, standing.period_start):
+            policies.append(policy)
+            states.append(f'"{account.scope}-{limit}";{_room(standing, limit, quota)}')
     if not policies:
         return {}
     return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}
+
+
+def policy_headers(accounts: Iterable[Account]) -> dict[str, str]:
+    """`RateLimit-Policy` alone, from the accounts' limits (nothing is read): what an answer
+    to a request not admitted carries (one refused as invalid before its admission, say)."""
+    now = utcnow()
+    policies = [
+        policy
+        for account in accounts
+        for _, _, policy in _policies(account, period_start(now, account.budget_period))
+    ]
+    return {"RateLimit-Policy": ", ".join(policies)} if policies else {}
+
+
+def _policies(account: Account, start: date) -> Iterator[tuple[str, int, str]]:
+    """Each limit set on `account` (`rpm`, `tpm`, `in-flight`, `budget`), with its quota (a
+    budget's in cents) and its `RateLimit-Policy` item: named `<scope>-<limit>`, with the
+    quota (`q`), the window (`w`, seconds; a budget's is its period that starts on `start`)
+    and the unit (`qu`: requests unless it says `tokens`, `concurrent-requests` or
+    `usd-cents`)."""
+    scope = account.scope
+    if (rpm := account.rpm) is not None:
+        yield "rpm", rpm, f'"{scope}-rpm";q={rpm};w=60'
+    if (tpm := account.tpm) is not None:
+        yield "tpm", tpm, f'"{scope}-tpm";q={tpm};w=60;qu="tokens"'
+    if (most := account.max_in_flight) is not None:
+        yield "in-flight", most, f'"{scope}-in-flight";q={most};qu="concurrent-requests"'
+    if account.budget_usd is not None:
+        cents = _cents(account.budget_usd)
+        window = (period_end(start, account.budget_period) - start).days * 86_400
+        yield "budget", cents, f'"{scope}-budget";q={cents};w={window};qu="usd-cents"'
+
+
+def _room(standing: Standing, limit: str, quota: int) -> str:
+    """What is left of the limit (`r`), and the seconds until it resets (`t`; a place in
+    flight is given back when a prompt ends, not at a time)."""
+    if limit == "in-flight":
+        return f"r={max(0, quota - standing.in_flight)}"
+    if limit == "budget":
+        account = standing.account
+        assert account.budget_usd is not None
+        left = account.budget_usd - standing.spent_usd - standing.reserved_usd
+        end = period_end(standing.period_start, account.budget_period)
+        return f"r={max(0, _cents(left))};t={seconds_until(end)}"
+    used = standing.requests if limit == "rpm" else standing.tokens
+    return f"r={max(0, quota - used)};t={max(1, math.ceil(standing.window_reset))}"

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from app.kit import money
+
 Scope = Literal["user", "team", "key"]
 Period = Literal["day", "week", "month"]
 
@@ -60,7 +62,7 @@ class LimitOut(LimitSet):
 
     @field_serializer("budget_usd")
     def _money(self, value: Decimal | None) -> str | None:
-        return None if value is None else f"{value.normalize():f}"
+        return None if value is None else money.plain(value)
 
 
 class LimitList(BaseModel):
@@ -84,7 +86,7 @@ class BudgetOut(BaseModel):
 
     @field_serializer("budget_usd", "reserved_usd", "spent_usd", "remaining_usd")
     def _money(self, value: Decimal) -> str:
-        return f"{value.normalize():f}" if value else "0"
+        return money.plain(value)
 
 
 class BudgetList(BaseModel):

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import Base, utcnow
 from app.db.models import DEFAULT_SUBJECT, ApiKey, Limit, LimitScope, LimitUsage, Team, User
-from app.engine.ledger import period_end, period_start
+from app.engine.ledger import period_end, period_start, user_limits
 from app.kit.errors import NotFound
 from app.services import audit
 from app.services.audit import Actor
@@ -109,39 +109,41 @@ async def budgets(session: AsyncSession, caller: Caller) -> list[BudgetOut]:
     and those of the teams they own or view."""
     scope = PromptScope.of(caller)
     user_id = caller.user.id
-    limits = list(await session.scalars(select(Limit).where(Limit.budget_usd.is_not(None))))
-    default = next((lim for lim in limits if lim.scope == LimitScope.DEFAULT), None)
+    # The rows with a budget, and the users' own rows (one without a budget exempts its user
+    # from the default's): every user's for an admin, else the caller's.
+    own_rows = Limit.scope == LimitScope.USER
+    if not scope.admin:
+        own_rows = and_(own_rows, Limit.subject_id == user_id)
+    rows = {
+        (lim.scope, lim.subject_id): lim
+        for lim in await session.scalars(
+            select(Limit).where(or_(Limit.budget_usd.is_not(None), own_rows))
+        )
+    }
     subjects: list[tuple[str, uuid.UUID, Limit]] = []
     if scope.admin:
-        for lim in limits:
-            if lim.scope != LimitScope.DEFAULT:
-                subjects.append((lim.scope, lim.subject_id, lim))
+        for (kind, subject), lim in rows.items():
+            if kind != LimitScope.DEFAULT and lim.budget_usd is not None:
+                subjects.append((kind, subject, lim))
+        default = rows.get((LimitScope.DEFAULT, DEFAULT_SUBJECT))
         if default is not None:  # the default, as applied to each user it governs now
             governed = select(LimitUsage.subject_id).where(
                 LimitUsage.scope == LimitScope.USER,
                 LimitUsage.period_start.is_not(None),
             )
-            own = set(
-                await session.scalars(
-                    select(Limit.subject_id).where(Limit.scope == LimitScope.USER)
-                )
-            )
             for subject in await session.scalars(governed):
-                if subject not in own:
+                if user_limits(rows, subject) is default:
                     subjects.append((LimitScope.USER, subject, default))
     else:
         keys = set(await session.scalars(select(ApiKey.id).where(ApiKey.user_id == user_id)))
-        by_key = {(lim.scope, lim.subject_id): lim for lim in limits}
-        own_user = by_key.get((LimitScope.USER, user_id))
-        if own_user is None and (LimitScope.USER, user_id) not in await _all_rows(session, user_id):
-            own_user = default
-        if own_user is not None:
-            subjects.append((LimitScope.USER, user_id, own_user))
-        for lim in limits:
-            if (lim.scope == LimitScope.KEY and lim.subject_id in keys) or (
-                lim.scope == LimitScope.TEAM and lim.subject_id in scope.read_teams
+        own = user_limits(rows, user_id)
+        if own is not None and own.budget_usd is not None:
+            subjects.append((LimitScope.USER, user_id, own))
+        for (kind, subject), lim in rows.items():
+            if (kind == LimitScope.KEY and subject in keys) or (
+                kind == LimitScope.TEAM and subject in scope.read_teams
             ):
-                subjects.append((lim.scope, lim.subject_id, lim))
+                subjects.append((kind, subject, lim))
     if not subjects:
         return []
     usage = {
@@ -185,14 +187,3 @@ async def budgets(session: AsyncSession, caller: Caller) -> list[BudgetOut]:
             )
         )
     return out
-
-
-async def _all_rows(session: AsyncSession, user_id: uuid.UUID) -> set[tuple[str, uuid.UUID]]:
-    """The user's own limits row, budget or not (one with no budget exempts them from the
-    default's)."""
-    rows = await session.execute(
-        select(Limit.scope, Limit.subject_id).where(
-            Limit.scope == LimitScope.USER, Limit.subject_id == user_id
-        )
-    )
-    return {(scope, subject) for scope, subject in rows}

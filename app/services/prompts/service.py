@@ -28,6 +28,7 @@ from app.services.conversation import (
     tool_options,
 )
 from app.services.intake import Ask, Intake
+from app.services.limits.governor import policy_headers
 from app.services.prompts.schemas import PromptCreate, PromptDetail, PromptOut, PromptPage
 
 
@@ -154,8 +155,9 @@ class PromptService:
                 create=create,
                 replay=replay,
             )
-            if replayed:
-                return Submission(prompt, replayed=True)
+            if replayed:  # (not admitted again: a caller with limits is told its policies)
+                policies = policy_headers(caller.accounts) if caller.accounts else {}
+                return Submission(prompt, replayed=True, headers=policies)
         await self.dispatcher.dispatch(prompt.id, user_id)  # (never raises: see Dispatcher)
         return Submission(prompt, headers=headers)
 

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from app.kit import money
+
 GroupBy = Literal["day", "model", "provider", "user", "team", "key"]
 GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "provider", "user", "team", "key")
 # The field of a row (and CSV column) each grouping key fills.
@@ -22,12 +24,7 @@ GROUP_FIELDS: dict[GroupBy, str] = {
 }
 
 
-def _decimal_text(value: Decimal) -> str:
-    """Plain decimal notation, no exponent, no trailing zeros: "0.0000123", "12.5", "0"."""
-    return format(value.normalize(), "f")
-
-
-Usd = Annotated[Decimal, PlainSerializer(_decimal_text, return_type=str, when_used="json")]
+Usd = Annotated[Decimal, PlainSerializer(money.plain, return_type=str, when_used="json")]
 
 
 class UsageFigures(BaseModel):
