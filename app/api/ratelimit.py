@@ -3,12 +3,13 @@
 on its fast path alike.
 
 Once the caller is known (`auth.work_caller` on the routes, `FastPaths` on the fast paths),
-`note` keeps `governor.answering`'s headers in the request's ASGI scope: the caller's
-policies, then, once the request is admitted, what its admission says. Every error answer
-then carries them, wherever it was raised (validation, the intake, the insert, the provider
-call, the response), because the one place that renders errors does it: the app's error
-handlers (app/api/problems.py), which the routes, the fast paths and the /v1 renderer all go
-through. A successful answer and a refusal (429) carry the admission's own headers already.
+`note` keeps `governor.answering`'s `Answer` in the request's ASGI scope: the caller's
+policies (made only if an error is answered before the admission), then, once the request
+is admitted, what its admission says. Every error answer then carries them, wherever it was
+raised (validation, the intake, the insert, the provider call, the response), because the
+one place that renders errors does it: the app's error handlers (app/api/problems.py), which
+the routes, the fast paths and the /v1 renderer all go through. A successful answer and a
+refusal (429) carry the admission's own headers already.
 
 A caller without limits costs a falsy check of `Caller.accounts`, and nothing is kept.
 """
@@ -19,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from app.services.auth.authenticator import Caller
-from app.services.limits.governor import answering
+from app.services.limits.governor import Answer, answering
 
 _KEY = "prompt_manager.rate_limit_headers"
 
@@ -38,8 +39,8 @@ def forget(scope: Scope) -> None:
 def carry(scope: Scope, response: Response) -> Response:
     """`response`, an error answer, with the request's RateLimit headers (if it has any and
     the error does not set its own)."""
-    headers = scope.get(_KEY)
-    if headers:
-        for name, value in headers.items():
+    answer: Answer | None = scope.get(_KEY)
+    if answer is not None:
+        for name, value in answer.headers().items():
             response.headers.setdefault(name, value)
     return response

@@ -13,9 +13,10 @@ its accounts and, if all have room, charged to them all — one more request and
 in the minute, one more in flight, and its most possible cost reserved — then the rows are
 written back and a `reservations` row says what the prompt holds. A refused admission
 changes nothing. Admissions go through group commit (app/kit/group_commit.py): under load,
-one transaction admits a whole batch. (What this costs a request is measured by
-`bench/gateways.py --limits`: a transaction to admit and one to settle, about 0.7 ms of API
-CPU per request at 16 clients; the checks are not yet off the critical path.)
+one transaction admits a whole batch; on PostgreSQL, a batch that fits is one statement
+(`pg_ledger.py`). What this costs a request is measured by `bench/gateways.py --limits`
+(docs/architecture.md, "Rate limits and budgets: the ledger", has the figures and what would
+take the checks off the critical path).
 
 **Settle** (once the prompt has ended, however it ended): its reservations are deleted, and
 each account gets back its place in flight and its reserved money, and is charged what the
@@ -312,6 +313,8 @@ class Ledger:
         now = utcnow()
         keys = sorted({a.key for admission in batch for a in admission.accounts})
         if self._admit_writer is not None:
+            if (admitted := await self._admit_all(batch, now)) is not None:
+                return admitted
             async with self._admit_writer.transaction() as fetch:
                 rows = {
                     (scope, subject): _Row(*rest)
@@ -328,6 +331,69 @@ class Ledger:
                 await connection.execute(_WRITE_BACK, changed)
             if held:
                 await connection.execute(_INSERT_RESERVATIONS, held)
+        return verdicts
+
+    async def _admit_all(self, batch: Sequence[Admission], now: datetime) -> list[Verdict] | None:
+        """PostgreSQL, in one statement (`pg_ledger.ADMIT_ALL`): the batch if every admission
+        fits, as `_decide` would have admitted them all; None (and nothing written) if one
+        would be refused, an account has no usage row yet, or the batch has one account with
+        two sets of limits (keys cached at different times): then the exact way decides."""
+        accounts: dict[tuple[str, uuid.UUID], Account] = {}
+        for admission in batch:
+            for account in admission.accounts:
+                if accounts.setdefault(account.key, account) != account:
+                    return None
+        assert self._admit_writer is not None
+        minute = now.replace(second=0, microsecond=0)
+        window_reset = 60 - (now - minute).total_seconds()
+        periods = {key: period_start(now, a.budget_period) for key, a in accounts.items()}
+        limits = [
+            (a.scope, a.subject_id, a.rpm, a.tpm, a.max_in_flight, a.budget_usd, period)
+            for key, a in accounts.items()
+            for period in [periods[key] if a.budget_usd is not None else None]
+        ]
+        charges: list[tuple[object, ...]] = []
+        held: list[dict[str, object]] = []
+        for number, admission in enumerate(batch):
+            for a in admission.accounts:
+                cost = admission.cost_usd if a.budget_usd is not None else _ZERO
+                charges.append(
+                    (number, a.scope, a.subject_id, admission.tokens, cost, int(a.holds))
+                )
+                if a.holds:
+                    held.append(
+                        {
+                            "prompt_id": admission.prompt_id,
+                            "scope": a.scope,
+                            "subject_id": a.subject_id,
+                            "amount_usd": cost,
+                            "period_start": periods[a.key],
+                            "created_at": now,
+                        }
+                    )
+        rows = await pg_ledger.admit_all(self._admit_writer.fetch, minute, limits, charges, held)
+        if not rows or not rows[0]["ok"]:
+            return None
+        after = {(row[0], row[1], row[2]): row for row in rows}
+        verdicts = []
+        for number, admission in enumerate(batch):
+            standings = []
+            for a in admission.accounts:
+                row = after[(number, a.scope, a.subject_id)]
+                standings.append(
+                    Standing(
+                        a,
+                        requests=row["requests"],
+                        tokens=row["tokens"],
+                        in_flight=row["in_flight"],
+                        window_reset=window_reset,
+                        reserved_usd=row["reserved"],
+                        spent_usd=row["spent"],
+                        period_start=periods[a.key],
+                    )
+                )
+            held_any = any(a.holds for a in admission.accounts)
+            verdicts.append(Verdict(admission.prompt_id, tuple(standings), held=held_any))
         return verdicts
 
     def _decide(

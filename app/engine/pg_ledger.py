@@ -5,9 +5,11 @@ upsert per account, a write-back and an insert, and a settlement one of four or 
 statements; the execution around each statement cost more than the statement (the same
 finding as `pg_batches.py`). Here, on connections of the ledger's own (`db/dedicated.py`):
 
-- an admission batch is a transaction of two statements: `LOCK` (the accounts' usage rows,
-  created if missing, locked in key order and returned), then, once the batch is decided in
-  Python, `WRITE` (the rows written back and the reservations inserted, in one statement);
+- an admission batch in which every admission fits (the common case) is one statement,
+  `ADMIT_ALL`, committed on its own; any other (one would be refused, an account is new) is
+  a transaction of two: `LOCK` (the accounts' usage rows, created if missing, locked in key
+  order and returned), then, once the batch is decided in Python, `WRITE` (the rows written
+  back and the reservations inserted, in one statement);
 - a settlement batch is one statement, `SETTLE`, committed on its own: it deletes the
   prompts' reservations, sums their attempts' costs, locks the usage rows in key order (so
   it never waits in a cycle with an admission), gives back what they held and charges what
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from app.db.dedicated import Fetch
@@ -31,6 +34,89 @@ _USAGE_COLUMNS = (
     "scope, subject_id, window_start, window_requests, window_tokens, in_flight, "
     "period_start, reserved_usd, spent_usd, warned_period"
 )
+
+# The common case in one statement: every admission of the batch fits. The accounts' rows
+# (which must all exist) are locked in key order; each admission's charges are added up in
+# the batch's order, per account (a window); if every running total is within its limits,
+# all are written and the reservations inserted, else nothing is, and the batch goes the
+# exact way (`LOCK`, a decision in Python, `WRITE`). Either way, what comes back is each
+# (admission, account)'s standing after it, and whether it was all written (`ok`).
+# $1: the current minute; accounts: scope, subject, rpm, tpm, most in flight, budget, the
+# current period of its budget (null: none); charges: the admission's number in the batch,
+# its account, tokens, cost (0 unless a budget), place in flight (0 or 1); then the
+# reservations as `WRITE` takes them.
+ADMIT_ALL = """
+    WITH acc AS (
+        SELECT * FROM unnest($2::text[], $3::uuid[], $4::integer[], $5::bigint[],
+                             $6::integer[], $7::numeric[], $8::date[])
+            AS a(scope, subject_id, rpm, tpm, most, budget, period)
+    ),
+    chg AS (
+        SELECT * FROM unnest($9::integer[], $10::text[], $11::uuid[], $12::bigint[],
+                             $13::numeric[], $14::integer[])
+            AS c(i, scope, subject_id, tokens, cost, slot)
+    ),
+    locked AS (
+        SELECT u.scope, u.subject_id, u.window_start, u.window_requests, u.window_tokens,
+            u.in_flight, u.period_start, u.reserved_usd, u.spent_usd
+        FROM limit_usage AS u
+        WHERE (u.scope, u.subject_id) IN (SELECT scope, subject_id FROM acc)
+        ORDER BY u.scope, u.subject_id
+        FOR UPDATE
+    ),
+    base AS (
+        SELECT l.scope, l.subject_id, a.rpm, a.tpm, a.most, a.budget,
+            CASE WHEN l.window_start = $1 THEN l.window_requests ELSE 0 END AS requests,
+            CASE WHEN l.window_start = $1 THEN l.window_tokens ELSE 0 END AS tokens,
+            l.in_flight, l.reserved_usd,
+            CASE WHEN a.period IS NULL OR l.period_start = a.period THEN l.spent_usd
+                ELSE 0 END AS spent,
+            coalesce(a.period, l.period_start) AS period_start
+        FROM locked AS l JOIN acc AS a ON a.scope = l.scope AND a.subject_id = l.subject_id
+    ),
+    run AS (
+        SELECT c.i, b.scope, b.subject_id, b.rpm, b.tpm, b.most, b.budget, b.spent,
+            b.period_start,
+            b.requests + count(*) OVER w AS requests,
+            b.tokens + sum(c.tokens) OVER w AS tokens,
+            b.in_flight + sum(c.slot) OVER w AS in_flight,
+            b.reserved_usd + sum(c.cost) OVER w AS reserved
+        FROM chg AS c JOIN base AS b ON b.scope = c.scope AND b.subject_id = c.subject_id
+        WINDOW w AS (PARTITION BY c.scope, c.subject_id ORDER BY c.i)
+    ),
+    verdict AS (
+        SELECT (SELECT count(*) FROM base) = (SELECT count(*) FROM acc)
+            AND coalesce(bool_and(
+                (rpm IS NULL OR requests <= rpm) AND (tpm IS NULL OR tokens <= tpm)
+                AND (most IS NULL OR in_flight <= most)
+                AND (budget IS NULL OR spent + reserved <= budget)), true) AS ok
+        FROM run
+    ),
+    totals AS (
+        SELECT scope, subject_id, max(requests) AS requests, max(tokens) AS tokens,
+            max(in_flight) AS in_flight, max(reserved) AS reserved,
+            max(spent) AS spent, max(period_start) AS period_start
+        FROM run GROUP BY scope, subject_id
+    ),
+    written AS (
+        UPDATE limit_usage AS u
+        SET window_start = $1, window_requests = t.requests, window_tokens = t.tokens,
+            in_flight = t.in_flight, reserved_usd = t.reserved, spent_usd = t.spent,
+            period_start = t.period_start
+        FROM totals AS t
+        WHERE (SELECT ok FROM verdict) AND u.scope = t.scope AND u.subject_id = t.subject_id
+    ),
+    held AS (
+        INSERT INTO reservations (prompt_id, scope, subject_id, amount_usd, period_start,
+            created_at)
+        SELECT * FROM unnest($15::uuid[], $16::text[], $17::uuid[], $18::numeric[],
+                             $19::date[], $20::timestamptz[])
+        WHERE (SELECT ok FROM verdict)
+    )
+    SELECT r.i, r.scope, r.subject_id, r.requests, r.tokens, r.in_flight, r.reserved,
+        r.spent, (SELECT ok FROM verdict) AS ok
+    FROM run AS r
+"""
 
 LOCK = f"""
     INSERT INTO limit_usage (scope, subject_id, window_requests, window_tokens, in_flight,
@@ -106,6 +192,25 @@ SETTLE = """
         AND s.spent_usd >= coalesce(own.budget_usd, d.budget_usd)
             * coalesce(own.warn_at, d.warn_at)::numeric
 """
+
+
+async def admit_all(
+    fetch: Fetch,
+    minute: datetime,
+    accounts: Sequence[tuple[object, ...]],
+    charges: Sequence[tuple[object, ...]],
+    reservations: Sequence[dict[str, Any]],
+) -> list[Any]:
+    """`ADMIT_ALL`: `accounts` as (scope, subject, rpm, tpm, most, budget, period), `charges`
+    as (number, scope, subject, tokens, cost, slot)."""
+    held = ("prompt_id", "scope", "subject_id", "amount_usd", "period_start", "created_at")
+    return await fetch(
+        ADMIT_ALL,
+        minute,
+        *([row[k] for row in accounts] for k in range(7)),
+        *([row[k] for row in charges] for k in range(6)),
+        *([row[name] for row in reservations] for name in held),
+    )
 
 
 async def lock(fetch: Fetch, keys: Sequence[tuple[str, uuid.UUID]]) -> list[Any]:

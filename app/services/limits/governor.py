@@ -54,7 +54,7 @@ IMAGE_TOKENS = 2000
 _WHO = {"key": "API key", "user": "user", "team": "team"}
 _NAMES = {"rpm": "requests per minute", "tpm": "tokens per minute"}
 # The RateLimit headers of the answers to the request being served (`answering`).
-_ANSWER: ContextVar[dict[str, str] | None] = ContextVar("rate_limit_answer", default=None)
+_ANSWER: ContextVar[Answer | None] = ContextVar("rate_limit_answer", default=None)
 
 
 class RateLimited(AppError):
@@ -124,16 +124,29 @@ class Governor:
         await asyncio.gather(*self._releasing, return_exceptions=True)
 
 
-def answering(accounts: Iterable[Account]) -> dict[str, str]:
-    """The RateLimit headers of the answers to the request now being served (in this task's
-    context), a request for work by a caller with limits: its policies (`policy_headers`)
-    until it is admitted, then what its admission says, granted or refused (`Governor.admit`
-    updates this dict in place). The HTTP layer calls this as soon as it knows such a caller,
-    and answers each error of the request with these; its successful answer and its 429 carry
-    their own (`Grant.headers`, `RateLimited.headers`)."""
-    headers = policy_headers(accounts)
-    _ANSWER.set(headers)
-    return headers
+class Answer(dict[str, str]):
+    """The RateLimit headers of the answers to a request for work by a caller with limits:
+    empty until it is admitted, then what its admission said, granted or refused
+    (`Governor.admit` fills it in place). `headers()` is what an error answer carries: those,
+    or before the admission the caller's policies alone (made only then: most requests end
+    without an error)."""
+
+    def __init__(self, accounts: tuple[Account, ...]) -> None:
+        super().__init__()
+        self.accounts = accounts
+
+    def headers(self) -> dict[str, str]:
+        return dict(self) if self else policy_headers(self.accounts)
+
+
+def answering(accounts: tuple[Account, ...]) -> Answer:
+    """Start the `Answer` of the request now being served (in this task's context), once the
+    HTTP layer knows it comes from a caller with limits; its error answers carry
+    `Answer.headers()`, its successful answer and its 429 their own (`Grant.headers`,
+    `RateLimited.headers`)."""
+    answer = Answer(accounts)
+    _ANSWER.set(answer)
+    return answer
 
 
 def _cents(amount: Decimal) -> int:
