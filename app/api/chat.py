@@ -37,9 +37,9 @@ _SSE_EVENT = {
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Invalid body or unsupported feature (`validation_error`, `invalid_text`: a NUL "
-        "or a lone surrogate in a string, `unsupported_parameter`, …), or the provider "
-        "refused the request "
-        "(`context_length_exceeded`, …).",
+        "or a lone surrogate in a string, `unsupported_parameter`, …), a request larger than "
+        "a whole limit of your key, user or team (`request_exceeds_limit`), or the provider "
+        "refused the request (`context_length_exceeded`, …).",
         401: "Missing, unknown, expired or revoked API key.",
         404: "Unknown model (`model_not_found`), or unknown path.",
         409: "The prompt was cancelled before it answered (`prompt_cancelled`).",

@@ -23,7 +23,8 @@ _ERRORS = {
     400: "Invalid body (`validation_error`: an empty input or list, more than 2,048 inputs; "
     "`invalid_text`), a chat model or a provider without embeddings "
     "(`model_not_supported`), token ids or a `dimensions` the model cannot honour "
-    "(`unsupported_parameter`), an input over `MAX_PROMPT_CHARS` (`prompt_too_large`), or "
+    "(`unsupported_parameter`), an input over `MAX_PROMPT_CHARS` (`prompt_too_large`), a "
+    "request larger than a whole limit (`request_exceeds_limit`), or "
     "the provider refused the request (`bad_request`, `context_length_exceeded`).",
     401: "Missing, unknown, expired or revoked API key.",
     404: "Unknown model (`model_not_found`).",

@@ -57,7 +57,9 @@ _SUBMIT_PROBLEMS[422]["description"] = (
     "Invalid input (`validation_error`, `invalid_text`, `unknown_model`, "
     "`provider_not_configured`, "
     "`unsupported_parameter`, `prompt_too_large`, `invalid_idempotency_key`, "
-    "`idempotency_key_reused`: this key was first sent with a different request)."
+    "`idempotency_key_reused`: this key was first sent with a different request; "
+    "`request_exceeds_limit`: the request alone counts more tokens than a tokens-per-minute "
+    "limit allows, or may cost more than a whole budget)."
 )
 
 

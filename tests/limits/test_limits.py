@@ -294,3 +294,46 @@ async def test_bad_limits_and_who_may_set_them(api: Api):
     assert entries[2][2] is None
     listed = await _call(api, admin, "GET", "/ai/admin/limits", 200)
     assert all(item["subject_id"] != user_id for item in listed["items"])
+
+
+async def test_a_request_larger_than_a_whole_limit_is_refused_not_told_to_wait(api: Api):
+    """Waiting would never let it through: a client must not be told to retry it."""
+    admin = await api.new_user(is_admin=True)
+    user_id, _, headers = await _user_with_key(api, admin)
+    # gpt-4o-mini: "hi" with max_tokens 400 counts 401 tokens and may cost more than
+    # 400 x 0.6e-6 = $0.00024 (see the budget test).
+    await _call(
+        api, admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200,
+        tpm=500, budget_usd="0.0002", budget_period="day",
+    )  # fmt: skip
+    tokens = await api.client.post(
+        "/v1/chat/completions", json=_chat(max_tokens=600), headers=headers
+    )
+    assert tokens.status_code == 400, tokens.text
+    error = tokens.json()["error"]
+    assert error["code"] == "request_exceeds_limit"
+    assert error["type"] == "invalid_request_error"
+    assert "500 tokens per minute" in error["message"] and "Retry-After" not in tokens.headers
+    assert '"user-tpm";q=500' in tokens.headers["RateLimit-Policy"]
+    money = await api.client.post(
+        "/ai/prompts/",
+        json={
+            "prompt_text": "hi",
+            "prompt_type": "text",
+            "model": "gpt-4o-mini",
+            "max_tokens": 499,
+        },
+        headers=headers,
+    )
+    assert money.status_code == 422, money.text
+    problem = money.json()
+    assert problem["code"] == "request_exceeds_limit" and problem["limit_name"] == "budget"
+    assert problem["budget_usd"] == "0.0002" and Decimal(problem["cost_usd"]) > Decimal("0.0002")
+    assert "whole budget of $0.0002 per day" in problem["detail"]
+    # Nothing was recorded or charged; a request that fits is served.
+    listed = await _call(api, headers, "GET", "/ai/prompts/", 200)
+    assert listed["items"] == []
+    usage = await _usage(api, "user", user_id)
+    assert usage is None or (usage.window_requests == 0 and usage.in_flight == 0)
+    ok = await api.client.post("/v1/chat/completions", json=_chat(max_tokens=100), headers=headers)
+    assert ok.status_code == 200, ok.text

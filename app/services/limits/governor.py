@@ -65,6 +65,16 @@ class RateLimited(AppError):
     title = "Too many requests"
 
 
+class RequestOverLimit(AppError):
+    """422 (400 under /v1): the request alone counts more than a limit allows in a whole
+    window (its tokens per minute) or period (its budget): waiting would never let it
+    through, so it is not a 429 a client would retry."""
+
+    status_code = 422
+    code = "request_exceeds_limit"
+    title = "Request larger than a limit"
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """An admitted request: the headers its answer carries, and whether it holds
@@ -104,7 +114,13 @@ class Governor:
     async def admit(
         self, prompt_id: uuid.UUID, accounts: tuple[Account, ...], *, tokens: int, cost: Decimal
     ) -> Grant:
-        """Charge the request to its accounts, or raise the 429 that refuses it."""
+        """Charge the request to its accounts, or raise the 429 that refuses it (or the 422,
+        for a request no window or period of its limits could ever hold)."""
+        for account in accounts:
+            if (account.tpm is not None and tokens > account.tpm) or (
+                account.budget_usd is not None and cost > account.budget_usd
+            ):
+                raise over_limit(account, tokens=tokens, cost=cost)
         verdict = await self.ledger.admit(Admission(prompt_id, accounts, tokens, cost))
         headers = rate_headers(verdict.standings)
         if (answer := _ANSWER.get()) is not None:
@@ -156,6 +172,31 @@ def _cents(amount: Decimal) -> int:
 def _who(account: Account) -> str:
     who = f"{_WHO[account.scope]} {str(account.subject_id)[:8]}…"
     return f"{who} (the server's default limit)" if account.default else who
+
+
+def over_limit(account: Account, *, tokens: int, cost: Decimal) -> AppError:
+    if account.tpm is not None and tokens > account.tpm:
+        detail = (
+            f"This request counts {tokens:,} tokens (its prompt's estimate and the most it may "
+            f"produce: its max_tokens, else the model's ceiling), more than the {account.tpm:,} "
+            f"tokens per minute the {_who(account)} allows at all. Lower max_tokens or shorten "
+            "the prompt."
+        )
+        extra: dict[str, object] = {"limit_name": "tpm", "limit": account.tpm, "tokens": tokens}
+    else:
+        assert account.budget_usd is not None
+        detail = (
+            f"This request may cost up to ${money.plain(cost)} (its prompt and its max_tokens, "
+            f"else the model's ceiling, at the dearest model it may run on), more than the "
+            f"whole budget of ${money.plain(account.budget_usd)} per {account.budget_period} "
+            f"of the {_who(account)}. Lower max_tokens or shorten the prompt."
+        )
+        extra = {
+            "limit_name": "budget",
+            "budget_usd": money.plain(account.budget_usd),
+            "cost_usd": money.plain(cost),
+        }
+    return RequestOverLimit(detail, extra={"scope": account.scope, **extra})
 
 
 def refused(refusal: Refusal, headers: dict[str, str], *, tokens: int, cost: Decimal) -> AppError:
