@@ -361,16 +361,7 @@ class Ledger:
                     (number, a.scope, a.subject_id, admission.tokens, cost, int(a.holds))
                 )
                 if a.holds:
-                    held.append(
-                        {
-                            "prompt_id": admission.prompt_id,
-                            "scope": a.scope,
-                            "subject_id": a.subject_id,
-                            "amount_usd": cost,
-                            "period_start": periods[a.key],
-                            "created_at": now,
-                        }
-                    )
+                    held.append(_reservation(admission, a, periods[a.key], now))
         rows = await pg_ledger.admit_all(self._admit_writer.fetch, minute, limits, charges, held)
         if not rows or not rows[0]["ok"]:
             return None
@@ -417,14 +408,7 @@ class Ledger:
             verdicts.append(verdict)
             if verdict.held:
                 held.extend(
-                    {
-                        "prompt_id": admission.prompt_id,
-                        "scope": a.scope,
-                        "subject_id": a.subject_id,
-                        "amount_usd": admission.cost_usd if a.budget_usd is not None else _ZERO,
-                        "period_start": rows[a.key].periods.get(a.budget_period),
-                        "created_at": now,
-                    }
+                    _reservation(admission, a, rows[a.key].periods.get(a.budget_period), now)
                     for a in admission.accounts
                     if a.holds
                 )
@@ -680,6 +664,21 @@ async def _warn(connection: AsyncConnection, charged: dict[tuple[str, uuid.UUID]
         )
     if deliveries:
         await connection.execute(insert(WebhookDelivery), deliveries)
+
+
+def _reservation(
+    admission: Admission, account: Account, period: date | None, now: datetime
+) -> dict[str, object]:
+    """The `reservations` row of what an admitted prompt holds of one account: its place in
+    flight, and under a budget its most cost, reserved in the budget period `period`."""
+    return {
+        "prompt_id": admission.prompt_id,
+        "scope": account.scope,
+        "subject_id": account.subject_id,
+        "amount_usd": admission.cost_usd if account.budget_usd is not None else _ZERO,
+        "period_start": period,
+        "created_at": now,
+    }
 
 
 def _standing(account: Account, row: _Row, start: date, window_reset: float) -> Standing:
