@@ -515,41 +515,26 @@ class Ledger:
             )
             for prompt_id, scope, subject, amount, period in taken:
                 back[(scope, subject)].append((amount, costs.get(prompt_id, _ZERO), period))
-            keys = sorted(back)
-            locked = await connection.execute(
-                select(*_LOCK_COLUMNS)
-                .where(tuple_(_USAGE.c.scope, _USAGE.c.subject_id).in_(keys))
-                .order_by(_USAGE.c.scope, _USAGE.c.subject_id)
-                .with_for_update()
-            )
-            written = []
+            rows = await _locked(connection, back)
             charged: dict[tuple[str, uuid.UUID], _Row] = {}
-            for scope, subject, *rest in locked:
-                row = _Row(*rest)
-                for amount, cost, admitted_in in back[(scope, subject)]:
+            for key, row in rows.items():
+                for amount, cost, admitted_in in back[key]:
                     row.in_flight = max(0, row.in_flight - 1)
                     row.reserved_usd = max(_ZERO, row.reserved_usd - amount)
                     if admitted_in is not None and admitted_in == row.period_start:
                         row.spent_usd += cost
-                        charged[(scope, subject)] = row
-                written.append(((scope, subject), row))
+                        charged[key] = row
             if charged:
                 await _warn(connection, charged)
-            if written:
-                await connection.execute(_WRITE_BACK, [_written(k, r) for k, r in written])
+            if rows:
+                await connection.execute(_WRITE_BACK, [_written(k, r) for k, r in rows.items()])
         return [None] * len(prompt_ids)
 
     async def _warn_crossed(self, keys: list[tuple[str, uuid.UUID]]) -> None:
         """Warn the budgets a settlement found past their warning share (PostgreSQL): checked
         again under their rows' locks, so each is warned once per period."""
         async with self._engine.begin() as connection:
-            locked = await connection.execute(
-                select(*_LOCK_COLUMNS)
-                .where(tuple_(_USAGE.c.scope, _USAGE.c.subject_id).in_(sorted(keys)))
-                .order_by(_USAGE.c.scope, _USAGE.c.subject_id)
-                .with_for_update()
-            )
-            rows = {(scope, subject): _Row(*rest) for scope, subject, *rest in locked}
+            rows = await _locked(connection, keys)
             before = {key: row.warned_period for key, row in rows.items()}
             await _warn(connection, rows)
             warned = [(k, r) for k, r in rows.items() if r.warned_period != before[k]]
@@ -576,6 +561,20 @@ class Ledger:
         if ids:
             await self._settle_many(sorted(ids))
         return len(ids)
+
+
+async def _locked(
+    connection: AsyncConnection, keys: Iterable[tuple[str, uuid.UUID]]
+) -> dict[tuple[str, uuid.UUID], _Row]:
+    """These accounts' usage rows (those that exist), locked until the transaction ends, in
+    key order (as every locker takes them)."""
+    result = await connection.execute(
+        select(*_LOCK_COLUMNS)
+        .where(tuple_(_USAGE.c.scope, _USAGE.c.subject_id).in_(sorted(keys)))
+        .order_by(_USAGE.c.scope, _USAGE.c.subject_id)
+        .with_for_update()
+    )
+    return {(scope, subject): _Row(*rest) for scope, subject, *rest in result}
 
 
 async def _warn(connection: AsyncConnection, charged: dict[tuple[str, uuid.UUID], _Row]) -> None:
