@@ -314,6 +314,15 @@ class Api:
             await session.commit()
         return {"Authorization": f"Bearer {key}"}
 
+    async def call(
+        self, headers: dict[str, str], method: str, path: str, status: int, **body: Any
+    ) -> Any:
+        """A JSON request (`body` as its JSON, if any) that must be answered `status`; its
+        JSON answer, or None for an empty one."""
+        response = await self.client.request(method, path, json=body or None, headers=headers)
+        assert response.status_code == status, response.text
+        return response.json() if response.content else None
+
     async def submit(self, headers: dict[str, str], **body: Any) -> dict[str, Any]:
         body.setdefault("prompt_type", "text")
         body.setdefault("prompt_text", "hello")

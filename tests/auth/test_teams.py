@@ -19,19 +19,11 @@ class Person:
     headers: dict[str, str]
 
 
-async def _admin_call(
-    api: Api, admin: dict[str, str], method: str, path: str, status: int, **body: Any
-) -> Any:
-    response = await api.client.request(method, path, json=body or None, headers=admin)
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
 async def _person(
     api: Api, admin: dict[str, str], *, team: str | None = None, **key: Any
 ) -> Person:
-    user = await _admin_call(
-        api, admin, "POST", "/ai/admin/users", 201, email=f"{uuid.uuid4().hex[:10]}@example.com"
+    user = await api.call(
+        admin, "POST", "/ai/admin/users", 201, email=f"{uuid.uuid4().hex[:10]}@example.com"
     )
     return Person(user["id"], await _key(api, admin, user["id"], team=team, **key))
 
@@ -39,23 +31,21 @@ async def _person(
 async def _key(
     api: Api, admin: dict[str, str], user_id: str, *, team: str | None = None, **key: Any
 ) -> dict[str, str]:
-    created = await _admin_call(
-        api, admin, "POST", "/ai/admin/keys", 201, user_id=user_id, team_id=team, **key
+    created = await api.call(
+        admin, "POST", "/ai/admin/keys", 201, user_id=user_id, team_id=team, **key
     )
     assert created["team_id"] == team and created["key"].startswith("pm_")
     return {"Authorization": f"Bearer {created['key']}"}
 
 
 async def _member(api: Api, admin: dict[str, str], team: str, user: str, role: str) -> None:
-    member = await _admin_call(
-        api, admin, "PUT", f"/ai/admin/teams/{team}/members/{user}", 200, role=role
-    )
+    member = await api.call(admin, "PUT", f"/ai/admin/teams/{team}/members/{user}", 200, role=role)
     assert member == {"user_id": user, "role": role, "created_at": member["created_at"]}
 
 
 async def _team(api: Api, admin: dict[str, str]) -> str:
     name = f"team-{uuid.uuid4().hex[:8]}"
-    team = await _admin_call(api, admin, "POST", "/ai/admin/teams", 201, name=name)
+    team = await api.call(admin, "POST", "/ai/admin/teams", 201, name=name)
     assert team["name"] == name and team["members"] == []
     return str(team["id"])
 
@@ -63,8 +53,8 @@ async def _team(api: Api, admin: dict[str, str]) -> str:
 async def _with_team(api: Api, admin: dict[str, str], team: str, role: str) -> Person:
     """A user with `role` in `team`, and a key of theirs (scoped to the team if they make
     prompts in it)."""
-    user = await _admin_call(
-        api, admin, "POST", "/ai/admin/users", 201, email=f"{uuid.uuid4().hex[:10]}@example.com"
+    user = await api.call(
+        admin, "POST", "/ai/admin/users", 201, email=f"{uuid.uuid4().hex[:10]}@example.com"
     )
     await _member(api, admin, team, user["id"], role)
     scope = team if role in ("owner", "member") else None
@@ -206,9 +196,7 @@ async def test_what_an_admin_gives_is_checked(api: Api):
     assert role.status_code == 422
     taken = await api.client.post(
         "/ai/admin/teams",
-        json={
-            "name": (await _admin_call(api, admin, "GET", f"/ai/admin/teams/{team}", 200))["name"]
-        },
+        json={"name": (await api.call(admin, "GET", f"/ai/admin/teams/{team}", 200))["name"]},
         headers=admin,
     )
     assert taken.status_code == 409 and taken.json()["code"] == "team_taken"
@@ -230,17 +218,15 @@ async def test_leaving_a_team_or_a_revocation_stops_the_key(api: Api):
     admin = await api.new_user(is_admin=True)
     team = await _team(api, admin)
     member = await _with_team(api, admin, team, "member")
-    await _admin_call(api, admin, "DELETE", f"/ai/admin/teams/{team}/members/{member.id}", 204)
+    await api.call(admin, "DELETE", f"/ai/admin/teams/{team}/members/{member.id}", 204)
     response = await api.client.get("/ai/prompts/", headers=member.headers)
     assert response.status_code == 401 and response.json()["code"] == "key_team_left"
 
     other = await _person(api, admin, description="CI runner")
     assert (await api.client.get("/ai/prompts/", headers=other.headers)).status_code == 200
-    [key] = (await _admin_call(api, admin, "GET", f"/ai/admin/keys?user_id={other.id}", 200))[
-        "items"
-    ]
+    [key] = (await api.call(admin, "GET", f"/ai/admin/keys?user_id={other.id}", 200))["items"]
     assert key["description"] == "CI runner" and "key" not in key
-    revoked = await _admin_call(api, admin, "POST", f"/ai/admin/keys/{key['id']}/revoke", 200)
+    revoked = await api.call(admin, "POST", f"/ai/admin/keys/{key['id']}/revoke", 200)
     assert revoked["revoked_at"] is not None
     # At once on this process, though the key was verified (and cached) a moment ago.
     response = await api.client.get("/ai/prompts/", headers=other.headers)
@@ -252,9 +238,9 @@ async def test_the_team_lists_its_members_and_roles(api: Api, role: str):
     admin = await api.new_user(is_admin=True)
     team = await _team(api, admin)
     person = await _with_team(api, admin, team, role)
-    read = await _admin_call(api, admin, "GET", f"/ai/admin/teams/{team}", 200)
+    read = await api.call(admin, "GET", f"/ai/admin/teams/{team}", 200)
     assert [(m["user_id"], m["role"]) for m in read["members"]] == [(person.id, role)]
-    listed = await _admin_call(api, admin, "GET", "/ai/admin/teams", 200)
+    listed = await api.call(admin, "GET", "/ai/admin/teams", 200)
     assert team in {t["id"] for t in listed["items"]}
 
 
@@ -264,10 +250,8 @@ async def test_every_administrative_change_is_in_the_audit_log_without_secrets(a
     team = await _team(api, admin)
     person = await _with_team(api, admin, team, "member")
     await _member(api, admin, team, person.id, "owner")  # a role changed
-    [key] = (await _admin_call(api, admin, "GET", f"/ai/admin/keys?user_id={person.id}", 200))[
-        "items"
-    ]
-    await _admin_call(api, admin, "POST", f"/ai/admin/keys/{key['id']}/revoke", 200)
+    [key] = (await api.call(admin, "GET", f"/ai/admin/keys?user_id={person.id}", 200))["items"]
+    await api.call(admin, "POST", f"/ai/admin/keys/{key['id']}/revoke", 200)
     type_name = f"audited-{uuid.uuid4().hex[:8]}"
     defined = await api.client.put(
         f"/ai/prompt-types/{type_name}", json={"description": "v1"}, headers=admin

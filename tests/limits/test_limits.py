@@ -17,22 +17,14 @@ from app.db.models import LimitUsage, Reservation
 from tests.conftest import Api
 
 
-async def _call(
-    api: Api, headers: dict[str, str], method: str, path: str, status: int, **body: Any
-) -> Any:
-    response = await api.client.request(method, path, json=body or None, headers=headers)
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
 async def _user_with_key(
     api: Api, admin: dict[str, str], **key: Any
 ) -> tuple[str, str, dict[str, str]]:
     """(user id, key id, headers) of a new user and key."""
-    user = await _call(
-        api, admin, "POST", "/ai/admin/users", 201, email=f"{uuid.uuid4().hex[:10]}@example.com"
+    user = await api.call(
+        admin, "POST", "/ai/admin/users", 201, email=f"{uuid.uuid4().hex[:10]}@example.com"
     )
-    created = await _call(api, admin, "POST", "/ai/admin/keys", 201, user_id=user["id"], **key)
+    created = await api.call(admin, "POST", "/ai/admin/keys", 201, user_id=user["id"], **key)
     return user["id"], created["id"], {"Authorization": f"Bearer {created['key']}"}
 
 
@@ -72,7 +64,7 @@ async def test_requests_per_minute_on_both_endpoints_and_the_fast_path(
 ):
     admin = await api.new_user(is_admin=True)
     _, key_id, headers = await _user_with_key(api, admin)
-    limit = await _call(api, admin, "PUT", f"/ai/admin/limits/key/{key_id}", 200, rpm=4)
+    limit = await api.call(admin, "PUT", f"/ai/admin/limits/key/{key_id}", 200, rpm=4)
     assert limit["rpm"] == 4 and limit["scope"] == "key" and limit["subject_id"] == key_id
     await _fresh_minute()
     seen = []
@@ -120,8 +112,8 @@ async def test_budget_reserves_settles_and_refuses(api: Api):
     user_id, _, headers = await _user_with_key(api, admin)
     # gpt-4o-mini: $0.15 / $0.60 per million. "hi" with max_tokens 1000 reserves
     # (2 + 4) x 0.15e-6 + 1000 x 0.6e-6 = $0.0006009; the budget has room for two of them.
-    await _call(
-        api, admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200,
+    await api.call(
+        admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200,
         budget_usd="0.0013", budget_period="day",
     )  # fmt: skip
     first = await api.client.post(
@@ -133,7 +125,7 @@ async def test_budget_reserves_settles_and_refuses(api: Api):
     await _until(lambda: _no_reservations(api, prompt_id))
     usage = await _usage(api, "user", user_id)
     assert usage is not None and usage.reserved_usd == 0 and usage.in_flight == 0
-    detail = await _call(api, headers, "GET", f"/ai/prompts/{prompt_id}", 200)
+    detail = await api.call(headers, "GET", f"/ai/prompts/{prompt_id}", 200)
     spent = Decimal(detail["response"]["cost_usd"])
     assert spent > 0 and usage.spent_usd == spent  # settled to the real cost
 
@@ -165,15 +157,15 @@ async def test_budget_reserves_settles_and_refuses(api: Api):
     assert problem.json()["budget_usd"] == "0.0013"
     assert Decimal(problem.json()["reserved_usd"]) == Decimal("0.00060135")
 
-    budgets = await _call(api, headers, "GET", "/ai/usage/budgets", 200)
+    budgets = await api.call(headers, "GET", "/ai/usage/budgets", 200)
     (mine,) = [b for b in budgets["items"] if b["subject_id"] == user_id]
     assert mine["period"] == "day" and Decimal(mine["spent_usd"]) == spent
     assert mine["in_flight"] == 1
     # Only its user (and an admin) sees it.
     _, _, outsider = await _user_with_key(api, admin)
-    theirs = await _call(api, outsider, "GET", "/ai/usage/budgets", 200)
+    theirs = await api.call(outsider, "GET", "/ai/usage/budgets", 200)
     assert all(b["subject_id"] != user_id for b in theirs["items"])
-    everyone = await _call(api, admin, "GET", "/ai/usage/budgets", 200)
+    everyone = await api.call(admin, "GET", "/ai/usage/budgets", 200)
     assert [b["budget_usd"] for b in everyone["items"] if b["subject_id"] == user_id] == ["0.0013"]
 
     # Cancelling the hanging prompt gives its place back.
@@ -200,7 +192,7 @@ async def _no_reservations(api: Api, prompt_id: str) -> bool:
 async def test_prompts_in_flight_and_a_failed_prompt_releases(api: Api):
     admin = await api.new_user(is_admin=True)
     _, key_id, headers = await _user_with_key(api, admin)
-    await _call(api, admin, "PUT", f"/ai/admin/limits/key/{key_id}", 200, max_in_flight=1)
+    await api.call(admin, "PUT", f"/ai/admin/limits/key/{key_id}", 200, max_in_flight=1)
     hanging = await api.submit(headers, model="openai/hang-in-flight")
     refused = await api.client.post("/v1/chat/completions", json=_chat(), headers=headers)
     assert refused.status_code == 429
@@ -232,16 +224,16 @@ async def _in_flight_is(api: Api, key_id: str, n: int) -> bool:
 
 async def test_team_limits_and_tokens_per_minute(api: Api):
     admin = await api.new_user(is_admin=True)
-    team = await _call(api, admin, "POST", "/ai/admin/teams", 201, name=f"t-{uuid.uuid4().hex[:8]}")
+    team = await api.call(admin, "POST", "/ai/admin/teams", 201, name=f"t-{uuid.uuid4().hex[:8]}")
     user_id, _, _ = await _user_with_key(api, admin)
-    await _call(
-        api, admin, "PUT", f"/ai/admin/teams/{team['id']}/members/{user_id}", 200, role="member"
+    await api.call(
+        admin, "PUT", f"/ai/admin/teams/{team['id']}/members/{user_id}", 200, role="member"
     )
-    created = await _call(
-        api, admin, "POST", "/ai/admin/keys", 201, user_id=user_id, team_id=team["id"]
+    created = await api.call(
+        admin, "POST", "/ai/admin/keys", 201, user_id=user_id, team_id=team["id"]
     )
     headers = {"Authorization": f"Bearer {created['key']}"}
-    await _call(api, admin, "PUT", f"/ai/admin/limits/team/{team['id']}", 200, tpm=300)
+    await api.call(admin, "PUT", f"/ai/admin/limits/team/{team['id']}", 200, tpm=300)
     await _fresh_minute()
     # "hi" counts 1 token of prompt, and its max_tokens.
     ok = await api.client.post("/v1/chat/completions", json=_chat(max_tokens=199), headers=headers)
@@ -274,15 +266,13 @@ async def test_bad_limits_and_who_may_set_them(api: Api):
     none = await api.client.delete(f"/ai/admin/limits/user/{user_id}", headers=admin)
     assert none.status_code == 404 and none.json()["code"] == "no_limits"
 
-    big = await _call(api, admin, "PUT", f"/ai/admin/limits/key/{key_id}", 200, tpm=10**10)
+    big = await api.call(admin, "PUT", f"/ai/admin/limits/key/{key_id}", 200, tpm=10**10)
     assert big["tpm"] == 10**10  # (more than 32 bits)
-    await _call(
-        api, admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200, rpm=5, budget_usd="2.50"
-    )
-    await _call(api, admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200, rpm=6)
-    await _call(api, admin, "DELETE", f"/ai/admin/limits/user/{user_id}", 204)
-    audit = await _call(
-        api, admin, "GET", f"/ai/admin/audit?target_type=user_limits&target_id={user_id}", 200
+    await api.call(admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200, rpm=5, budget_usd="2.50")
+    await api.call(admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200, rpm=6)
+    await api.call(admin, "DELETE", f"/ai/admin/limits/user/{user_id}", 204)
+    audit = await api.call(
+        admin, "GET", f"/ai/admin/audit?target_type=user_limits&target_id={user_id}", 200
     )
     entries = [(e["action"], e["before"], e["after"]) for e in reversed(audit["items"])]
     assert [e[0] for e in entries] == ["limits.set", "limits.set", "limits.clear"]
@@ -292,7 +282,7 @@ async def test_bad_limits_and_who_may_set_them(api: Api):
         "budget_usd": None,
     }
     assert entries[2][2] is None
-    listed = await _call(api, admin, "GET", "/ai/admin/limits", 200)
+    listed = await api.call(admin, "GET", "/ai/admin/limits", 200)
     assert all(item["subject_id"] != user_id for item in listed["items"])
 
 
@@ -302,8 +292,8 @@ async def test_a_request_larger_than_a_whole_limit_is_refused_not_told_to_wait(a
     user_id, _, headers = await _user_with_key(api, admin)
     # gpt-4o-mini: "hi" with max_tokens 400 counts 401 tokens and may cost more than
     # 400 x 0.6e-6 = $0.00024 (see the budget test).
-    await _call(
-        api, admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200,
+    await api.call(
+        admin, "PUT", f"/ai/admin/limits/user/{user_id}", 200,
         tpm=500, budget_usd="0.0002", budget_period="day",
     )  # fmt: skip
     tokens = await api.client.post(
@@ -331,7 +321,7 @@ async def test_a_request_larger_than_a_whole_limit_is_refused_not_told_to_wait(a
     assert problem["budget_usd"] == "0.0002" and Decimal(problem["cost_usd"]) > Decimal("0.0002")
     assert "whole budget of $0.0002 per day" in problem["detail"]
     # Nothing was recorded or charged; a request that fits is served.
-    listed = await _call(api, headers, "GET", "/ai/prompts/", 200)
+    listed = await api.call(headers, "GET", "/ai/prompts/", 200)
     assert listed["items"] == []
     usage = await _usage(api, "user", user_id)
     assert usage is None or (usage.window_requests == 0 and usage.in_flight == 0)

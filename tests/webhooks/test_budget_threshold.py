@@ -7,47 +7,40 @@ import asyncio
 import json
 import uuid
 from decimal import Decimal
-from typing import Any
 
 from tests.conftest import Api
 from tests.webhooks.conftest import Receiver, verify
 from tests.webhooks.test_webhooks import register, settled_log
 
 
-async def _call(api: Api, headers: dict[str, str], method: str, path: str, **body: Any) -> Any:
-    response = await api.client.request(method, path, json=body or None, headers=headers)
-    assert response.status_code in (200, 201), response.text
-    return response.json()
-
-
 async def test_a_team_budget_warns_its_owners_once_a_period(api: Api, receiver: Receiver):
     admin = await api.new_user(is_admin=True)
-    team = await _call(api, admin, "POST", "/ai/admin/teams", name=f"t-{uuid.uuid4().hex[:8]}")
+    team = await api.call(admin, "POST", "/ai/admin/teams", 201, name=f"t-{uuid.uuid4().hex[:8]}")
     people = {}
     for role in ("owner", "member"):
-        user = await _call(
-            api, admin, "POST", "/ai/admin/users", email=f"{uuid.uuid4().hex[:10]}@example.com"
+        user = await api.call(
+            admin, "POST", "/ai/admin/users", 201, email=f"{uuid.uuid4().hex[:10]}@example.com"
         )
-        await _call(api, admin, "PUT", f"/ai/admin/teams/{team['id']}/members/{user['id']}",
-                    role=role)  # fmt: skip
-        key = await _call(api, admin, "POST", "/ai/admin/keys", user_id=user["id"],
-                          team_id=team["id"])  # fmt: skip
+        await api.call(admin, "PUT", f"/ai/admin/teams/{team['id']}/members/{user['id']}", 200,
+                       role=role)  # fmt: skip
+        key = await api.call(admin, "POST", "/ai/admin/keys", 201, user_id=user["id"],
+                             team_id=team["id"])  # fmt: skip
         people[role] = {"Authorization": f"Bearer {key['key']}"}
     owner_hook, member_hook = receiver.hook(), receiver.hook()
     created = await register(api, people["owner"], owner_hook, "budget.threshold")
     await register(api, people["member"], member_hook, "budget.threshold")
     # Each chat costs about a millionth of a dollar (a few tokens of gpt-4o-mini); the
     # warning is at 10 % of $0.00001, so the second chat crosses it.
-    await _call(api, admin, "PUT", f"/ai/admin/limits/team/{team['id']}",
-                budget_usd="0.00001", budget_period="week", warn_at=0.1)  # fmt: skip
+    await api.call(admin, "PUT", f"/ai/admin/limits/team/{team['id']}", 200,
+                   budget_usd="0.00001", budget_period="week", warn_at=0.1)  # fmt: skip
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 1}  # fmt: skip
     costs = []
     for _ in range(3):
         answer = await api.client.post("/v1/chat/completions", json=chat, headers=people["member"])
         assert answer.status_code == 200, answer.text
-        prompt = await _call(
-            api, people["member"], "GET", f"/ai/prompts/{answer.headers['X-Prompt-Id']}"
+        prompt = await api.call(
+            people["member"], "GET", f"/ai/prompts/{answer.headers['X-Prompt-Id']}", 200
         )
         costs.append(Decimal(prompt["response"]["cost_usd"]))
     assert costs[0] < Decimal("0.000001") <= costs[0] + costs[1]
@@ -67,6 +60,6 @@ async def test_a_team_budget_warns_its_owners_once_a_period(api: Api, receiver: 
     await asyncio.sleep(1.0)
     assert len(receiver.received(owner_hook)) == 1  # once a period, however much is spent
     assert receiver.received(member_hook) == []  # a member does not answer for the budget
-    budgets = await _call(api, people["owner"], "GET", "/ai/usage/budgets")
+    budgets = await api.call(people["owner"], "GET", "/ai/usage/budgets", 200)
     [standing] = [b for b in budgets["items"] if b["subject_id"] == team["id"]]
     assert standing["warning"] is True and Decimal(standing["spent_usd"]) == sum(costs)
